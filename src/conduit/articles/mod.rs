@@ -1,0 +1,263 @@
+//! `conduit.v1.Articles` and `conduit.v1.Tags`: lists, the feed, single
+//! articles, writing and favorites. Every answer that shows articles is built
+//! from [`store::read`], the one read model.
+
+pub(crate) mod store;
+
+use tonic::{Request, Response, Status};
+
+use super::Ctx;
+use super::error::{ConduitError, ConduitResult};
+use super::validate::{self, BODY_MAX, Check, DESCRIPTION_MAX, TITLE_MAX};
+use crate::pb::conduit::v1::{
+    Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, FavoriteArticleRequest,
+    FeedArticlesRequest, GetArticleRequest, ListArticlesRequest, ListTagsRequest, MultipleArticlesResponse, Profile,
+    SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest, UpdateArticleRequest, articles_server,
+    tags_server,
+};
+use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
+
+/// The Articles service.
+#[derive(Debug, Clone)]
+pub struct Articles {
+    ctx: Ctx,
+}
+
+fn author(row: &mut ArticleRow) -> Profile {
+    Profile {
+        username: std::mem::take(&mut row.username),
+        bio: std::mem::take(&mut row.bio),
+        image: std::mem::take(&mut row.image),
+        following: row.following,
+    }
+}
+
+impl From<ArticleRow> for Article {
+    fn from(mut row: ArticleRow) -> Self {
+        Article {
+            author: Some(author(&mut row)),
+            slug: row.slug,
+            title: row.title,
+            description: row.description,
+            body: row.body,
+            tag_list: row.tag_list,
+            created_at: Some(row.created_at.into()),
+            updated_at: Some(row.updated_at.into()),
+            favorited: row.favorited,
+            favorites_count: row.favorites_count,
+        }
+    }
+}
+
+impl From<ArticleRow> for ArticleSummary {
+    fn from(mut row: ArticleRow) -> Self {
+        ArticleSummary {
+            author: Some(author(&mut row)),
+            slug: row.slug,
+            title: row.title,
+            description: row.description,
+            tag_list: row.tag_list,
+            created_at: Some(row.created_at.into()),
+            updated_at: Some(row.updated_at.into()),
+            favorited: row.favorited,
+            favorites_count: row.favorites_count,
+        }
+    }
+}
+
+/// Empty filter values mean "no filter", as clients send `?tag=` for none.
+fn filter_value(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+impl Articles {
+    /// The service on a shared context.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+
+    async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
+        let row = store::read_one(&self.ctx.db, viewer, key).await?;
+        Ok(SingleArticleResponse { article: Some(row.into()) })
+    }
+
+    async fn page(&self, viewer: Option<i64>, page: Page) -> ConduitResult<MultipleArticlesResponse> {
+        let rows = if page.ids.is_empty() {
+            Vec::new()
+        } else {
+            store::read(&self.ctx.db, viewer, Key::Ids(&page.ids), false).await?
+        };
+        Ok(MultipleArticlesResponse {
+            articles: rows.into_iter().map(Into::into).collect(),
+            articles_count: i32::try_from(page.total).unwrap_or(i32::MAX),
+        })
+    }
+
+    // GET /articles
+    async fn list(&self, request: Request<ListArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
+        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let r = request.into_inner();
+        let (limit, offset) = validate::page(r.limit, r.offset)?;
+        let filter = Filter { tag: filter_value(&r.tag), author: filter_value(&r.author), favorited: filter_value(&r.favorited) };
+        let page = store::list(&self.ctx.db, filter, limit, offset).await?;
+        self.page(viewer, page).await
+    }
+
+    // GET /articles/feed
+    async fn feed(&self, request: Request<FeedArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let r = request.into_inner();
+        let (limit, offset) = validate::page(r.limit, r.offset)?;
+        let page = store::feed(&self.ctx.db, caller.user_id, limit, offset).await?;
+        self.page(Some(caller.user_id), page).await
+    }
+
+    // POST /articles
+    async fn create(&self, request: Request<CreateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let article = request.into_inner().article.unwrap_or_default();
+        let mut check = Check::new();
+        check
+            .required("article.title", &article.title, TITLE_MAX)
+            .required("article.description", &article.description, DESCRIPTION_MAX)
+            .required("article.body", &article.body, BODY_MAX);
+        let tags = validate::tags("article.tagList", &article.tag_list, &mut check);
+        check.finish()?;
+        let base = validate::slugify(&article.title);
+        let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
+        let id = store::create(&self.ctx.db, caller.user_id, &base, &new).await?;
+        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+    }
+
+    /// The id of the article with `slug`, if the caller wrote it.
+    async fn own(&self, caller: i64, slug: &str) -> ConduitResult<i64> {
+        let (id, author) = store::owner(&self.ctx.db, slug).await?;
+        if author != caller {
+            return Err(ConduitError::Forbidden("only the author may change this article"));
+        }
+        Ok(id)
+    }
+
+    // PUT /articles/{slug}
+    async fn update(&self, request: Request<UpdateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let r = request.into_inner();
+        let changes = r.article.unwrap_or_default();
+        let mut check = Check::new();
+        if let Some(title) = &changes.title {
+            check.required("article.title", title, TITLE_MAX);
+        }
+        if let Some(description) = &changes.description {
+            check.required("article.description", description, DESCRIPTION_MAX);
+        }
+        if let Some(body) = &changes.body {
+            check.required("article.body", body, BODY_MAX);
+        }
+        check.finish()?;
+        let id = self.own(caller.user_id, &r.slug).await?;
+        let changes = ArticleChanges {
+            title: changes.title.map(|t| {
+                let base = validate::slugify(&t);
+                (t, base)
+            }),
+            description: changes.description,
+            body: changes.body,
+        };
+        store::update(&self.ctx.db, id, &changes).await?;
+        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+    }
+
+    // DELETE /articles/{slug}
+    async fn delete(&self, request: Request<DeleteArticleRequest>) -> ConduitResult<DeleteArticleResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let id = self.own(caller.user_id, &request.get_ref().slug).await?;
+        store::delete(&self.ctx.db, id).await?;
+        Ok(DeleteArticleResponse {})
+    }
+
+    // POST and DELETE /articles/{slug}/favorite
+    async fn favorite(&self, request: Request<String>, favorite: bool) -> ConduitResult<SingleArticleResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let id = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
+        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+    }
+}
+
+#[tonic::async_trait]
+impl articles_server::Articles for Articles {
+    async fn list_articles(
+        &self,
+        request: Request<ListArticlesRequest>,
+    ) -> Result<Response<MultipleArticlesResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn feed_articles(
+        &self,
+        request: Request<FeedArticlesRequest>,
+    ) -> Result<Response<MultipleArticlesResponse>, Status> {
+        Ok(Response::new(self.feed(request).await?))
+    }
+
+    // GET /articles/{slug}
+    async fn get_article(&self, request: Request<GetArticleRequest>) -> Result<Response<SingleArticleResponse>, Status> {
+        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        Ok(Response::new(self.single(viewer, Key::Slug(&request.get_ref().slug)).await?))
+    }
+
+    async fn create_article(
+        &self,
+        request: Request<CreateArticleRequest>,
+    ) -> Result<Response<SingleArticleResponse>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+
+    async fn update_article(
+        &self,
+        request: Request<UpdateArticleRequest>,
+    ) -> Result<Response<SingleArticleResponse>, Status> {
+        Ok(Response::new(self.update(request).await?))
+    }
+
+    async fn delete_article(
+        &self,
+        request: Request<DeleteArticleRequest>,
+    ) -> Result<Response<DeleteArticleResponse>, Status> {
+        Ok(Response::new(self.delete(request).await?))
+    }
+
+    async fn favorite_article(
+        &self,
+        request: Request<FavoriteArticleRequest>,
+    ) -> Result<Response<SingleArticleResponse>, Status> {
+        Ok(Response::new(self.favorite(request.map(|r| r.slug), true).await?))
+    }
+
+    async fn unfavorite_article(
+        &self,
+        request: Request<UnfavoriteArticleRequest>,
+    ) -> Result<Response<SingleArticleResponse>, Status> {
+        Ok(Response::new(self.favorite(request.map(|r| r.slug), false).await?))
+    }
+}
+
+/// The Tags service.
+#[derive(Debug, Clone)]
+pub struct Tags {
+    ctx: Ctx,
+}
+
+impl Tags {
+    /// The service on a shared context.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl tags_server::Tags for Tags {
+    // GET /tags
+    async fn list_tags(&self, _request: Request<ListTagsRequest>) -> Result<Response<TagsResponse>, Status> {
+        Ok(Response::new(TagsResponse { tags: store::tags(&self.ctx.db).await? }))
+    }
+}

@@ -1,0 +1,373 @@
+//! Articles in Postgres: the one read model every article-returning call
+//! uses, the page queries of lists and the feed, and the writes.
+
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use time::OffsetDateTime;
+
+use crate::conduit::error::{ConduitError, ConduitResult};
+
+/// An article as the API shows it to one viewer.
+#[derive(Debug)]
+pub struct ArticleRow {
+    /// Id.
+    pub id: i64,
+    /// Slug.
+    pub slug: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Body; empty when not asked for.
+    pub body: String,
+    /// Tags in the author's order.
+    pub tag_list: Vec<String>,
+    /// Published.
+    pub created_at: OffsetDateTime,
+    /// Last changed.
+    pub updated_at: OffsetDateTime,
+    /// Number of favorites.
+    pub favorites_count: i32,
+    /// Author's user name.
+    pub username: String,
+    /// Author's biography.
+    pub bio: String,
+    /// Author's picture.
+    pub image: String,
+    /// Whether the viewer favorited it.
+    pub favorited: bool,
+    /// Whether the viewer follows the author.
+    pub following: bool,
+}
+
+/// Which articles to read.
+#[derive(Debug, Clone, Copy)]
+pub enum Key<'a> {
+    /// These ids; the result keeps their order.
+    Ids(&'a [i64]),
+    /// The article with this slug.
+    Slug(&'a str),
+}
+
+/// The read model: articles with author, counts and the viewer's
+/// `favorited`/`following`, in one round trip whatever their number.
+pub async fn read(db: &PgPool, viewer: Option<i64>, key: Key<'_>, with_body: bool) -> ConduitResult<Vec<ArticleRow>> {
+    let (ids, slug) = match key {
+        Key::Ids(ids) => (ids, None),
+        Key::Slug(slug) => (&[][..], Some(slug)),
+    };
+    let mut rows = sqlx::query_as!(
+        ArticleRow,
+        r#"SELECT a.id, a.slug, a.title, a.description,
+                  CASE WHEN $4 THEN a.body ELSE '' END AS "body!",
+                  a.tag_list, a.created_at, a.updated_at, a.favorites_count,
+                  u.username, u.bio, u.image,
+                  EXISTS (SELECT 1 FROM favorites f WHERE f.user_id = $1 AND f.article_id = a.id) AS "favorited!",
+                  EXISTS (SELECT 1 FROM follows fo WHERE fo.follower_id = $1 AND fo.followee_id = a.author_id) AS "following!"
+           FROM articles a JOIN users u ON u.id = a.author_id
+           WHERE a.id = ANY($2) OR a.slug = $3"#,
+        viewer,
+        ids,
+        slug,
+        with_body
+    )
+    .fetch_all(db)
+    .await?;
+    if let Key::Ids(ids) = key {
+        rows.sort_by_key(|r| ids.iter().position(|id| *id == r.id));
+    }
+    Ok(rows)
+}
+
+/// The one article with this key, or NOT_FOUND.
+pub async fn read_one(db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<ArticleRow> {
+    read(db, viewer, key, true).await?.pop().ok_or(ConduitError::NotFound("article"))
+}
+
+/// Filters of the article list; they combine.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// Carrying this tag.
+    pub tag: Option<&'a str>,
+    /// Written by this user name.
+    pub author: Option<&'a str>,
+    /// Favorited by this user name.
+    pub favorited: Option<&'a str>,
+}
+
+/// One page of ids, newest first, and the total matching.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Page {
+    /// All articles matching.
+    pub total: i64,
+    /// Ids of the page, in order.
+    pub ids: Vec<i64>,
+}
+
+/// The SQL of a list page for one combination of filters. Each combination
+/// is its own statement, so Postgres plans each for what it filters on (one
+/// statement with "filter may be null" conditions gets a generic plan that
+/// cannot use the right index). Single filters read their total from the
+/// counters the triggers keep; combined ones count.
+fn page_sql(filter: &Filter<'_>) -> String {
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    let mut from = String::from("articles a");
+    let mut conditions = Vec::new();
+    let mut single_total = None;
+    if filter.tag.is_some() {
+        let p = next();
+        from.push_str(&format!(
+            " JOIN article_tags t ON t.article_id = a.id AND t.tag_id = (SELECT id FROM tags WHERE name = ${p})"
+        ));
+        single_total = Some(format!("(SELECT article_count FROM tags WHERE name = ${p})"));
+    }
+    if filter.favorited.is_some() {
+        let p = next();
+        from.push_str(&format!(
+            " JOIN favorites f ON f.article_id = a.id AND f.user_id = (SELECT id FROM users WHERE username = ${p})"
+        ));
+        single_total = Some(format!("(SELECT favorites_count FROM users WHERE username = ${p})"));
+    }
+    if filter.author.is_some() {
+        let p = next();
+        conditions.push(format!("a.author_id = (SELECT id FROM users WHERE username = ${p})"));
+        single_total = Some(format!("(SELECT articles_count FROM users WHERE username = ${p})"));
+    }
+    if !conditions.is_empty() {
+        from.push_str(" WHERE ");
+        from.push_str(&conditions.join(" AND "));
+    }
+    let filters = [filter.tag, filter.favorited, filter.author].iter().flatten().count();
+    let total = match (filters, single_total) {
+        (0, _) => "(SELECT count FROM article_totals)".to_owned(),
+        (1, Some(counter)) => counter,
+        _ => format!("(SELECT count(*) FROM {from})"),
+    };
+    let (limit, offset) = (next(), next());
+    format!(
+        "SELECT COALESCE({total}, 0)::int8 AS total, \
+         ARRAY(SELECT a.id FROM {from} ORDER BY a.created_at DESC, a.id DESC LIMIT ${limit} OFFSET ${offset}) AS ids"
+    )
+}
+
+/// A page of the article list.
+pub async fn list(db: &PgPool, filter: Filter<'_>, limit: i64, offset: i64) -> ConduitResult<Page> {
+    let sql = page_sql(&filter);
+    let mut query = sqlx::query_as::<_, Page>(AssertSqlSafe(sql));
+    for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
+        query = query.bind(value);
+    }
+    Ok(query.bind(limit).bind(offset).fetch_one(db).await?)
+}
+
+/// A page of the feed of `user`: articles by the users it follows.
+pub async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> ConduitResult<Page> {
+    Ok(sqlx::query_as!(
+        Page,
+        r#"SELECT
+             COALESCE((SELECT sum(u.articles_count) FROM follows f JOIN users u ON u.id = f.followee_id
+                       WHERE f.follower_id = $1), 0)::int8 AS "total!",
+             ARRAY(SELECT a.id FROM articles a
+                   WHERE a.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $1)
+                   ORDER BY a.created_at DESC, a.id DESC LIMIT $2 OFFSET $3) AS "ids!""#,
+        user,
+        limit,
+        offset
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// A slug for `base` that no other article has: `base`, else `base-2`, `base-3`, …
+async fn free_slug(tx: &mut Transaction<'_, Postgres>, base: &str, except: Option<i64>) -> ConduitResult<String> {
+    let taken: Vec<String> = sqlx::query_scalar!(
+        "SELECT slug FROM articles WHERE (slug = $1 OR slug LIKE $1 || '-%') AND id IS DISTINCT FROM $2",
+        base,
+        except
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    if !taken.iter().any(|s| s == base) {
+        return Ok(base.to_owned());
+    }
+    let mut n = 2u64;
+    loop {
+        let candidate = format!("{base}-{n}");
+        if !taken.contains(&candidate) {
+            return Ok(candidate);
+        }
+        n += 1;
+    }
+}
+
+fn is_slug_race(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some("articles_slug_key"))
+}
+
+/// How many times a write retries after losing a slug race.
+const SLUG_ATTEMPTS: usize = 5;
+
+/// A new article's fields, validated.
+#[derive(Debug)]
+pub struct NewArticle {
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Body.
+    pub body: String,
+    /// Tags, de-duplicated.
+    pub tags: Vec<String>,
+}
+
+/// Inserts an article with its tags; returns its id.
+pub async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArticle) -> ConduitResult<i64> {
+    for _ in 0..SLUG_ATTEMPTS {
+        let mut tx = db.begin().await?;
+        let slug = free_slug(&mut tx, base_slug, None).await?;
+        let inserted = sqlx::query_scalar!(
+            "INSERT INTO articles (slug, title, description, body, tag_list, author_id)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            slug,
+            article.title,
+            article.description,
+            article.body,
+            &article.tags,
+            author
+        )
+        .fetch_one(&mut *tx)
+        .await;
+        let id = match inserted {
+            Ok(id) => id,
+            Err(e) if is_slug_race(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !article.tags.is_empty() {
+            // DO UPDATE (not DO NOTHING) so that existing tags return their id too.
+            sqlx::query!(
+                "WITH t AS (
+                     INSERT INTO tags (name) SELECT unnest($1::text[])
+                     ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id)
+                 INSERT INTO article_tags (tag_id, article_id) SELECT id, $2 FROM t",
+                &article.tags,
+                id
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        return Ok(id);
+    }
+    Err(ConduitError::Internal("could not find a free slug".into()))
+}
+
+/// Who wrote the article with this slug, and its id.
+pub async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
+    let row = sqlx::query!("SELECT id, author_id FROM articles WHERE slug = $1", slug)
+        .fetch_optional(db)
+        .await?
+        .ok_or(ConduitError::NotFound("article"))?;
+    Ok((row.id, row.author_id))
+}
+
+/// Changes of an article; `None` keeps a value.
+#[derive(Debug, Default)]
+pub struct ArticleChanges {
+    /// New title, with the slug base derived from it.
+    pub title: Option<(String, String)>,
+    /// New description.
+    pub description: Option<String>,
+    /// New body.
+    pub body: Option<String>,
+}
+
+/// Applies changes; a new title moves the slug.
+pub async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> ConduitResult<()> {
+    for _ in 0..SLUG_ATTEMPTS {
+        let mut tx = db.begin().await?;
+        let (title, slug) = match &changes.title {
+            Some((title, base)) => (Some(title.as_str()), Some(free_slug(&mut tx, base, Some(id)).await?)),
+            None => (None, None),
+        };
+        let updated = sqlx::query!(
+            "UPDATE articles SET
+                 title = COALESCE($2, title),
+                 slug = COALESCE($3, slug),
+                 description = COALESCE($4, description),
+                 body = COALESCE($5, body),
+                 updated_at = now()
+             WHERE id = $1",
+            id,
+            title,
+            slug,
+            changes.description,
+            changes.body
+        )
+        .execute(&mut *tx)
+        .await;
+        match updated {
+            Ok(_) => {
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(e) if is_slug_race(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ConduitError::Internal("could not find a free slug".into()))
+}
+
+/// Deletes an article; comments, favorites and tag links go with it.
+pub async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
+    sqlx::query!("DELETE FROM articles WHERE id = $1", id).execute(db).await?;
+    Ok(())
+}
+
+/// Adds or removes a favorite; returns the article's id.
+pub async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
+    let id = if favorite {
+        sqlx::query_scalar!(
+            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
+                    ins AS (INSERT INTO favorites (user_id, article_id) SELECT $1, id FROM a ON CONFLICT DO NOTHING)
+               SELECT id AS "id!" FROM a"#,
+            user,
+            slug
+        )
+        .fetch_optional(db)
+        .await?
+    } else {
+        sqlx::query_scalar!(
+            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
+                    del AS (DELETE FROM favorites WHERE user_id = $1 AND article_id IN (SELECT id FROM a))
+               SELECT id AS "id!" FROM a"#,
+            user,
+            slug
+        )
+        .fetch_optional(db)
+        .await?
+    };
+    id.ok_or(ConduitError::NotFound("article"))
+}
+
+/// Tags carried by at least one article, alphabetically.
+pub async fn tags(db: &PgPool) -> ConduitResult<Vec<String>> {
+    Ok(sqlx::query_scalar!("SELECT name FROM tags WHERE article_count > 0 ORDER BY name").fetch_all(db).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sql_numbers_parameters_per_filter_combination() {
+        let none = page_sql(&Filter::default());
+        assert!(none.contains("article_totals") && none.contains("LIMIT $1 OFFSET $2"), "{none}");
+        let tag = page_sql(&Filter { tag: Some("x"), ..Filter::default() });
+        assert!(tag.contains("article_count FROM tags WHERE name = $1") && tag.contains("LIMIT $2 OFFSET $3"), "{tag}");
+        let all = page_sql(&Filter { tag: Some("x"), author: Some("a"), favorited: Some("f") });
+        assert!(all.contains("count(*)") && all.contains("username = $3") && all.contains("LIMIT $4 OFFSET $5"), "{all}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Who is calling: tokens (JWT, HS256) and passwords (argon2id).
+//!
+//! Transport-neutral: the token is read from the `authorization` metadata,
+//! which gRPC clients send directly and the JSON gateway copies from the HTTP
+//! header, so one path authenticates both protocols. Both the RealWorld
+//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+
+use super::error::{ConduitError, ConduitResult};
+
+/// Claims of a Conduit token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user's id.
+    pub sub: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user's id.
+    pub user_id: i64,
+    /// The token it presented, handed back by calls that return the user.
+    pub token: String,
+}
+
+/// Issues and checks tokens.
+#[derive(Clone)]
+pub struct Tokens {
+    inner: Arc<TokenKeys>,
+}
+
+struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens").field("ttl", &self.inner.ttl).finish_non_exhaustive()
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+impl Tokens {
+    /// Tokens signed with `secret`, valid for `ttl`.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            inner: Arc::new(TokenKeys {
+                encoding: EncodingKey::from_secret(secret),
+                decoding: DecodingKey::from_secret(secret),
+                validation,
+                ttl,
+            }),
+        }
+    }
+
+    /// A fresh token for a user.
+    pub fn issue(&self, user_id: i64) -> ConduitResult<String> {
+        let iat = now();
+        let claims = Claims { sub: user_id.to_string(), iat, exp: iat + self.inner.ttl.as_secs() };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.encoding)
+            .map_err(|e| ConduitError::Internal(format!("cannot sign a token: {e}")))
+    }
+
+    fn verify(&self, token: &str) -> ConduitResult<i64> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
+            .map_err(|_| ConduitError::Unauthenticated("the token is invalid or expired"))?;
+        data.claims.sub.parse().map_err(|_| ConduitError::Unauthenticated("the token is invalid or expired"))
+    }
+
+    /// The caller, if the request carries credentials; an error if they are bad.
+    pub fn caller(&self, metadata: &MetadataMap) -> ConduitResult<Option<Caller>> {
+        let Some(value) = metadata.get("authorization") else { return Ok(None) };
+        let text = value.to_str().map_err(|_| ConduitError::Unauthenticated("the authorization header is malformed"))?;
+        let token = match text.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") => {
+                token.trim()
+            }
+            _ => return Err(ConduitError::Unauthenticated("use the Token or Bearer authorization scheme")),
+        };
+        let user_id = self.verify(token)?;
+        Ok(Some(Caller { user_id, token: token.to_owned() }))
+    }
+
+    /// The caller, who must be authenticated.
+    pub fn require(&self, metadata: &MetadataMap) -> ConduitResult<Caller> {
+        self.caller(metadata)?.ok_or(ConduitError::Unauthenticated("this call requires a token"))
+    }
+}
+
+/// Hashes a password with argon2id on the blocking pool, away from the
+/// async workers (a hash takes tens of milliseconds by design).
+pub async fn hash_password(password: String) -> ConduitResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let hash: PasswordHash = Argon2::default()
+            .hash_password(password.as_bytes())
+            .map_err(|e| ConduitError::Internal(format!("cannot hash a password: {e}")))?;
+        Ok(hash.to_string())
+    })
+    .await
+    .map_err(|e| ConduitError::Internal(format!("password hashing task failed: {e}")))?
+}
+
+/// Checks a password against its stored hash, on the blocking pool.
+pub async fn verify_password(password: String, hash: String) -> ConduitResult<bool> {
+    tokio::task::spawn_blocking(move || {
+        PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), &hash).is_ok()
+    })
+    .await
+    .map_err(|e| ConduitError::Internal(format!("password check task failed: {e}")))
+}

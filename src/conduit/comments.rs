@@ -1,0 +1,138 @@
+//! `conduit.v1.Comments`: comments on articles.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use super::Ctx;
+use super::articles::store::owner;
+use super::error::{ConduitError, ConduitResult};
+use super::validate::{COMMENT_MAX, Check};
+use crate::pb::conduit::v1::{
+    Comment, CreateCommentRequest, DeleteCommentRequest, DeleteCommentResponse, ListCommentsRequest,
+    MultipleCommentsResponse, Profile, SingleCommentResponse, comments_server,
+};
+
+/// The Comments service.
+#[derive(Debug, Clone)]
+pub struct Comments {
+    ctx: Ctx,
+}
+
+struct CommentRow {
+    id: i32,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+    body: String,
+    username: String,
+    bio: String,
+    image: String,
+    following: bool,
+}
+
+impl From<CommentRow> for Comment {
+    fn from(r: CommentRow) -> Self {
+        Comment {
+            id: r.id,
+            created_at: Some(r.created_at.into()),
+            updated_at: Some(r.updated_at.into()),
+            body: r.body,
+            author: Some(Profile { username: r.username, bio: r.bio, image: r.image, following: r.following }),
+        }
+    }
+}
+
+/// The read model of comments: those of an article (or just one of them),
+/// oldest first, with authors as `viewer` sees them.
+async fn read(db: &PgPool, viewer: Option<i64>, article: i64, only: Option<i32>) -> ConduitResult<Vec<Comment>> {
+    let rows = sqlx::query_as!(
+        CommentRow,
+        r#"SELECT c.id, c.created_at, c.updated_at, c.body, u.username, u.bio, u.image,
+                  EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id) AS "following!"
+           FROM comments c JOIN users u ON u.id = c.author_id
+           WHERE c.article_id = $1 AND (c.id = $3 OR $3 IS NULL)
+           ORDER BY c.id"#,
+        article,
+        viewer,
+        only
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+impl Comments {
+    /// The service on a shared context.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+
+    // GET /articles/{slug}/comments
+    async fn list(&self, request: Request<ListCommentsRequest>) -> ConduitResult<MultipleCommentsResponse> {
+        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let (article, _) = owner(&self.ctx.db, &request.get_ref().slug).await?;
+        Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article, None).await? })
+    }
+
+    // POST /articles/{slug}/comments
+    async fn create(&self, request: Request<CreateCommentRequest>) -> ConduitResult<SingleCommentResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let r = request.into_inner();
+        let comment = r.comment.unwrap_or_default();
+        Check::new().required("comment.body", &comment.body, COMMENT_MAX).finish()?;
+        let (article, _) = owner(&self.ctx.db, &r.slug).await?;
+        let id = sqlx::query_scalar!(
+            "INSERT INTO comments (article_id, author_id, body) VALUES ($1, $2, $3) RETURNING id",
+            article,
+            caller.user_id,
+            comment.body
+        )
+        .fetch_one(&self.ctx.db)
+        .await?;
+        let comment = read(&self.ctx.db, Some(caller.user_id), article, Some(id)).await?.pop();
+        Ok(SingleCommentResponse { comment: Some(comment.ok_or(ConduitError::NotFound("comment"))?) })
+    }
+
+    // DELETE /articles/{slug}/comments/{id}
+    async fn delete(&self, request: Request<DeleteCommentRequest>) -> ConduitResult<DeleteCommentResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let r = request.into_inner();
+        let author = sqlx::query_scalar!(
+            "SELECT c.author_id FROM comments c JOIN articles a ON a.id = c.article_id WHERE c.id = $1 AND a.slug = $2",
+            r.id,
+            r.slug
+        )
+        .fetch_optional(&self.ctx.db)
+        .await?
+        .ok_or(ConduitError::NotFound("comment"))?;
+        if author != caller.user_id {
+            return Err(ConduitError::Forbidden("only the author may delete this comment"));
+        }
+        sqlx::query!("DELETE FROM comments WHERE id = $1", r.id).execute(&self.ctx.db).await?;
+        Ok(DeleteCommentResponse {})
+    }
+}
+
+#[tonic::async_trait]
+impl comments_server::Comments for Comments {
+    async fn list_comments(
+        &self,
+        request: Request<ListCommentsRequest>,
+    ) -> Result<Response<MultipleCommentsResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn create_comment(
+        &self,
+        request: Request<CreateCommentRequest>,
+    ) -> Result<Response<SingleCommentResponse>, Status> {
+        Ok(Response::new(self.create(request).await?))
+    }
+
+    async fn delete_comment(
+        &self,
+        request: Request<DeleteCommentRequest>,
+    ) -> Result<Response<DeleteCommentResponse>, Status> {
+        Ok(Response::new(self.delete(request).await?))
+    }
+}

@@ -1,0 +1,52 @@
+//! The Conduit domain: the RealWorld services over Postgres.
+//!
+//! Knows nothing of HTTP: services take typed requests with metadata and
+//! return typed responses or [`error::ConduitError`] (as `tonic::Status`).
+//! The gateway reaches them through the routes generated from the protos.
+
+pub mod articles;
+pub mod auth;
+pub mod comments;
+pub mod error;
+pub mod profiles;
+pub mod users;
+pub mod validate;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::gateway::Route;
+use crate::pb::conduit::v1 as pb;
+
+/// What every service shares.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The database pool.
+    pub db: PgPool,
+    /// Token issuer and checker.
+    pub tokens: auth::Tokens,
+}
+
+/// The tonic services and the HTTP routes of the whole API, over one context.
+pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Route>) {
+    let users = Arc::new(users::Users::new(ctx.clone()));
+    let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
+    let articles = Arc::new(articles::Articles::new(ctx.clone()));
+    let comments = Arc::new(comments::Comments::new(ctx.clone()));
+    let tags = Arc::new(articles::Tags::new(ctx));
+
+    let mut http = Vec::new();
+    http.extend(pb::users_http_routes(users.clone()));
+    http.extend(pb::profiles_http_routes(profiles.clone()));
+    http.extend(pb::articles_http_routes(articles.clone()));
+    http.extend(pb::comments_http_routes(comments.clone()));
+    http.extend(pb::tags_http_routes(tags.clone()));
+
+    let grpc = tonic::service::Routes::new(pb::users_server::UsersServer::from_arc(users))
+        .add_service(pb::profiles_server::ProfilesServer::from_arc(profiles))
+        .add_service(pb::articles_server::ArticlesServer::from_arc(articles))
+        .add_service(pb::comments_server::CommentsServer::from_arc(comments))
+        .add_service(pb::tags_server::TagsServer::from_arc(tags));
+    (grpc, http)
+}

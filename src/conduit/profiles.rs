@@ -1,0 +1,97 @@
+//! `conduit.v1.Profiles`: public profiles and following.
+
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use super::Ctx;
+use super::error::{ConduitError, ConduitResult, FieldError};
+use crate::pb::conduit::v1::{
+    FollowUserRequest, GetProfileRequest, Profile, ProfileResponse, UnfollowUserRequest, profiles_server,
+};
+
+/// The Profiles service.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    ctx: Ctx,
+}
+
+struct ProfileRow {
+    id: i64,
+    username: String,
+    bio: String,
+    image: String,
+    following: bool,
+}
+
+impl From<ProfileRow> for ProfileResponse {
+    fn from(r: ProfileRow) -> Self {
+        ProfileResponse {
+            profile: Some(Profile { username: r.username, bio: r.bio, image: r.image, following: r.following }),
+        }
+    }
+}
+
+/// A profile as `viewer` sees it.
+async fn profile(db: &PgPool, username: &str, viewer: Option<i64>) -> ConduitResult<ProfileRow> {
+    sqlx::query_as!(
+        ProfileRow,
+        r#"SELECT u.id, u.username, u.bio, u.image,
+                  EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id) AS "following!"
+           FROM users u WHERE u.username = $1"#,
+        username,
+        viewer
+    )
+    .fetch_optional(db)
+    .await?
+    .ok_or(ConduitError::NotFound("profile"))
+}
+
+impl Profiles {
+    /// The service on a shared context.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+
+    // POST and DELETE /profiles/{username}/follow
+    async fn set_following(&self, request: Request<String>, follow: bool) -> ConduitResult<ProfileResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let username = request.into_inner();
+        let mut row = profile(&self.ctx.db, &username, Some(caller.user_id)).await?;
+        if row.id == caller.user_id {
+            return Err(ConduitError::Invalid(vec![FieldError::new("username", "you cannot follow yourself")]));
+        }
+        if follow {
+            sqlx::query!(
+                "INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                caller.user_id,
+                row.id
+            )
+            .execute(&self.ctx.db)
+            .await?;
+        } else {
+            sqlx::query!("DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2", caller.user_id, row.id)
+                .execute(&self.ctx.db)
+                .await?;
+        }
+        row.following = follow;
+        Ok(row.into())
+    }
+}
+
+#[tonic::async_trait]
+impl profiles_server::Profiles for Profiles {
+    // GET /profiles/{username}
+    async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileResponse>, Status> {
+        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let row = profile(&self.ctx.db, &request.get_ref().username, viewer).await?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn follow_user(&self, request: Request<FollowUserRequest>) -> Result<Response<ProfileResponse>, Status> {
+        Ok(Response::new(self.set_following(request.map(|r| r.username), true).await?))
+    }
+
+    async fn unfollow_user(&self, request: Request<UnfollowUserRequest>) -> Result<Response<ProfileResponse>, Status> {
+        Ok(Response::new(self.set_following(request.map(|r| r.username), false).await?))
+    }
+}

@@ -1,0 +1,130 @@
+//! `conduit.v1.Users`: registration, login and the caller's own account.
+
+mod store;
+
+use tonic::{Request, Response, Status};
+
+use super::Ctx;
+use super::auth::{hash_password, verify_password};
+use super::error::{ConduitError, ConduitResult};
+use super::validate::{BIO_MAX, Check, IMAGE_MAX};
+use crate::pb::conduit::v1::{
+    GetCurrentUserRequest, LoginRequest, RegisterRequest, UpdateCurrentUserRequest, User, UserResponse, users_server,
+};
+use store::{UserChanges, UserRow};
+
+/// The Users service.
+#[derive(Debug, Clone)]
+pub struct Users {
+    ctx: Ctx,
+}
+
+impl Users {
+    /// The service on a shared context.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+
+    fn reply(row: UserRow, token: String) -> UserResponse {
+        UserResponse {
+            user: Some(User { email: row.email, token, username: row.username, bio: row.bio, image: row.image }),
+        }
+    }
+
+    // POST /users/login
+    async fn login(&self, request: LoginRequest) -> ConduitResult<UserResponse> {
+        let user = request.user.unwrap_or_default();
+        Check::new().email("user.email", &user.email).password("user.password", &user.password).finish()?;
+        let invalid = ConduitError::Unauthenticated("email or password is invalid");
+        let Some(row) = store::by_email(&self.ctx.db, &user.email).await? else { return Err(invalid) };
+        if !verify_password(user.password, row.password_hash.clone()).await? {
+            return Err(invalid);
+        }
+        let token = self.ctx.tokens.issue(row.id)?;
+        Ok(Self::reply(row, token))
+    }
+
+    // POST /users
+    async fn register(&self, request: RegisterRequest) -> ConduitResult<UserResponse> {
+        let user = request.user.unwrap_or_default();
+        Check::new()
+            .username("user.username", &user.username)
+            .email("user.email", &user.email)
+            .password("user.password", &user.password)
+            .finish()?;
+        store::ensure_free(&self.ctx.db, Some(&user.username), Some(&user.email), None).await?;
+        let hash = hash_password(user.password).await?;
+        let row = store::insert(&self.ctx.db, &user.username, &user.email, &hash).await?;
+        let token = self.ctx.tokens.issue(row.id)?;
+        Ok(Self::reply(row, token))
+    }
+
+    // GET /user
+    async fn current(&self, request: Request<GetCurrentUserRequest>) -> ConduitResult<UserResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let row = store::by_id(&self.ctx.db, caller.user_id)
+            .await?
+            .ok_or(ConduitError::Unauthenticated("the user of this token no longer exists"))?;
+        Ok(Self::reply(row, caller.token))
+    }
+
+    // PUT /user
+    async fn update(&self, request: Request<UpdateCurrentUserRequest>) -> ConduitResult<UserResponse> {
+        let caller = self.ctx.tokens.require(request.metadata())?;
+        let user = request.into_inner().user.unwrap_or_default();
+        let mut check = Check::new();
+        if let Some(username) = &user.username {
+            check.username("user.username", username);
+        }
+        if let Some(email) = &user.email {
+            check.email("user.email", email);
+        }
+        if let Some(password) = &user.password {
+            check.password("user.password", password);
+        }
+        if let Some(bio) = &user.bio {
+            check.max("user.bio", bio, BIO_MAX);
+        }
+        if let Some(image) = &user.image {
+            check.max("user.image", image, IMAGE_MAX);
+        }
+        check.finish()?;
+        if user.username.is_some() || user.email.is_some() {
+            store::ensure_free(&self.ctx.db, user.username.as_deref(), user.email.as_deref(), Some(caller.user_id))
+                .await?;
+        }
+        let password_hash = match user.password {
+            Some(password) => Some(hash_password(password).await?),
+            None => None,
+        };
+        let changes =
+            UserChanges { email: user.email, username: user.username, password_hash, bio: user.bio, image: user.image };
+        let row = store::update(&self.ctx.db, caller.user_id, changes)
+            .await?
+            .ok_or(ConduitError::Unauthenticated("the user of this token no longer exists"))?;
+        let token = self.ctx.tokens.issue(row.id)?;
+        Ok(Self::reply(row, token))
+    }
+}
+
+#[tonic::async_trait]
+impl users_server::Users for Users {
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<UserResponse>, Status> {
+        Ok(Response::new(Users::login(self, request.into_inner()).await?))
+    }
+
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<UserResponse>, Status> {
+        Ok(Response::new(Users::register(self, request.into_inner()).await?))
+    }
+
+    async fn get_current_user(&self, request: Request<GetCurrentUserRequest>) -> Result<Response<UserResponse>, Status> {
+        Ok(Response::new(self.current(request).await?))
+    }
+
+    async fn update_current_user(
+        &self,
+        request: Request<UpdateCurrentUserRequest>,
+    ) -> Result<Response<UserResponse>, Status> {
+        Ok(Response::new(self.update(request).await?))
+    }
+}

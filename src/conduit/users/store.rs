@@ -1,0 +1,134 @@
+//! Users in Postgres.
+
+use sqlx::PgPool;
+
+use crate::conduit::error::{ConduitError, ConduitResult, FieldError};
+
+/// A user row as the account calls need it.
+#[derive(Debug)]
+pub struct UserRow {
+    /// Id.
+    pub id: i64,
+    /// User name.
+    pub username: String,
+    /// Email address as given.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Biography.
+    pub bio: String,
+    /// Picture URL.
+    pub image: String,
+}
+
+/// Turns a unique violation into the field error of the value taken.
+fn taken(e: sqlx::Error) -> ConduitError {
+    if let sqlx::Error::Database(db) = &e {
+        match db.constraint() {
+            Some("users_username_key") => {
+                return ConduitError::Taken(vec![FieldError::new("user.username", "username has already been taken")]);
+            }
+            Some("users_email_key") => {
+                return ConduitError::Taken(vec![FieldError::new("user.email", "email has already been taken")]);
+            }
+            _ => {}
+        }
+    }
+    e.into()
+}
+
+/// The user with this email, compared without regard to case.
+pub async fn by_email(db: &PgPool, email: &str) -> ConduitResult<Option<UserRow>> {
+    Ok(sqlx::query_as!(
+        UserRow,
+        "SELECT id, username, email, password_hash, bio, image FROM users WHERE lower(email) = lower($1)",
+        email
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The user with this id.
+pub async fn by_id(db: &PgPool, id: i64) -> ConduitResult<Option<UserRow>> {
+    Ok(sqlx::query_as!(UserRow, "SELECT id, username, email, password_hash, bio, image FROM users WHERE id = $1", id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Fails with every unique value of these that another user has.
+pub async fn ensure_free(db: &PgPool, username: Option<&str>, email: Option<&str>, except: Option<i64>) -> ConduitResult<()> {
+    let row = sqlx::query!(
+        r#"SELECT
+             EXISTS (SELECT 1 FROM users WHERE username = $1 AND id IS DISTINCT FROM $3) AS "username!",
+             EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($2) AND id IS DISTINCT FROM $3) AS "email!""#,
+        username,
+        email,
+        except
+    )
+    .fetch_one(db)
+    .await?;
+    let mut errors = Vec::new();
+    if row.username {
+        errors.push(FieldError::new("user.username", "username has already been taken"));
+    }
+    if row.email {
+        errors.push(FieldError::new("user.email", "email has already been taken"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ConduitError::Taken(errors)) }
+}
+
+/// Creates a user. A race lost to another registration still reports the
+/// value taken, from the unique index.
+pub async fn insert(db: &PgPool, username: &str, email: &str, password_hash: &str) -> ConduitResult<UserRow> {
+    sqlx::query_as!(
+        UserRow,
+        "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
+         RETURNING id, username, email, password_hash, bio, image",
+        username,
+        email,
+        password_hash
+    )
+    .fetch_one(db)
+    .await
+    .map_err(taken)
+}
+
+/// The changes of an account; `None` keeps a value.
+#[derive(Debug, Default)]
+pub struct UserChanges {
+    /// New email.
+    pub email: Option<String>,
+    /// New user name.
+    pub username: Option<String>,
+    /// New password hash.
+    pub password_hash: Option<String>,
+    /// New biography.
+    pub bio: Option<String>,
+    /// New picture URL.
+    pub image: Option<String>,
+}
+
+/// Applies changes to a user; `None` when the user is gone.
+pub async fn update(db: &PgPool, id: i64, changes: UserChanges) -> ConduitResult<Option<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        "UPDATE users SET
+             email = COALESCE($2, email),
+             username = COALESCE($3, username),
+             password_hash = COALESCE($4, password_hash),
+             bio = COALESCE($5, bio),
+             image = COALESCE($6, image),
+             updated_at = now()
+         WHERE id = $1
+         RETURNING id, username, email, password_hash, bio, image",
+        id,
+        changes.email,
+        changes.username,
+        changes.password_hash,
+        changes.bio,
+        changes.image
+    )
+    .fetch_optional(db)
+    .await
+    .map_err(taken)
+}

@@ -1,0 +1,200 @@
+//! Settings, from flags and the environment (flags win). Secrets never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// conduit: the RealWorld API as gRPC and JSON on one port.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when left out.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by all commands.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Serve gRPC, gRPC-Web and JSON/HTTP on one listener (the default).
+    Serve,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+}
+
+/// Everything the service can be configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL connection URL, e.g. postgres://user@127.0.0.1:5432/conduit.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Address to listen on for gRPC and HTTP (HTTP/1.1 and HTTP/2, cleartext).
+    #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// Secret that signs and checks tokens (HS256), at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// How long a token stays valid, e.g. 3600s, 90m, 24h, 7d.
+    #[arg(long, env = "JWT_TTL", default_value = "24h", value_parser = parse_duration, global = true)]
+    pub jwt_ttl: Duration,
+
+    /// Largest JSON request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
+    pub body_limit: usize,
+
+    /// Log filter, e.g. info or conduit=debug,sqlx=warn.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub db_max_connections: u32,
+
+    /// How long to wait for a free database connection before failing a call.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+
+    /// Apply pending migrations when `serve` starts.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+}
+
+/// A setting that must not appear in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Settings checked for `serve`: required values present and sane.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Database URL.
+    pub database_url: Secret,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Token signing secret.
+    pub jwt_secret: Secret,
+    /// Token lifetime.
+    pub jwt_ttl: Duration,
+    /// Body limit in bytes.
+    pub body_limit: usize,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Pool acquire timeout.
+    pub db_acquire_timeout: Duration,
+    /// Migrate at start-up.
+    pub migrate_on_start: bool,
+}
+
+impl Settings {
+    /// The database URL, or why it is missing.
+    pub fn require_database_url(&self) -> Result<Secret, String> {
+        match &self.database_url {
+            Some(url) if url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://") => {
+                Ok(url.clone())
+            }
+            Some(_) => Err("DATABASE_URL must be a postgres:// URL".into()),
+            None => Err("DATABASE_URL (or --database-url) is required".into()),
+        }
+    }
+
+    /// Checks what `serve` needs.
+    pub fn for_serve(&self) -> Result<ServeSettings, String> {
+        let database_url = self.require_database_url()?;
+        let jwt_secret = match &self.jwt_secret {
+            Some(s) if s.expose().len() >= 32 => s.clone(),
+            Some(_) => return Err("JWT_SECRET must be at least 32 bytes long".into()),
+            None => return Err("JWT_SECRET (or --jwt-secret) is required".into()),
+        };
+        if self.jwt_ttl.is_zero() {
+            return Err("JWT_TTL must be longer than zero".into());
+        }
+        if self.body_limit == 0 {
+            return Err("BODY_LIMIT must be at least 1 byte".into());
+        }
+        Ok(ServeSettings {
+            database_url,
+            listen: self.listen,
+            jwt_secret,
+            jwt_ttl: self.jwt_ttl,
+            body_limit: self.body_limit,
+            db_max_connections: self.db_max_connections,
+            db_acquire_timeout: self.db_acquire_timeout,
+            migrate_on_start: self.migrate_on_start,
+        })
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`, `24h`, `7d` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 15m or 24h"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::from("hunter2".to_owned())), "Secret([redacted])");
+    }
+}

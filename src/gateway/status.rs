@@ -1,0 +1,108 @@
+//! From gRPC status to HTTP: the standard code table and the pluggable
+//! renderer that writes error bodies.
+
+use http::StatusCode;
+use serde_json::json;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// The standard mapping of gRPC codes to HTTP statuses (as in
+/// `google/rpc/code.proto` and grpc-gateway).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+    }
+}
+
+/// Writes the HTTP form of a failed call. Install one per gateway to give an
+/// API its own error shape.
+pub trait ErrorRenderer: Send + Sync + 'static {
+    /// HTTP status for a gRPC code; the standard table unless overridden.
+    fn http_status(&self, code: Code) -> StatusCode {
+        http_status(code)
+    }
+
+    /// Extra headers for an error (for example `WWW-Authenticate` on 401).
+    fn headers(&self, _status: &Status, _headers: &mut http::HeaderMap) {}
+
+    /// JSON body for an error.
+    fn body(&self, status: &Status) -> Vec<u8>;
+}
+
+/// The default renderer: the `google.rpc.Status` JSON form, with
+/// `BadRequest` details spelled out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RpcStatusRenderer;
+
+impl ErrorRenderer for RpcStatusRenderer {
+    fn body(&self, status: &Status) -> Vec<u8> {
+        let mut details = Vec::new();
+        if let Some(bad) = status.get_details_bad_request() {
+            let violations: Vec<_> = bad
+                .field_violations
+                .iter()
+                .map(|v| json!({"field": v.field, "description": v.description}))
+                .collect();
+            details.push(json!({
+                "@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": violations,
+            }));
+        }
+        serde_json::to_vec(&json!({
+            "code": status.code() as i32,
+            "message": status.message(),
+            "details": details,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_every_code_like_the_standard_table() {
+        let table = [
+            (Code::Ok, 200),
+            (Code::Cancelled, 499),
+            (Code::Unknown, 500),
+            (Code::InvalidArgument, 400),
+            (Code::DeadlineExceeded, 504),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
+            (Code::ResourceExhausted, 429),
+            (Code::FailedPrecondition, 400),
+            (Code::Aborted, 409),
+            (Code::OutOfRange, 400),
+            (Code::Unimplemented, 501),
+            (Code::Internal, 500),
+            (Code::Unavailable, 503),
+            (Code::DataLoss, 500),
+            (Code::Unauthenticated, 401),
+        ];
+        for (code, status) in table {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn default_body_is_rpc_status_json() {
+        let status = crate::gateway::binding::invalid_field("a.b", "a.b: bad".into());
+        let body: serde_json::Value = serde_json::from_slice(&RpcStatusRenderer.body(&status)).unwrap();
+        assert_eq!(body["code"], 3);
+        assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "a.b");
+    }
+}

@@ -1,0 +1,25 @@
+//! Generated code, and the only place it is included (see `build.rs`).
+#![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+
+/// The `conduit.v1` package: messages, services, JSON and HTTP routes.
+pub mod conduit {
+    /// Version 1 of the Conduit API.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/conduit.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/conduit.v1.serde.rs"));
+        include!(concat!(env!("OUT_DIR"), "/conduit.v1.http.rs"));
+    }
+}
+
+/// The `gateway.v1` package: the gateway's method options.
+pub mod gateway {
+    /// Version 1 of the gateway options.
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/gateway.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/gateway.v1.serde.rs"));
+    }
+}
+
+/// Encoded descriptors of every proto file, custom options included (for
+/// reflection and documentation).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));

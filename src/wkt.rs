@@ -1,0 +1,206 @@
+//! Well-known protobuf types whose JSON form the gateway needs to control.
+//!
+//! `google.protobuf.Timestamp` is generated as [`Timestamp`] (see `build.rs`):
+//! on the wire it is the standard message; in JSON it is RFC 3339 in UTC with
+//! a `Z` and always a fractional part (3, 6 or 9 digits), which is what
+//! JavaScript clients and JSON Schema `date-time` validators read most safely.
+//! Generic: nothing here knows any particular API.
+
+use std::fmt;
+
+/// `google.protobuf.Timestamp`: seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
+pub struct Timestamp {
+    /// Whole seconds since 1970-01-01T00:00:00Z.
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    /// Nanoseconds within the second, 0 to 999,999,999.
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// Earliest and latest seconds proto3 allows (years 0001 to 9999).
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+impl Timestamp {
+    /// A timestamp from seconds and nanoseconds since the epoch.
+    pub fn new(seconds: i64, nanos: i32) -> Self {
+        Self { seconds, nanos }
+    }
+}
+
+impl From<time::OffsetDateTime> for Timestamp {
+    fn from(t: time::OffsetDateTime) -> Self {
+        Self::new(t.unix_timestamp(), t.nanosecond() as i32)
+    }
+}
+
+/// Days since 1970-01-01 to a civil (year, month, day) date, proleptic Gregorian.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A civil date to days since 1970-01-01.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = (i64::from(month) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let days = self.seconds.div_euclid(86_400);
+        let secs = self.seconds.rem_euclid(86_400);
+        let (y, mo, d) = civil_from_days(days);
+        write!(
+            f,
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )?;
+        let nanos = self.nanos.clamp(0, 999_999_999);
+        if nanos % 1_000_000 == 0 {
+            write!(f, ".{:03}Z", nanos / 1_000_000)
+        } else if nanos % 1_000 == 0 {
+            write!(f, ".{:06}Z", nanos / 1_000)
+        } else {
+            write!(f, ".{nanos:09}Z")
+        }
+    }
+}
+
+/// Why a string is not an RFC 3339 timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimestampParseError(&'static str);
+
+impl fmt::Display for TimestampParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid RFC 3339 timestamp: {}", self.0)
+    }
+}
+
+impl std::error::Error for TimestampParseError {}
+
+impl std::str::FromStr for Timestamp {
+    type Err = TimestampParseError;
+
+    /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b = s.as_bytes();
+        let num = |range: std::ops::Range<usize>| -> Result<i64, TimestampParseError> {
+            let part = b.get(range).ok_or(TimestampParseError("too short"))?;
+            if !part.iter().all(u8::is_ascii_digit) {
+                return Err(TimestampParseError("expected digits"));
+            }
+            Ok(part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+        };
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't' | b' ')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return Err(TimestampParseError("expected YYYY-MM-DDTHH:MM:SS"));
+        }
+        let (year, month, day) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
+        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+            return Err(TimestampParseError("field out of range"));
+        }
+        let mut i = 19;
+        let mut nanos = 0i64;
+        if b[i] == b'.' {
+            i += 1;
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                if i - start < 9 {
+                    nanos = nanos * 10 + i64::from(b[i] - b'0');
+                }
+                i += 1;
+            }
+            let digits = i - start;
+            if digits == 0 {
+                return Err(TimestampParseError("empty fraction"));
+            }
+            for _ in digits..9 {
+                nanos *= 10;
+            }
+        }
+        let offset = match b.get(i..) {
+            Some(b"Z" | b"z") => 0,
+            Some([sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]) => {
+                let digits = [h1, h2, m1, m2];
+                if !digits.iter().all(|d| d.is_ascii_digit()) {
+                    return Err(TimestampParseError("bad offset"));
+                }
+                let minutes = i64::from((h1 - b'0') * 10 + (h2 - b'0')) * 60 + i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+                if *sign == b'+' { minutes * 60 } else { -minutes * 60 }
+            }
+            _ => return Err(TimestampParseError("expected Z or an offset")),
+        };
+        let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) {
+            return Err(TimestampParseError("outside years 0001 to 9999"));
+        }
+        Ok(Self::new(seconds, nanos as i32))
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_with_fraction_always() {
+        let cases = [
+            (Timestamp::new(0, 0), "1970-01-01T00:00:00.000Z"),
+            (Timestamp::new(1_767_323_045, 123_000_000), "2026-01-02T03:04:05.123Z"),
+            (Timestamp::new(1_767_323_045, 123_456_000), "2026-01-02T03:04:05.123456Z"),
+            (Timestamp::new(1_767_323_045, 1), "2026-01-02T03:04:05.000000001Z"),
+            (Timestamp::new(951_782_400, 0), "2000-02-29T00:00:00.000Z"),
+            (Timestamp::new(-1, 0), "1969-12-31T23:59:59.000Z"),
+        ];
+        for (ts, text) in cases {
+            assert_eq!(ts.to_string(), text);
+            assert_eq!(text.parse::<Timestamp>().unwrap(), ts, "{text}");
+        }
+    }
+
+    #[test]
+    fn parses_offsets_and_rejects_garbage() {
+        let ts: Timestamp = "2026-01-02T05:04:05+02:00".parse().unwrap();
+        assert_eq!(ts.to_string(), "2026-01-02T03:04:05.000Z");
+        for bad in ["", "2026-01-02", "2026-13-02T00:00:00Z", "2026-01-02T00:00:00", "2026-01-02T00:00:00.Z", "x026-01-02T00:00:00Z"] {
+            assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
+        }
+    }
+}
