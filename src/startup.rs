@@ -8,8 +8,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 
-use crate::config::ServeSettings;
 use crate::conduit::{self, Ctx, auth::Tokens, error::RealWorldErrors};
+use crate::config::ServeSettings;
 use crate::gateway::{ClassifyLayer, Dispatch, Gateway};
 
 /// Why the service could not start.
@@ -33,7 +33,11 @@ pub enum StartupError {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
 /// Opens a pool to the database.
-pub async fn connect(url: &str, max_connections: u32, acquire_timeout: std::time::Duration) -> Result<PgPool, sqlx::Error> {
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect(url).await
 }
 
@@ -47,13 +51,16 @@ pub struct Application {
 impl Application {
     /// Connects, migrates if asked, binds the listener and assembles the stack.
     pub async fn build(settings: &ServeSettings) -> Result<Self, StartupError> {
-        let db = connect(settings.database_url.expose(), settings.db_max_connections, settings.db_acquire_timeout).await?;
+        let db =
+            connect(settings.database_url.expose(), settings.db_max_connections, settings.db_acquire_timeout).await?;
         if settings.migrate_on_start {
             MIGRATOR.run(&db).await?;
         }
-        let ctx = Ctx { db: db.clone(), tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl) };
+        let ctx =
+            Ctx { db: db.clone(), tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl) };
         let app = stack(ctx, settings.body_limit)?;
-        let listener = TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
+        let listener =
+            TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         Ok(Self { listener, app, db })
     }
 

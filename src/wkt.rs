@@ -66,13 +66,7 @@ impl fmt::Display for Timestamp {
         let days = self.seconds.div_euclid(86_400);
         let secs = self.seconds.rem_euclid(86_400);
         let (y, mo, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )?;
+        write!(f, "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)?;
         let nanos = self.nanos.clamp(0, 999_999_999);
         if nanos % 1_000_000 == 0 {
             write!(f, ".{:03}Z", nanos / 1_000_000)
@@ -149,7 +143,8 @@ impl std::str::FromStr for Timestamp {
                 if !digits.iter().all(|d| d.is_ascii_digit()) {
                     return Err(TimestampParseError("bad offset"));
                 }
-                let minutes = i64::from((h1 - b'0') * 10 + (h2 - b'0')) * 60 + i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+                let minutes =
+                    i64::from((h1 - b'0') * 10 + (h2 - b'0')) * 60 + i64::from((m1 - b'0') * 10 + (m2 - b'0'));
                 if *sign == b'+' { minutes * 60 } else { -minutes * 60 }
             }
             _ => return Err(TimestampParseError("expected Z or an offset")),
@@ -199,7 +194,14 @@ mod tests {
     fn parses_offsets_and_rejects_garbage() {
         let ts: Timestamp = "2026-01-02T05:04:05+02:00".parse().unwrap();
         assert_eq!(ts.to_string(), "2026-01-02T03:04:05.000Z");
-        for bad in ["", "2026-01-02", "2026-13-02T00:00:00Z", "2026-01-02T00:00:00", "2026-01-02T00:00:00.Z", "x026-01-02T00:00:00Z"] {
+        for bad in [
+            "",
+            "2026-01-02",
+            "2026-13-02T00:00:00Z",
+            "2026-01-02T00:00:00",
+            "2026-01-02T00:00:00.Z",
+            "x026-01-02T00:00:00Z",
+        ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
     }

@@ -93,7 +93,8 @@ impl Tokens {
     /// The caller, if the request carries credentials; an error if they are bad.
     pub fn caller(&self, metadata: &MetadataMap) -> ConduitResult<Option<Caller>> {
         let Some(value) = metadata.get("authorization") else { return Ok(None) };
-        let text = value.to_str().map_err(|_| ConduitError::Unauthenticated("the authorization header is malformed"))?;
+        let text =
+            value.to_str().map_err(|_| ConduitError::Unauthenticated("the authorization header is malformed"))?;
         let token = match text.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") => {
                 token.trim()

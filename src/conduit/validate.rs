@@ -211,7 +211,9 @@ mod tests {
 
     #[test]
     fn emails_need_a_shape() {
-        for (email, ok) in [("a@b.c", true), ("a@b", true), ("ab.c", false), ("a@", false), ("@b", false), ("a b@c", false)] {
+        for (email, ok) in
+            [("a@b.c", true), ("a@b", true), ("ab.c", false), ("a@", false), ("@b", false), ("a b@c", false)]
+        {
             let mut check = Check::new();
             check.email("user.email", email);
             assert_eq!(check.finish().is_ok(), ok, "{email}");

@@ -91,7 +91,12 @@ fn from_json<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de, Error 
     })
 }
 
-fn bind_query(root: &mut Map<String, Value>, spec: &RouteSpec, params: &[(String, String)], query: &str) -> Result<(), Status> {
+fn bind_query(
+    root: &mut Map<String, Value>,
+    spec: &RouteSpec,
+    params: &[(String, String)],
+    query: &str,
+) -> Result<(), Status> {
     for (key, value) in form_urlencoded(query) {
         if key.is_empty() {
             continue;
@@ -145,9 +150,8 @@ fn slot<'a>(
     let mut object = root;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let field = spec
-            .field(part)
-            .ok_or_else(|| invalid_field(path, format!("{path}: no such field in {}", spec.name)))?;
+        let field =
+            spec.field(part).ok_or_else(|| invalid_field(path, format!("{path}: no such field in {}", spec.name)))?;
         if parts.peek().is_none() {
             return Ok((object, field));
         }
@@ -166,7 +170,13 @@ fn slot<'a>(
 }
 
 /// Sets the field at `path` from a text value, typed by the field.
-fn set_text(root: &mut Map<String, Value>, message: &'static MessageSpec, path: &str, text: &str, from_query: bool) -> Result<(), Status> {
+fn set_text(
+    root: &mut Map<String, Value>,
+    message: &'static MessageSpec,
+    path: &str,
+    text: &str,
+    from_query: bool,
+) -> Result<(), Status> {
     let (object, field) = slot(root, message, path)?;
     let value = typed(field, path, text)?;
     if field.repeated && from_query {
@@ -185,12 +195,16 @@ fn set_text(root: &mut Map<String, Value>, message: &'static MessageSpec, path: 
 fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
     let bad = |what: &str| invalid_field(path, format!("{path}: {text:?} is not {what}"));
     Ok(match field.kind {
-        FieldKind::String | FieldKind::Bytes | FieldKind::Enum | FieldKind::StringValued => Value::String(text.to_owned()),
+        FieldKind::String | FieldKind::Bytes | FieldKind::Enum | FieldKind::StringValued => {
+            Value::String(text.to_owned())
+        }
         FieldKind::Int32 => Value::from(text.trim().parse::<i32>().map_err(|_| bad("a 32-bit integer"))?),
         FieldKind::Uint32 => Value::from(text.trim().parse::<u32>().map_err(|_| bad("an unsigned 32-bit integer"))?),
         // 64-bit integers stay strings, as proto3 JSON writes them.
         FieldKind::Int64 => Value::String(text.trim().parse::<i64>().map_err(|_| bad("a 64-bit integer"))?.to_string()),
-        FieldKind::Uint64 => Value::String(text.trim().parse::<u64>().map_err(|_| bad("an unsigned 64-bit integer"))?.to_string()),
+        FieldKind::Uint64 => {
+            Value::String(text.trim().parse::<u64>().map_err(|_| bad("an unsigned 64-bit integer"))?.to_string())
+        }
         FieldKind::Float => match text.trim() {
             special @ ("NaN" | "Infinity" | "-Infinity") => Value::String(special.to_owned()),
             number => {
@@ -233,17 +247,35 @@ mod tests {
 
     static INNER: MessageSpec = MessageSpec {
         name: "t.Inner",
-        fields: &[FieldSpec { name: "leaf_name", json_name: "leafName", kind: FieldKind::String, repeated: false, message: None }],
+        fields: &[FieldSpec {
+            name: "leaf_name",
+            json_name: "leafName",
+            kind: FieldKind::String,
+            repeated: false,
+            message: None,
+        }],
     };
     static REQUEST: MessageSpec = MessageSpec {
         name: "t.Request",
         fields: &[
             FieldSpec { name: "name", json_name: "name", kind: FieldKind::String, repeated: false, message: None },
-            FieldSpec { name: "page_size", json_name: "pageSize", kind: FieldKind::Int32, repeated: false, message: None },
+            FieldSpec {
+                name: "page_size",
+                json_name: "pageSize",
+                kind: FieldKind::Int32,
+                repeated: false,
+                message: None,
+            },
             FieldSpec { name: "big", json_name: "big", kind: FieldKind::Int64, repeated: false, message: None },
             FieldSpec { name: "flag", json_name: "flag", kind: FieldKind::Bool, repeated: false, message: None },
             FieldSpec { name: "ids", json_name: "ids", kind: FieldKind::Int32, repeated: true, message: None },
-            FieldSpec { name: "inner", json_name: "inner", kind: FieldKind::Message, repeated: false, message: Some(&INNER) },
+            FieldSpec {
+                name: "inner",
+                json_name: "inner",
+                kind: FieldKind::Message,
+                repeated: false,
+                message: Some(&INNER),
+            },
         ],
     };
 
@@ -308,25 +340,39 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            ("", &[], Some("page_size=7&inner.leafName=q%20r&name=x+y"), "", Request {
-                page_size: 7,
-                name: "x y".into(),
-                inner: Some(Inner { leaf_name: "q r".into() }),
-                ..Default::default()
-            }),
-            ("*", &[("name", "from-path")], Some("pageSize=9"), r#"{"name":"from-body","pageSize":3}"#, Request {
-                name: "from-path".into(),
-                page_size: 3,
-                ..Default::default()
-            }),
+            (
+                "",
+                &[],
+                Some("page_size=7&inner.leafName=q%20r&name=x+y"),
+                "",
+                Request {
+                    page_size: 7,
+                    name: "x y".into(),
+                    inner: Some(Inner { leaf_name: "q r".into() }),
+                    ..Default::default()
+                },
+            ),
+            (
+                "*",
+                &[("name", "from-path")],
+                Some("pageSize=9"),
+                r#"{"name":"from-body","pageSize":3}"#,
+                Request { name: "from-path".into(), page_size: 3, ..Default::default() },
+            ),
             ("*", &[], None, r#"{"ids":[4],"unknownField":1}"#, Request { ids: vec![4], ..Default::default() }),
             ("*", &[], None, "  ", Request::default()),
-            ("inner", &[("name", "n")], Some("pageSize=2"), r#"{"leafName":"b"}"#, Request {
-                name: "n".into(),
-                page_size: 2,
-                inner: Some(Inner { leaf_name: "b".into() }),
-                ..Default::default()
-            }),
+            (
+                "inner",
+                &[("name", "n")],
+                Some("pageSize=2"),
+                r#"{"leafName":"b"}"#,
+                Request {
+                    name: "n".into(),
+                    page_size: 2,
+                    inner: Some(Inner { leaf_name: "b".into() }),
+                    ..Default::default()
+                },
+            ),
         ];
         for (body, params, query, text, expected) in cases {
             let got = decode::<Request>(spec(body), input(params, *query, text)).unwrap_or_else(|s| panic!("{s:?}"));

@@ -103,12 +103,19 @@ impl GatewayBuilder {
     pub fn build(self) -> Result<Gateway, TemplateError> {
         let mut router = Router::new();
         for route in &self.routes {
-            let method = http::Method::from_bytes(route.spec.http_method.as_bytes())
-                .map_err(|_| TemplateError { template: route.spec.template.to_owned(), reason: "invalid HTTP method" })?;
+            let method = http::Method::from_bytes(route.spec.http_method.as_bytes()).map_err(|_| TemplateError {
+                template: route.spec.template.to_owned(),
+                reason: "invalid HTTP method",
+            })?;
             router.add(method, route.spec.template)?;
         }
         Ok(Gateway {
-            inner: Arc::new(Inner { router, routes: self.routes, renderer: self.renderer, body_limit: self.body_limit }),
+            inner: Arc::new(Inner {
+                router,
+                routes: self.routes,
+                renderer: self.renderer,
+                body_limit: self.body_limit,
+            }),
         })
     }
 }
@@ -245,9 +252,7 @@ impl tower::Service<Request<Body>> for Gateway {
 
 /// Whether a request speaks gRPC (including gRPC-Web) rather than JSON.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Tags each request with its [`RpcMethod`] before any other layer runs.

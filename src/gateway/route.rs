@@ -166,4 +166,3 @@ fn encode<O: Serialize>(spec: &RouteSpec, message: &O) -> Result<Vec<u8>, Status
     }
     serde_json::to_vec(&value).map_err(failed)
 }
-

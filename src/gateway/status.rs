@@ -49,11 +49,8 @@ impl ErrorRenderer for RpcStatusRenderer {
     fn body(&self, status: &Status) -> Vec<u8> {
         let mut details = Vec::new();
         if let Some(bad) = status.get_details_bad_request() {
-            let violations: Vec<_> = bad
-                .field_violations
-                .iter()
-                .map(|v| json!({"field": v.field, "description": v.description}))
-                .collect();
+            let violations: Vec<_> =
+                bad.field_violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect();
             details.push(json!({
                 "@type": "type.googleapis.com/google.rpc.BadRequest",
                 "fieldViolations": violations,

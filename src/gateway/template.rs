@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_templates() {
-        for bad in ["api", "/a/{b", "/a/b}", "/a/{}", "/a/{b=**}/c", "/a/{b}/{b}", "/a//b", "/a/x{b}", "/a:", "/a/{1x}"] {
+        for bad in ["api", "/a/{b", "/a/b}", "/a/{}", "/a/{b=**}/c", "/a/{b}/{b}", "/a//b", "/a/x{b}", "/a:", "/a/{1x}"]
+        {
             assert!(PathTemplate::parse(bad).is_err(), "{bad} should not parse");
         }
     }

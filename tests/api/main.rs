@@ -1,1 +1,10 @@
-fn main(){}
+//! Integration tests: the real service on a real socket with its own
+//! Postgres database per test, driven over JSON/HTTP and gRPC.
+
+mod articles;
+mod comments;
+mod gateway;
+mod helpers;
+mod openapi;
+mod profiles;
+mod users;

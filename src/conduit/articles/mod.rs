@@ -12,8 +12,7 @@ use super::validate::{self, BODY_MAX, Check, DESCRIPTION_MAX, TITLE_MAX};
 use crate::pb::conduit::v1::{
     Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, FavoriteArticleRequest,
     FeedArticlesRequest, GetArticleRequest, ListArticlesRequest, ListTagsRequest, MultipleArticlesResponse, Profile,
-    SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest, UpdateArticleRequest, articles_server,
-    tags_server,
+    SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest, UpdateArticleRequest, articles_server, tags_server,
 };
 use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 
@@ -98,7 +97,11 @@ impl Articles {
         let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset)?;
-        let filter = Filter { tag: filter_value(&r.tag), author: filter_value(&r.author), favorited: filter_value(&r.favorited) };
+        let filter = Filter {
+            tag: filter_value(&r.tag),
+            author: filter_value(&r.author),
+            favorited: filter_value(&r.favorited),
+        };
         let page = store::list(&self.ctx.db, filter, limit, offset).await?;
         self.page(viewer, page).await
     }
@@ -200,7 +203,10 @@ impl articles_server::Articles for Articles {
     }
 
     // GET /articles/{slug}
-    async fn get_article(&self, request: Request<GetArticleRequest>) -> Result<Response<SingleArticleResponse>, Status> {
+    async fn get_article(
+        &self,
+        request: Request<GetArticleRequest>,
+    ) -> Result<Response<SingleArticleResponse>, Status> {
         let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
         Ok(Response::new(self.single(viewer, Key::Slug(&request.get_ref().slug)).await?))
     }

@@ -368,6 +368,9 @@ mod tests {
         let tag = page_sql(&Filter { tag: Some("x"), ..Filter::default() });
         assert!(tag.contains("article_count FROM tags WHERE name = $1") && tag.contains("LIMIT $2 OFFSET $3"), "{tag}");
         let all = page_sql(&Filter { tag: Some("x"), author: Some("a"), favorited: Some("f") });
-        assert!(all.contains("count(*)") && all.contains("username = $3") && all.contains("LIMIT $4 OFFSET $5"), "{all}");
+        assert!(
+            all.contains("count(*)") && all.contains("username = $3") && all.contains("LIMIT $4 OFFSET $5"),
+            "{all}"
+        );
     }
 }

@@ -117,7 +117,10 @@ impl users_server::Users for Users {
         Ok(Response::new(Users::register(self, request.into_inner()).await?))
     }
 
-    async fn get_current_user(&self, request: Request<GetCurrentUserRequest>) -> Result<Response<UserResponse>, Status> {
+    async fn get_current_user(
+        &self,
+        request: Request<GetCurrentUserRequest>,
+    ) -> Result<Response<UserResponse>, Status> {
         Ok(Response::new(self.current(request).await?))
     }
 

@@ -56,7 +56,12 @@ pub async fn by_id(db: &PgPool, id: i64) -> ConduitResult<Option<UserRow>> {
 }
 
 /// Fails with every unique value of these that another user has.
-pub async fn ensure_free(db: &PgPool, username: Option<&str>, email: Option<&str>, except: Option<i64>) -> ConduitResult<()> {
+pub async fn ensure_free(
+    db: &PgPool,
+    username: Option<&str>,
+    email: Option<&str>,
+    except: Option<i64>,
+) -> ConduitResult<()> {
     let row = sqlx::query!(
         r#"SELECT
              EXISTS (SELECT 1 FROM users WHERE username = $1 AND id IS DISTINCT FROM $3) AS "username!",

@@ -1,0 +1,320 @@
+//! Articles, the feed, favorites and tags.
+
+use conduit::pb::conduit::v1 as pb;
+use serde_json::json;
+use tonic::Code;
+
+use crate::helpers::{authed, errors, spawn_app};
+
+#[tokio::test]
+async fn create_article_returns_201_with_slug_tags_in_order_and_timestamps() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let body = json!({"article": {"title": "How to train your dragon", "description": "Ever wonder how?",
+        "body": "You have to believe", "tagList": ["training", "dragons", "training", " dragons "]}});
+    let reply = app.json("POST", "/api/articles", Some(&token), Some(body)).await;
+    assert_eq!(reply.status, 201);
+    let article = &reply.body["article"];
+    assert_eq!(article["slug"], "how-to-train-your-dragon");
+    assert_eq!(article["tagList"], json!(["training", "dragons"]));
+    assert_eq!(article["body"], "You have to believe");
+    assert_eq!(article["favorited"], false);
+    assert_eq!(article["favoritesCount"], 0);
+    assert_eq!(article["author"], json!({"username": "jake", "bio": "", "image": "", "following": false}));
+    let created = article["createdAt"].as_str().unwrap();
+    assert!(created.ends_with('Z') && created.contains('.'), "{created}");
+    assert_eq!(created.len(), "2026-01-02T03:04:05.123456Z".len().min(created.len()));
+    // No tags at all is an empty list, not a missing field.
+    let reply = app
+        .json(
+            "POST",
+            "/api/articles",
+            Some(&token),
+            Some(json!({"article": {"title": "t", "description": "d", "body": "b"}})),
+        )
+        .await;
+    assert_eq!(reply.body["article"]["tagList"], json!([]));
+}
+
+#[tokio::test]
+async fn slugs_stay_unique_and_follow_title_changes() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    assert_eq!(app.article(&token, "Same Title", &[]).await, "same-title");
+    assert_eq!(app.article(&token, "Same title!", &[]).await, "same-title-2");
+    assert_eq!(app.article(&token, "same  TITLE", &[]).await, "same-title-3");
+
+    let reply = app
+        .json("PUT", "/api/articles/same-title-2", Some(&token), Some(json!({"article": {"title": "Fresh Start"}})))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["article"]["slug"], "fresh-start");
+    assert_eq!(reply.body["article"]["title"], "Fresh Start");
+    assert_eq!(reply.body["article"]["description"], "about it", "untouched fields stay");
+    assert_eq!(app.get("/api/articles/same-title-2", None).await.status, 404);
+    assert_eq!(app.get("/api/articles/fresh-start", None).await.status, 200);
+    // A title that slugs to the article's own slug keeps it.
+    let reply = app
+        .json("PUT", "/api/articles/fresh-start", Some(&token), Some(json!({"article": {"title": "Fresh start"}})))
+        .await;
+    assert_eq!(reply.body["article"]["slug"], "fresh-start");
+    // Taking a freed slug back is fine.
+    assert_eq!(app.article(&token, "Same Title", &[]).await, "same-title-2");
+}
+
+#[tokio::test]
+async fn article_validation_returns_422_naming_each_field() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let reply = app.json("POST", "/api/articles", Some(&token), Some(json!({"article": {"title": " "}}))).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["title can't be blank", "description can't be blank", "body can't be blank"]);
+    let long = "x".repeat(257);
+    let reply = app
+        .json(
+            "POST",
+            "/api/articles",
+            Some(&token),
+            Some(json!({"article": {"title": long, "description": "d", "body": "b"}})),
+        )
+        .await;
+    assert_eq!(errors(&reply), ["title is too long (maximum is 256 characters)"]);
+    let slug = app.article(&token, "Good", &[]).await;
+    let reply =
+        app.json("PUT", &format!("/api/articles/{slug}"), Some(&token), Some(json!({"article": {"body": ""}}))).await;
+    assert_eq!(errors(&reply), ["body can't be blank"]);
+    assert_eq!(app.json("POST", "/api/articles", None, Some(json!({"article": {}}))).await.status, 401);
+}
+
+#[tokio::test]
+async fn only_the_author_may_update_or_delete_an_article() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let other = app.register("other").await;
+    let slug = app.article(&jake, "Mine", &["a"]).await;
+    let path = format!("/api/articles/{slug}");
+    let reply = app.json("PUT", &path, Some(&other), Some(json!({"article": {"body": "hacked"}}))).await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(errors(&reply), ["only the author may change this article"]);
+    assert_eq!(app.json("DELETE", &path, Some(&other), None).await.status, 403);
+    assert_eq!(app.json("DELETE", &path, None, None).await.status, 401);
+    assert_eq!(app.json("PUT", "/api/articles/nope", Some(&jake), Some(json!({"article": {}}))).await.status, 404);
+    assert_eq!(app.json("DELETE", "/api/articles/nope", Some(&jake), None).await.status, 404);
+
+    let reply = app.json("DELETE", &path, Some(&jake), None).await;
+    assert_eq!(reply.status, 204);
+    assert!(reply.raw.is_empty());
+    assert_eq!(app.get(&path, None).await.status, 404);
+    // Its tag is no longer listed.
+    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": []}));
+}
+
+#[tokio::test]
+async fn favorites_count_and_personalise() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let fan = app.register("fan").await;
+    let slug = app.article(&jake, "Loved", &[]).await;
+    let path = format!("/api/articles/{slug}/favorite");
+    let reply = app.json("POST", &path, Some(&fan), None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["article"]["favorited"], true);
+    assert_eq!(reply.body["article"]["favoritesCount"], 1);
+    assert_eq!(app.json("POST", &path, Some(&fan), None).await.body["article"]["favoritesCount"], 1, "idempotent");
+    assert_eq!(app.json("POST", &path, Some(&jake), None).await.body["article"]["favoritesCount"], 2);
+
+    let single = app.get(&format!("/api/articles/{slug}"), Some(&fan)).await;
+    assert_eq!(single.body["article"]["favorited"], true);
+    assert_eq!(app.get(&format!("/api/articles/{slug}"), None).await.body["article"]["favorited"], false);
+
+    let reply = app.json("DELETE", &path, Some(&fan), None).await;
+    assert_eq!(reply.body["article"]["favorited"], false);
+    assert_eq!(reply.body["article"]["favoritesCount"], 1);
+    assert_eq!(app.json("DELETE", &path, Some(&fan), None).await.body["article"]["favoritesCount"], 1, "idempotent");
+    assert_eq!(app.json("POST", "/api/articles/nope/favorite", Some(&fan), None).await.status, 404);
+    assert_eq!(app.json("POST", &path, None, None).await.status, 401);
+}
+
+fn slugs(reply: &crate::helpers::Reply) -> Vec<String> {
+    reply.body["articles"].as_array().unwrap().iter().map(|a| a["slug"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn list_filters_combine_and_paginate_newest_first() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let anne = app.register("anne").await;
+    let j1 = app.article(&jake, "J one", &["rust", "db"]).await;
+    let a1 = app.article(&anne, "A one", &["rust"]).await;
+    let j2 = app.article(&jake, "J two", &["db"]).await;
+    let a2 = app.article(&anne, "A two", &["rust", "web"]).await;
+    for slug in [&j1, &a2] {
+        app.json("POST", &format!("/api/articles/{slug}/favorite"), Some(&anne), None).await;
+    }
+
+    let cases: &[(&str, &[&String], i64)] = &[
+        ("", &[&a2, &j2, &a1, &j1], 4),
+        ("?tag=rust", &[&a2, &a1, &j1], 3),
+        ("?author=jake", &[&j2, &j1], 2),
+        ("?favorited=anne", &[&a2, &j1], 2),
+        ("?tag=rust&author=jake", &[&j1], 1),
+        ("?tag=db&favorited=anne", &[&j1], 1),
+        ("?tag=rust&author=anne&favorited=anne", &[&a2], 1),
+        ("?author=nobody", &[], 0),
+        ("?tag=nothing", &[], 0),
+        ("?favorited=jake", &[], 0),
+        ("?limit=2", &[&a2, &j2], 4),
+        ("?limit=2&offset=2", &[&a1, &j1], 4),
+        ("?offset=10", &[], 4),
+        ("?tag=rust&limit=1&offset=1", &[&a1], 3),
+        ("?tag=&author=", &[&a2, &j2, &a1, &j1], 4),
+    ];
+    for (query, expected, count) in cases {
+        let reply = app.get(&format!("/api/articles{query}"), None).await;
+        assert_eq!(reply.status, 200, "{query}");
+        let expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        assert_eq!(slugs(&reply), expected, "{query}");
+        assert_eq!(reply.body["articlesCount"], *count, "{query}");
+        for article in reply.body["articles"].as_array().unwrap() {
+            assert!(article.get("body").is_none(), "lists omit the body");
+        }
+    }
+    let reply = app.get("/api/articles?favorited=anne", Some(&anne)).await;
+    assert!(reply.body["articles"].as_array().unwrap().iter().all(|a| a["favorited"] == true));
+}
+
+#[tokio::test]
+async fn list_paging_parameters_are_validated_with_422() {
+    let app = spawn_app().await;
+    for (query, message) in [
+        ("?limit=0", "limit must be between 1 and 100"),
+        ("?limit=101", "limit must be between 1 and 100"),
+        ("?offset=-1", "offset must be 0 or more"),
+        ("?limit=ten", "limit: \"ten\" is not a 32-bit integer"),
+        ("?offset=99999999999", "offset: \"99999999999\" is not a 32-bit integer"),
+    ] {
+        let reply = app.get(&format!("/api/articles{query}"), None).await;
+        assert_eq!(reply.status, 422, "{query}");
+        assert_eq!(errors(&reply), [message], "{query}");
+    }
+    assert_eq!(app.get("/api/articles?limit=100", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn feed_shows_followed_authors_newest_first() {
+    let app = spawn_app().await;
+    let reader = app.register("reader").await;
+    let jake = app.register("jake").await;
+    let anne = app.register("anne").await;
+    let other = app.register("other").await;
+    let j1 = app.article(&jake, "J1", &[]).await;
+    app.article(&other, "Unseen", &[]).await;
+    let a1 = app.article(&anne, "A1", &[]).await;
+    let j2 = app.article(&jake, "J2", &[]).await;
+    assert_eq!(app.get("/api/articles/feed", Some(&reader)).await.body, json!({"articles": [], "articlesCount": 0}));
+    for name in ["jake", "anne"] {
+        app.json("POST", &format!("/api/profiles/{name}/follow"), Some(&reader), None).await;
+    }
+    let reply = app.get("/api/articles/feed", Some(&reader)).await;
+    assert_eq!(slugs(&reply), [j2.clone(), a1.clone(), j1.clone()]);
+    assert_eq!(reply.body["articlesCount"], 3);
+    assert!(reply.body["articles"].as_array().unwrap().iter().all(|a| a["author"]["following"] == true));
+    let reply = app.get("/api/articles/feed?limit=1&offset=1", Some(&reader)).await;
+    assert_eq!(slugs(&reply), [a1]);
+    assert_eq!(reply.body["articlesCount"], 3);
+    assert_eq!(app.get("/api/articles/feed", None).await.status, 401);
+    assert_eq!(app.get("/api/articles/feed?limit=500", Some(&reader)).await.status, 422);
+}
+
+#[tokio::test]
+async fn tags_lists_tags_in_use_alphabetically() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": []}));
+    app.article(&jake, "One", &["zeta", "alpha"]).await;
+    app.article(&jake, "Two", &["alpha", "mid"]).await;
+    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": ["alpha", "mid", "zeta"]}));
+    let tags = app.tags().await.list_tags(pb::ListTagsRequest {}).await.unwrap().into_inner().tags;
+    assert_eq!(tags, ["alpha", "mid", "zeta"]);
+}
+
+#[tokio::test]
+async fn articles_service_works_over_grpc() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let fan = app.register("fan").await;
+    let mut articles = app.articles().await;
+    let created = articles
+        .create_article(authed(
+            pb::CreateArticleRequest {
+                article: Some(pb::NewArticle {
+                    title: "Over gRPC".into(),
+                    description: "d".into(),
+                    body: "b".into(),
+                    tag_list: vec!["x".into(), "y".into()],
+                }),
+            },
+            &jake,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .article
+        .unwrap();
+    assert_eq!(created.slug, "over-grpc");
+    assert_eq!(created.tag_list, ["x", "y"]);
+    assert!(created.created_at.unwrap().seconds > 1_700_000_000);
+
+    let got = articles.get_article(pb::GetArticleRequest { slug: "over-grpc".into() }).await.unwrap().into_inner();
+    assert_eq!(got.article.unwrap().body, "b");
+    let fav = articles
+        .favorite_article(authed(pb::FavoriteArticleRequest { slug: "over-grpc".into() }, &fan))
+        .await
+        .unwrap()
+        .into_inner()
+        .article
+        .unwrap();
+    assert!(fav.favorited);
+    assert_eq!(fav.favorites_count, 1);
+    let unfav = articles
+        .unfavorite_article(authed(pb::UnfavoriteArticleRequest { slug: "over-grpc".into() }, &fan))
+        .await
+        .unwrap()
+        .into_inner()
+        .article
+        .unwrap();
+    assert_eq!(unfav.favorites_count, 0);
+
+    let list = articles
+        .list_articles(pb::ListArticlesRequest { tag: Some("y".into()), limit: Some(5), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.articles_count, 1);
+    assert_eq!(list.articles[0].slug, "over-grpc");
+    let bad =
+        articles.list_articles(pb::ListArticlesRequest { limit: Some(0), ..Default::default() }).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    app.json("POST", "/api/profiles/jake/follow", Some(&fan), None).await;
+    let feed = articles.feed_articles(authed(pb::FeedArticlesRequest::default(), &fan)).await.unwrap().into_inner();
+    assert_eq!(feed.articles_count, 1);
+    assert_eq!(
+        articles.feed_articles(pb::FeedArticlesRequest::default()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    let update = pb::UpdateArticleRequest {
+        slug: "over-grpc".into(),
+        article: Some(pb::UpdateArticle { title: Some("Renamed".into()), ..Default::default() }),
+    };
+    let denied = articles.update_article(authed(update.clone(), &fan)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let renamed = articles.update_article(authed(update, &jake)).await.unwrap().into_inner().article.unwrap();
+    assert_eq!(renamed.slug, "renamed");
+    let delete = pb::DeleteArticleRequest { slug: "renamed".into() };
+    assert_eq!(articles.delete_article(authed(delete.clone(), &fan)).await.unwrap_err().code(), Code::PermissionDenied);
+    articles.delete_article(authed(delete, &jake)).await.unwrap();
+    let gone = articles.get_article(pb::GetArticleRequest { slug: "renamed".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}

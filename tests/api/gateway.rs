@@ -1,0 +1,105 @@
+//! The transcoding layer as an HTTP client sees it: binding, limits, errors,
+//! protocols.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+
+use crate::helpers::{errors, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn oversize_bodies_get_413_without_being_read() {
+    let app = spawn_app_with(|s| s.body_limit = 1024).await;
+    let token = app.register("jake").await;
+    let auth = format!("Token {token}");
+    let big = json!({"article": {"title": "t", "description": "d", "body": "x".repeat(2000)}});
+    let reply = app
+        .send("POST", "/api/articles", &[("authorization", &auth)], Bytes::from(serde_json::to_vec(&big).unwrap()))
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(errors(&reply), ["the request body is larger than 1024 bytes"]);
+    // A declared length over the limit is refused before any byte is read.
+    let reply = app.send("POST", "/api/articles", &[("content-length", "999999999")], Bytes::new()).await;
+    assert_eq!(reply.status, 413);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM articles").fetch_one(&app.db).await.unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn malformed_json_and_wrong_types_get_422_naming_the_field() {
+    let app = spawn_app().await;
+    let cases: &[(&str, &str)] = &[
+        (r#"{"user": {"email": "a@b.c", "password": "#, "user.password: EOF while parsing a value at line 1 column 40"),
+        (
+            r#"{"user": {"email": 5, "password": "x"}}"#,
+            "user.email: invalid type: integer `5`, expected a string at line 1 column 20",
+        ),
+        (r#"{"user": []}"#, "user: invalid type: sequence, expected struct conduit.v1.LoginUser at line 1 column 11"),
+        ("not json", "malformed JSON request: expected ident at line 1 column 2"),
+    ];
+    for (body, message) in cases {
+        let reply = app.send("POST", "/api/users/login", &[], Bytes::from(body.to_string())).await;
+        assert_eq!(reply.status, 422, "{body}");
+        assert_eq!(errors(&reply), [*message], "{body}");
+    }
+}
+
+#[tokio::test]
+async fn input_accepts_proto_names_and_ignores_unknown_fields() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let body = json!({"article": {"title": "Names", "description": "d", "body": "b", "tag_list": ["snake"], "unknown": {"x": 1}}, "extra": true});
+    let reply = app.json("POST", "/api/articles", Some(&token), Some(body)).await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(reply.body["article"]["tagList"], json!(["snake"]));
+}
+
+#[tokio::test]
+async fn unknown_routes_get_404_and_wrong_methods_405() {
+    let app = spawn_app().await;
+    let reply = app.get("/api/nothing/here", None).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(errors(&reply), ["no route for GET /api/nothing/here"]);
+    let reply = app.json("PATCH", "/api/articles/some-slug", None, None).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.headers["allow"], "GET, PUT, DELETE");
+    // The literal `feed` does not hide `{slug}` for other methods.
+    let token = app.register("jake").await;
+    let reply = app.json("PUT", "/api/articles/feed", Some(&token), Some(json!({"article": {}}))).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(errors(&reply), ["article not found"]);
+}
+
+#[tokio::test]
+async fn percent_encoded_path_segments_are_decoded() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Héllo wörld", &[]).await;
+    assert_eq!(slug, "héllo-wörld");
+    let reply = app.get("/api/articles/h%C3%A9llo-w%C3%B6rld", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["article"]["title"], "Héllo wörld");
+}
+
+#[tokio::test]
+async fn json_is_served_over_http2_cleartext_too() {
+    let app = spawn_app().await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let response = client.get(app.url("/api/tags").parse().unwrap()).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"tags":[]}"#);
+}
+
+#[tokio::test]
+async fn success_codes_come_from_the_proto_options() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Codes", &[]).await;
+    let reply = app.json("DELETE", &format!("/api/articles/{slug}"), Some(&token), None).await;
+    assert_eq!(reply.status, 204);
+    assert!(reply.headers.get("content-type").is_none());
+}

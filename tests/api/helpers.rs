@@ -1,0 +1,212 @@
+//! The real application on a free port with its own fresh database, and
+//! clients for both protocols.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit::config::{Secret, ServeSettings};
+use conduit::pb::conduit::v1 as pb;
+use conduit::startup::Application;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tonic::transport::Channel;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Server-level Postgres URL: the maintenance database, where test
+/// databases are created and dropped.
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn url_for(db: &str) -> String {
+    let admin = admin_url();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{db}")
+}
+
+/// A running application and what tests need to talk to it.
+pub struct TestApp {
+    pub port: u16,
+    pub db_name: String,
+    pub db: sqlx::PgPool,
+    http: Client<HttpConnector, Full<Bytes>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A JSON response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Value,
+    pub raw: Bytes,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the app on port 0 with a new migrated database; `tune` may change settings.
+pub async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> TestApp {
+    let db_name = format!(
+        "conduit_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+    );
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("Postgres must be running for the tests");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut admin).await.unwrap();
+    admin.close().await.ok();
+
+    let mut settings = ServeSettings {
+        database_url: Secret::from(url_for(&db_name)),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: Secret::from(JWT_SECRET.to_owned()),
+        jwt_ttl: Duration::from_secs(3600),
+        body_limit: 1024 * 1024,
+        db_max_connections: 5,
+        db_acquire_timeout: Duration::from_secs(5),
+        migrate_on_start: true,
+    };
+    tune(&mut settings);
+    let app = Application::build(&settings).await.expect("the app starts");
+    let port = app.port();
+    let db = app.db().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp { port, db_name, db, http: Client::builder(TokioExecutor::new()).build_http(), shutdown: Some(tx) }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Drop the database from a separate runtime: Drop cannot await.
+        let name = self.db_name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends a request with raw body bytes and extra headers.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+        let mut builder = http::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = self.http.request(builder.body(Full::new(body)).unwrap()).await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let raw = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if raw.is_empty() { Value::Null } else { serde_json::from_slice(&raw).unwrap_or(Value::Null) };
+        Reply { status, headers, body, raw }
+    }
+
+    /// Sends JSON, with `Authorization: Token <token>` when given.
+    pub async fn json(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let auth = token.map(|t| format!("Token {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth.as_str()));
+        }
+        let body = body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap())).unwrap_or_default();
+        self.send(method, path, &headers, body).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.json("GET", path, token, None).await
+    }
+
+    /// Registers a user over JSON; returns its token.
+    pub async fn register(&self, username: &str) -> String {
+        let reply = self
+            .json(
+                "POST",
+                "/api/users",
+                None,
+                Some(json!({"user": {"username": username, "email": format!("{username}@example.com"), "password": "secret-password"}})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        reply.body["user"]["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates an article over JSON; returns its slug.
+    pub async fn article(&self, token: &str, title: &str, tags: &[&str]) -> String {
+        let reply = self
+            .json(
+                "POST",
+                "/api/articles",
+                Some(token),
+                Some(json!({"article": {"title": title, "description": "about it", "body": "the body", "tagList": tags}})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{:?}", reply.body);
+        reply.body["article"]["slug"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url("")).unwrap().connect().await.expect("gRPC connects")
+    }
+
+    pub async fn users(&self) -> pb::users_client::UsersClient<Channel> {
+        pb::users_client::UsersClient::new(self.channel().await)
+    }
+
+    pub async fn profiles(&self) -> pb::profiles_client::ProfilesClient<Channel> {
+        pb::profiles_client::ProfilesClient::new(self.channel().await)
+    }
+
+    pub async fn articles(&self) -> pb::articles_client::ArticlesClient<Channel> {
+        pb::articles_client::ArticlesClient::new(self.channel().await)
+    }
+
+    pub async fn comments(&self) -> pb::comments_client::CommentsClient<Channel> {
+        pb::comments_client::CommentsClient::new(self.channel().await)
+    }
+
+    pub async fn tags(&self) -> pb::tags_client::TagsClient<Channel> {
+        pb::tags_client::TagsClient::new(self.channel().await)
+    }
+}
+
+/// A gRPC request carrying a token.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Token {token}").parse().unwrap());
+    request
+}
+
+/// The messages of a RealWorld error body.
+pub fn errors(reply: &Reply) -> Vec<String> {
+    reply.body["errors"]["body"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a RealWorld error body: {}", String::from_utf8_lossy(&reply.raw)))
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,192 @@
+//! Users: registration, login, the current user.
+
+use conduit::pb::conduit::v1 as pb;
+use serde_json::json;
+use tonic::Code;
+
+use crate::helpers::{JWT_SECRET, authed, errors, spawn_app};
+
+fn new_user(username: &str, email: &str, password: &str) -> serde_json::Value {
+    json!({"user": {"username": username, "email": email, "password": password}})
+}
+
+#[tokio::test]
+async fn register_returns_201_with_the_user_and_a_token() {
+    let app = spawn_app().await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("jake", "jake@jake.jake", "jakejake"))).await;
+    assert_eq!(reply.status, 201);
+    let user = &reply.body["user"];
+    assert_eq!(user["username"], "jake");
+    assert_eq!(user["email"], "jake@jake.jake");
+    assert_eq!(user["bio"], "");
+    assert_eq!(user["image"], "");
+    assert!(user["token"].as_str().unwrap().split('.').count() == 3);
+    assert!(user.get("password").is_none());
+    let stored: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.db).await.unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+}
+
+#[tokio::test]
+async fn register_returns_422_when_username_or_email_is_taken() {
+    let app = spawn_app().await;
+    app.register("jake").await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("jake", "JAKE@example.com", "x"))).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["username has already been taken", "email has already been taken"]);
+    let reply = app.json("POST", "/api/users", None, Some(new_user("other", "Jake@Example.COM", "x"))).await;
+    assert_eq!(errors(&reply), ["email has already been taken"]);
+}
+
+#[tokio::test]
+async fn register_returns_422_naming_each_invalid_field() {
+    let app = spawn_app().await;
+    let reply = app.json("POST", "/api/users", None, Some(json!({"user": {"username": "", "email": "nope"}}))).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["username can't be blank", "email is invalid", "password can't be blank"]);
+    let reply = app.json("POST", "/api/users", None, Some(json!({}))).await;
+    assert_eq!(errors(&reply), ["username can't be blank", "email can't be blank", "password can't be blank"]);
+    let long = "x".repeat(65);
+    let reply = app.json("POST", "/api/users", None, Some(new_user(&long, "a@b.c", "p"))).await;
+    assert_eq!(errors(&reply), ["username is too long (maximum is 64 characters)"]);
+    let reply = app.json("POST", "/api/users", None, Some(new_user("a b", "a@b.c", "p"))).await;
+    assert_eq!(reply.status, 422);
+}
+
+#[tokio::test]
+async fn login_accepts_the_email_in_any_case_and_rejects_a_wrong_password() {
+    let app = spawn_app().await;
+    app.register("jake").await;
+    let ok = json!({"user": {"email": "JAKE@example.com", "password": "secret-password"}});
+    let reply = app.json("POST", "/api/users/login", None, Some(ok)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["user"]["username"], "jake");
+    for bad in [
+        json!({"user": {"email": "jake@example.com", "password": "wrong"}}),
+        json!({"user": {"email": "nobody@example.com", "password": "secret-password"}}),
+    ] {
+        let reply = app.json("POST", "/api/users/login", None, Some(bad)).await;
+        assert_eq!(reply.status, 401);
+        assert_eq!(errors(&reply), ["email or password is invalid"]);
+        assert_eq!(reply.headers["www-authenticate"], "Token");
+    }
+    let reply = app.json("POST", "/api/users/login", None, Some(json!({"user": {"email": ""}}))).await;
+    assert_eq!(reply.status, 422);
+}
+
+#[tokio::test]
+async fn current_user_needs_a_valid_token() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let reply = app.get("/api/user", Some(&token)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["user"]["token"], token.as_str());
+    let bearer = format!("Bearer {token}");
+    let reply = app.send("GET", "/api/user", &[("authorization", &bearer)], Default::default()).await;
+    assert_eq!(reply.status, 200, "Bearer is accepted too");
+
+    assert_eq!(app.get("/api/user", None).await.status, 401);
+    let forged = {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another");
+        let claims = json!({"sub": "1", "iat": 0, "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    let expired = {
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        let claims = json!({"sub": "1", "iat": 0, "exp": 1_000});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    for bad in [forged.as_str(), expired.as_str(), "garbage"] {
+        let reply = app.get("/api/user", Some(bad)).await;
+        assert_eq!(reply.status, 401, "{bad}");
+        assert_eq!(errors(&reply), ["the token is invalid or expired"]);
+    }
+    let reply = app.send("GET", "/api/user", &[("authorization", "Basic abc")], Default::default()).await;
+    assert_eq!(reply.status, 401);
+}
+
+#[tokio::test]
+async fn update_user_changes_only_the_fields_given() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    app.register("taken").await;
+    let reply = app
+        .json(
+            "PUT",
+            "/api/user",
+            Some(&token),
+            Some(json!({"user": {"bio": "I like to skateboard", "image": "https://i.stack.imgur.com/xHWG8.jpg"}})),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["user"]["bio"], "I like to skateboard");
+    assert_eq!(reply.body["user"]["username"], "jake");
+    assert_eq!(reply.body["user"]["email"], "jake@example.com");
+
+    let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"username": "taken"}}))).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["username has already been taken"]);
+    let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"email": "bad"}}))).await;
+    assert_eq!(errors(&reply), ["email is invalid"]);
+    // Keeping one's own email is no conflict.
+    let reply = app
+        .json(
+            "PUT",
+            "/api/user",
+            Some(&token),
+            Some(json!({"user": {"email": "JAKE@example.com", "password": "new-password"}})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    let login = json!({"user": {"email": "jake@example.com", "password": "new-password"}});
+    assert_eq!(app.json("POST", "/api/users/login", None, Some(login)).await.status, 200);
+    assert_eq!(app.json("PUT", "/api/user", None, Some(json!({"user": {}}))).await.status, 401);
+}
+
+#[tokio::test]
+async fn users_service_works_over_grpc() {
+    let app = spawn_app().await;
+    let mut users = app.users().await;
+    let registered = users
+        .register(pb::RegisterRequest {
+            user: Some(pb::NewUser {
+                username: "jake".into(),
+                email: "jake@jake.jake".into(),
+                password: "jakejake".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(registered.username, "jake");
+
+    let login =
+        pb::LoginRequest { user: Some(pb::LoginUser { email: "jake@jake.jake".into(), password: "jakejake".into() }) };
+    let token = users.login(login).await.unwrap().into_inner().user.unwrap().token;
+    let me = users.get_current_user(authed(pb::GetCurrentUserRequest {}, &token)).await.unwrap().into_inner();
+    assert_eq!(me.user.unwrap().email, "jake@jake.jake");
+
+    let update =
+        pb::UpdateCurrentUserRequest { user: Some(pb::UpdateUser { bio: Some("hi".into()), ..Default::default() }) };
+    let updated = users.update_current_user(authed(update, &token)).await.unwrap().into_inner().user.unwrap();
+    assert_eq!(updated.bio, "hi");
+
+    let status = users.get_current_user(pb::GetCurrentUserRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let dup = pb::RegisterRequest {
+        user: Some(pb::NewUser { username: "jake".into(), email: "x@y.z".into(), password: "p".into() }),
+    };
+    let status = users.register(dup).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let bad =
+        pb::LoginRequest { user: Some(pb::LoginUser { email: "jake@jake.jake".into(), password: "nope".into() }) };
+    assert_eq!(users.login(bad).await.unwrap_err().code(), Code::Unauthenticated);
+    let invalid = pb::RegisterRequest { user: None };
+    let status = users.register(invalid).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    use tonic_types::StatusExt;
+    let fields: Vec<String> =
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["user.username", "user.email", "user.password"]);
+}
