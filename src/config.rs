@@ -66,6 +66,11 @@ pub struct Settings {
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
     pub db_acquire_timeout: Duration,
 
+    /// Most password hashes computed at once (each holds 19 MiB for ~20 ms);
+    /// 0 means one per CPU core.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, global = true)]
+    pub password_hash_concurrency: usize,
+
     /// Apply pending migrations when `serve` starts.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
@@ -118,6 +123,8 @@ pub struct ServeSettings {
     pub db_max_connections: u32,
     /// Pool acquire timeout.
     pub db_acquire_timeout: Duration,
+    /// Concurrent password hashes.
+    pub password_hash_concurrency: usize,
     /// Migrate at start-up.
     pub migrate_on_start: bool,
 }
@@ -156,6 +163,10 @@ impl Settings {
             body_limit: self.body_limit,
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
+            password_hash_concurrency: match self.password_hash_concurrency {
+                0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+                n => n,
+            },
             migrate_on_start: self.migrate_on_start,
         })
     }

@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 
-use crate::conduit::{self, Ctx, auth::Tokens, error::RealWorldErrors};
+use crate::conduit::auth::{Passwords, Tokens};
+use crate::conduit::{self, Ctx, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::gateway::{ClassifyLayer, Dispatch, Gateway};
 
@@ -56,8 +57,11 @@ impl Application {
         if settings.migrate_on_start {
             MIGRATOR.run(&db).await?;
         }
-        let ctx =
-            Ctx { db: db.clone(), tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl) };
+        let ctx = Ctx {
+            db: db.clone(),
+            tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
+            passwords: Passwords::new(settings.password_hash_concurrency),
+        };
         let app = stack(ctx, settings.body_limit)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;

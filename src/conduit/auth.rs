@@ -111,24 +111,45 @@ impl Tokens {
     }
 }
 
-/// Hashes a password with argon2id on the blocking pool, away from the
-/// async workers (a hash takes tens of milliseconds by design).
-pub async fn hash_password(password: String) -> ConduitResult<String> {
-    tokio::task::spawn_blocking(move || {
-        let hash: PasswordHash = Argon2::default()
-            .hash_password(password.as_bytes())
-            .map_err(|e| ConduitError::Internal(format!("cannot hash a password: {e}")))?;
-        Ok(hash.to_string())
-    })
-    .await
-    .map_err(|e| ConduitError::Internal(format!("password hashing task failed: {e}")))?
+/// Password hashing and checking with argon2id, on the blocking pool (a
+/// hash takes tens of milliseconds by design) and at most `concurrency` at a
+/// time: each one holds 19 MiB of working memory, so an unbounded burst of
+/// logins would grow the process by that much per request.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
-/// Checks a password against its stored hash, on the blocking pool.
-pub async fn verify_password(password: String, hash: String) -> ConduitResult<bool> {
-    tokio::task::spawn_blocking(move || {
-        PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), &hash).is_ok()
-    })
-    .await
-    .map_err(|e| ConduitError::Internal(format!("password check task failed: {e}")))
+impl Passwords {
+    /// At most `concurrency` hashes at once (at least one).
+    pub fn new(concurrency: usize) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))) }
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> ConduitResult<T> {
+        let _permit =
+            self.permits.acquire().await.map_err(|_| ConduitError::Internal("password hashing is shut down".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| ConduitError::Internal(format!("password hashing task failed: {e}")))
+    }
+
+    /// The PHC string of a new salted hash of `password`.
+    pub async fn hash(&self, password: String) -> ConduitResult<String> {
+        self.run(move || {
+            let hash: PasswordHash = Argon2::default()
+                .hash_password(password.as_bytes())
+                .map_err(|e| ConduitError::Internal(format!("cannot hash a password: {e}")))?;
+            Ok(hash.to_string())
+        })
+        .await?
+    }
+
+    /// Whether `password` matches the stored PHC string `hash`.
+    pub async fn verify(&self, password: String, hash: String) -> ConduitResult<bool> {
+        self.run(move || {
+            PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), &hash).is_ok()
+        })
+        .await
+    }
 }

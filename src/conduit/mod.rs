@@ -26,6 +26,8 @@ pub struct Ctx {
     pub db: PgPool,
     /// Token issuer and checker.
     pub tokens: auth::Tokens,
+    /// Password hasher.
+    pub passwords: auth::Passwords,
 }
 
 /// The tonic services and the HTTP routes of the whole API, over one context.

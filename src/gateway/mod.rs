@@ -349,3 +349,133 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+    use tower::ServiceExt;
+
+    static ECHO_INPUT: MessageSpec = MessageSpec {
+        name: "test.EchoRequest",
+        fields: &[
+            FieldSpec { name: "name", json_name: "name", kind: FieldKind::String, repeated: false, message: None },
+            FieldSpec { name: "count", json_name: "count", kind: FieldKind::Int32, repeated: false, message: None },
+        ],
+    };
+    static ECHO: RouteSpec = RouteSpec {
+        rpc: "/test.Echo/Echo",
+        http_method: "POST",
+        template: "/v1/echo/{name}",
+        body: "*",
+        response_body: "",
+        success_code: 201,
+        input: &ECHO_INPUT,
+    };
+    static ECHO_FIELD: RouteSpec = RouteSpec {
+        rpc: "/test.Echo/EchoField",
+        http_method: "GET",
+        template: "/v1/echo/{name}/headers",
+        body: "",
+        response_body: "headers",
+        success_code: 0,
+        input: &ECHO_INPUT,
+    };
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    struct EchoRequest {
+        name: String,
+        count: i32,
+    }
+
+    #[derive(Debug, Serialize)]
+    struct EchoReply {
+        name: String,
+        count: i32,
+        headers: Vec<String>,
+    }
+
+    async fn echo(request: tonic::Request<EchoRequest>) -> Result<tonic::Response<EchoReply>, Status> {
+        let metadata = request.metadata();
+        let headers = ["authorization", "traceparent", "x-request-id"]
+            .iter()
+            .filter_map(|h| Some(format!("{h}={}", metadata.get(*h)?.to_str().ok()?)))
+            .collect();
+        let message = request.into_inner();
+        if message.count < 0 {
+            return Err(Status::failed_precondition("count must not be negative"));
+        }
+        Ok(tonic::Response::new(EchoReply { name: message.name, count: message.count, headers }))
+    }
+
+    fn gateway() -> Gateway {
+        Gateway::builder().routes([Route::unary(&ECHO, echo), Route::unary(&ECHO_FIELD, echo)]).build().unwrap()
+    }
+
+    async fn call(request: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = gateway().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn headers_reach_the_service_as_metadata() {
+        let request = Request::get("/v1/echo/x/headers")
+            .header("authorization", "Bearer t")
+            .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .header("x-request-id", "r-1")
+            .body(Body::empty())
+            .unwrap();
+        let (status, body) = call(request).await;
+        assert_eq!(status, StatusCode::OK, "success code 0 means 200");
+        assert_eq!(
+            body,
+            serde_json::json!([
+                "authorization=Bearer t",
+                "traceparent=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "x-request-id=r-1"
+            ]),
+            "response_body selects one field"
+        );
+    }
+
+    #[tokio::test]
+    async fn path_variables_override_the_body_and_success_code_is_declared() {
+        let request = Request::post("/v1/echo/from-path").body(Body::from(r#"{"name":"body","count":3}"#)).unwrap();
+        let (status, body) = call(request).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(body["name"], "from-path");
+        assert_eq!(body["count"], 3);
+    }
+
+    #[tokio::test]
+    async fn errors_use_the_standard_table_and_rpc_status_json_by_default() {
+        let request = Request::post("/v1/echo/x").body(Body::from(r#"{"count":-1}"#)).unwrap();
+        let (status, body) = call(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["code"], 9);
+        assert_eq!(body["message"], "count must not be negative");
+        let request = Request::post("/v1/echo/x").body(Body::from(r#"{"count":"many"}"#)).unwrap();
+        let (status, body) = call(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "count");
+        let (status, body) = call(Request::get("/v2/nothing").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["code"], 5);
+    }
+
+    #[tokio::test]
+    async fn classify_names_the_rpc_of_json_requests() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let record = seen.clone();
+        let inner = tower::service_fn(move |req: Request<Body>| {
+            *record.lock().unwrap() = req.extensions().get::<RpcMethod>().copied();
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        let service = tower::Layer::layer(&ClassifyLayer::new(gateway()), inner);
+        service.oneshot(Request::post("/v1/echo/x").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some(RpcMethod("/test.Echo/Echo")));
+    }
+}

@@ -74,6 +74,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> TestApp {
         body_limit: 1024 * 1024,
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
+        password_hash_concurrency: 2,
         migrate_on_start: true,
     };
     tune(&mut settings);

@@ -5,7 +5,6 @@ mod store;
 use tonic::{Request, Response, Status};
 
 use super::Ctx;
-use super::auth::{hash_password, verify_password};
 use super::error::{ConduitError, ConduitResult};
 use super::validate::{BIO_MAX, Check, IMAGE_MAX};
 use crate::pb::conduit::v1::{
@@ -37,7 +36,7 @@ impl Users {
         Check::new().email("user.email", &user.email).password("user.password", &user.password).finish()?;
         let invalid = ConduitError::Unauthenticated("email or password is invalid");
         let Some(row) = store::by_email(&self.ctx.db, &user.email).await? else { return Err(invalid) };
-        if !verify_password(user.password, row.password_hash.clone()).await? {
+        if !self.ctx.passwords.verify(user.password, row.password_hash.clone()).await? {
             return Err(invalid);
         }
         let token = self.ctx.tokens.issue(row.id)?;
@@ -53,7 +52,7 @@ impl Users {
             .password("user.password", &user.password)
             .finish()?;
         store::ensure_free(&self.ctx.db, Some(&user.username), Some(&user.email), None).await?;
-        let hash = hash_password(user.password).await?;
+        let hash = self.ctx.passwords.hash(user.password).await?;
         let row = store::insert(&self.ctx.db, &user.username, &user.email, &hash).await?;
         let token = self.ctx.tokens.issue(row.id)?;
         Ok(Self::reply(row, token))
@@ -94,7 +93,7 @@ impl Users {
                 .await?;
         }
         let password_hash = match user.password {
-            Some(password) => Some(hash_password(password).await?),
+            Some(password) => Some(self.ctx.passwords.hash(password).await?),
             None => None,
         };
         let changes =
