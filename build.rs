@@ -101,14 +101,14 @@ fn http_bindings(rule: &DynamicMessage, into: &mut Vec<Binding>) {
             verb_path = Some((verb.to_uppercase(), text(verb)));
         }
     }
-    if rule.has_field_by_name("custom") {
-        if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref() {
-            let get = |n: &str| match custom.get_field_by_name(n).as_deref() {
-                Some(Value::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            verb_path = Some((get("kind").to_uppercase(), get("path")));
-        }
+    if rule.has_field_by_name("custom")
+        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+    {
+        let get = |n: &str| match custom.get_field_by_name(n).as_deref() {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        verb_path = Some((get("kind").to_uppercase(), get("path")));
     }
     if let Some((verb, template)) = verb_path {
         into.push(Binding { verb, template, body: text("body"), response_body: text("response_body") });
@@ -257,10 +257,11 @@ fn collect_specs(message: &MessageDescriptor, seen: &mut HashSet<String>, into: 
     }
     into.push(message.clone());
     for field in message.fields() {
-        if let Kind::Message(inner) = field.kind() {
-            if !field.is_map() && !is_string_wkt(&inner) {
-                collect_specs(&inner, seen, into);
-            }
+        if let Kind::Message(inner) = field.kind()
+            && !field.is_map()
+            && !is_string_wkt(&inner)
+        {
+            collect_specs(&inner, seen, into);
         }
     }
 }

@@ -40,7 +40,7 @@ pub fn invalid_field(field: &str, description: String) -> Status {
 }
 
 /// Decodes `input` into the typed request for `spec`.
-pub fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Result<tonic::Request<I>, Status> {
+pub(crate) fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Result<tonic::Request<I>, Status> {
     let message = if spec.body == "*" && input.params.is_empty() {
         // The common case: the body is the whole message, parsed in one pass.
         let body: &[u8] = if is_blank(&input.body) { b"{}" } else { &input.body };
@@ -62,10 +62,10 @@ pub fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Result<ton
         for (path, value) in &input.params {
             set_text(&mut root, spec.input, path, value, false)?;
         }
-        if spec.body != "*" {
-            if let Some(query) = input.query.as_deref() {
-                bind_query(&mut root, spec, &input.params, query)?;
-            }
+        if spec.body != "*"
+            && let Some(query) = input.query.as_deref()
+        {
+            bind_query(&mut root, spec, &input.params, query)?;
         }
         from_json(Value::Object(root))?
     };
@@ -224,7 +224,7 @@ fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
 }
 
 /// `tag_list` → `tagList`, the proto3 JSON name rule.
-pub fn lower_camel(name: &str) -> String {
+pub(crate) fn lower_camel(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = false;
     for c in name.chars() {

@@ -296,12 +296,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if !is_grpc(&req) {
-            if let Match::Found { route, params } = self.gateway.find(&req) {
-                let rpc = self.gateway.inner.routes[route].spec.rpc;
-                req.extensions_mut().insert(RpcMethod(rpc));
-                req.extensions_mut().insert(Matched { route, params });
-            }
+        if !is_grpc(&req)
+            && let Match::Found { route, params } = self.gateway.find(&req)
+        {
+            let rpc = self.gateway.inner.routes[route].spec.rpc;
+            req.extensions_mut().insert(RpcMethod(rpc));
+            req.extensions_mut().insert(Matched { route, params });
         }
         // gRPC paths are already `/package.Service/Method`; layers read them
         // from the URI, so no allocation is needed to name them here.

@@ -102,7 +102,7 @@ pub struct Reply {
 }
 
 /// A boxed future of a handler.
-pub type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
+pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Result<Reply, Status>> + Send>>;
 
 type Handler = Arc<dyn Fn(Input) -> ReplyFuture + Send + Sync>;
 

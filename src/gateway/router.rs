@@ -160,15 +160,15 @@ impl Router {
             }
         } else {
             let segment = segments[at];
-            if let Some(&next) = n.literal.get(segment) {
-                if let Some(route) = self.walk(next, segments, at + 1, method, verb, allowed) {
-                    return Some(route);
-                }
+            if let Some(&next) = n.literal.get(segment)
+                && let Some(route) = self.walk(next, segments, at + 1, method, verb, allowed)
+            {
+                return Some(route);
             }
-            if let Some(next) = n.single.filter(|_| !segment.is_empty()) {
-                if let Some(route) = self.walk(next, segments, at + 1, method, verb, allowed) {
-                    return Some(route);
-                }
+            if let Some(next) = n.single.filter(|_| !segment.is_empty())
+                && let Some(route) = self.walk(next, segments, at + 1, method, verb, allowed)
+            {
+                return Some(route);
             }
         }
         pick(&n.rest, allowed)

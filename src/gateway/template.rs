@@ -137,10 +137,10 @@ impl PathTemplate {
         if parsed.segments.iter().any(|s| matches!(s, SegmentPattern::Literal(l) if l.is_empty())) {
             return Err(err("empty segment"));
         }
-        if let Some(i) = parsed.segments.iter().position(|s| *s == SegmentPattern::Rest) {
-            if i + 1 != parsed.segments.len() {
-                return Err(err("'**' must be the last segment"));
-            }
+        if let Some(i) = parsed.segments.iter().position(|s| *s == SegmentPattern::Rest)
+            && i + 1 != parsed.segments.len()
+        {
+            return Err(err("'**' must be the last segment"));
         }
         Ok(parsed)
     }
@@ -166,7 +166,8 @@ mod tests {
 
     #[test]
     fn parses_the_grammar() {
-        let cases: &[(&str, Vec<SegmentPattern>, Vec<(&str, usize, Option<usize>)>, Option<&str>)] = &[
+        type Case<'a> = (&'a str, Vec<SegmentPattern>, Vec<(&'a str, usize, Option<usize>)>, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
             ("/api/tags", vec![lit("api"), lit("tags")], vec![], None),
             ("/api/articles/{slug}", vec![lit("api"), lit("articles"), Single], vec![("slug", 2, Some(3))], None),
             (

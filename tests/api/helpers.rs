@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use tonic::transport::Channel;
 
-pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+pub(crate) const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 
 /// Server-level Postgres URL: the maintenance database, where test
 /// databases are created and dropped.
@@ -31,31 +31,31 @@ fn url_for(db: &str) -> String {
 }
 
 /// A running application and what tests need to talk to it.
-pub struct TestApp {
-    pub port: u16,
-    pub db_name: String,
-    pub db: sqlx::PgPool,
+pub(crate) struct TestApp {
+    pub(crate) port: u16,
+    pub(crate) db_name: String,
+    pub(crate) db: sqlx::PgPool,
     http: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// A JSON response.
 #[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: Value,
-    pub raw: Bytes,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Value,
+    pub(crate) raw: Bytes,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
 /// Starts the app on port 0 with a new migrated database; `tune` may change settings.
-pub async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> TestApp {
+pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> TestApp {
     let db_name = format!(
         "conduit_test_{}_{}_{}",
         std::process::id(),
@@ -109,12 +109,12 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
     /// Sends a request with raw body bytes and extra headers.
-    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    pub(crate) async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
         let mut builder = http::Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
             builder = builder.header(*k, *v);
@@ -128,7 +128,7 @@ impl TestApp {
     }
 
     /// Sends JSON, with `Authorization: Token <token>` when given.
-    pub async fn json(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub(crate) async fn json(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
         let auth = token.map(|t| format!("Token {t}"));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(auth) = &auth {
@@ -138,12 +138,12 @@ impl TestApp {
         self.send(method, path, &headers, body).await
     }
 
-    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.json("GET", path, token, None).await
     }
 
     /// Registers a user over JSON; returns its token.
-    pub async fn register(&self, username: &str) -> String {
+    pub(crate) async fn register(&self, username: &str) -> String {
         let reply = self
             .json(
                 "POST",
@@ -157,7 +157,7 @@ impl TestApp {
     }
 
     /// Creates an article over JSON; returns its slug.
-    pub async fn article(&self, token: &str, title: &str, tags: &[&str]) -> String {
+    pub(crate) async fn article(&self, token: &str, title: &str, tags: &[&str]) -> String {
         let reply = self
             .json(
                 "POST",
@@ -170,40 +170,40 @@ impl TestApp {
         reply.body["article"]["slug"].as_str().unwrap().to_owned()
     }
 
-    pub async fn channel(&self) -> Channel {
+    pub(crate) async fn channel(&self) -> Channel {
         Channel::from_shared(self.url("")).unwrap().connect().await.expect("gRPC connects")
     }
 
-    pub async fn users(&self) -> pb::users_client::UsersClient<Channel> {
+    pub(crate) async fn users(&self) -> pb::users_client::UsersClient<Channel> {
         pb::users_client::UsersClient::new(self.channel().await)
     }
 
-    pub async fn profiles(&self) -> pb::profiles_client::ProfilesClient<Channel> {
+    pub(crate) async fn profiles(&self) -> pb::profiles_client::ProfilesClient<Channel> {
         pb::profiles_client::ProfilesClient::new(self.channel().await)
     }
 
-    pub async fn articles(&self) -> pb::articles_client::ArticlesClient<Channel> {
+    pub(crate) async fn articles(&self) -> pb::articles_client::ArticlesClient<Channel> {
         pb::articles_client::ArticlesClient::new(self.channel().await)
     }
 
-    pub async fn comments(&self) -> pb::comments_client::CommentsClient<Channel> {
+    pub(crate) async fn comments(&self) -> pb::comments_client::CommentsClient<Channel> {
         pb::comments_client::CommentsClient::new(self.channel().await)
     }
 
-    pub async fn tags(&self) -> pb::tags_client::TagsClient<Channel> {
+    pub(crate) async fn tags(&self) -> pb::tags_client::TagsClient<Channel> {
         pb::tags_client::TagsClient::new(self.channel().await)
     }
 }
 
 /// A gRPC request carrying a token.
-pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", format!("Token {token}").parse().unwrap());
     request
 }
 
 /// The messages of a RealWorld error body.
-pub fn errors(reply: &Reply) -> Vec<String> {
+pub(crate) fn errors(reply: &Reply) -> Vec<String> {
     reply.body["errors"]["body"]
         .as_array()
         .unwrap_or_else(|| panic!("not a RealWorld error body: {}", String::from_utf8_lossy(&reply.raw)))

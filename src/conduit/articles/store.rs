@@ -8,40 +8,40 @@ use crate::conduit::error::{ConduitError, ConduitResult};
 
 /// An article as the API shows it to one viewer.
 #[derive(Debug)]
-pub struct ArticleRow {
+pub(crate) struct ArticleRow {
     /// Id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// Slug.
-    pub slug: String,
+    pub(crate) slug: String,
     /// Title.
-    pub title: String,
+    pub(crate) title: String,
     /// Description.
-    pub description: String,
+    pub(crate) description: String,
     /// Body; empty when not asked for.
-    pub body: String,
+    pub(crate) body: String,
     /// Tags in the author's order.
-    pub tag_list: Vec<String>,
+    pub(crate) tag_list: Vec<String>,
     /// Published.
-    pub created_at: OffsetDateTime,
+    pub(crate) created_at: OffsetDateTime,
     /// Last changed.
-    pub updated_at: OffsetDateTime,
+    pub(crate) updated_at: OffsetDateTime,
     /// Number of favorites.
-    pub favorites_count: i32,
+    pub(crate) favorites_count: i32,
     /// Author's user name.
-    pub username: String,
+    pub(crate) username: String,
     /// Author's biography.
-    pub bio: String,
+    pub(crate) bio: String,
     /// Author's picture.
-    pub image: String,
+    pub(crate) image: String,
     /// Whether the viewer favorited it.
-    pub favorited: bool,
+    pub(crate) favorited: bool,
     /// Whether the viewer follows the author.
-    pub following: bool,
+    pub(crate) following: bool,
 }
 
 /// Which articles to read.
 #[derive(Debug, Clone, Copy)]
-pub enum Key<'a> {
+pub(crate) enum Key<'a> {
     /// These ids; the result keeps their order.
     Ids(&'a [i64]),
     /// The article with this slug.
@@ -50,7 +50,12 @@ pub enum Key<'a> {
 
 /// The read model: articles with author, counts and the viewer's
 /// `favorited`/`following`, in one round trip whatever their number.
-pub async fn read(db: &PgPool, viewer: Option<i64>, key: Key<'_>, with_body: bool) -> ConduitResult<Vec<ArticleRow>> {
+pub(crate) async fn read(
+    db: &PgPool,
+    viewer: Option<i64>,
+    key: Key<'_>,
+    with_body: bool,
+) -> ConduitResult<Vec<ArticleRow>> {
     let (ids, slug) = match key {
         Key::Ids(ids) => (ids, None),
         Key::Slug(slug) => (&[][..], Some(slug)),
@@ -79,28 +84,28 @@ pub async fn read(db: &PgPool, viewer: Option<i64>, key: Key<'_>, with_body: boo
 }
 
 /// The one article with this key, or NOT_FOUND.
-pub async fn read_one(db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<ArticleRow> {
+pub(crate) async fn read_one(db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<ArticleRow> {
     read(db, viewer, key, true).await?.pop().ok_or(ConduitError::NotFound("article"))
 }
 
 /// Filters of the article list; they combine.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Filter<'a> {
+pub(crate) struct Filter<'a> {
     /// Carrying this tag.
-    pub tag: Option<&'a str>,
+    pub(crate) tag: Option<&'a str>,
     /// Written by this user name.
-    pub author: Option<&'a str>,
+    pub(crate) author: Option<&'a str>,
     /// Favorited by this user name.
-    pub favorited: Option<&'a str>,
+    pub(crate) favorited: Option<&'a str>,
 }
 
 /// One page of ids, newest first, and the total matching.
 #[derive(Debug, sqlx::FromRow)]
-pub struct Page {
+pub(crate) struct Page {
     /// All articles matching.
-    pub total: i64,
+    pub(crate) total: i64,
     /// Ids of the page, in order.
-    pub ids: Vec<i64>,
+    pub(crate) ids: Vec<i64>,
 }
 
 /// The SQL of a list page for one combination of filters. Each combination
@@ -154,7 +159,7 @@ fn page_sql(filter: &Filter<'_>) -> String {
 }
 
 /// A page of the article list.
-pub async fn list(db: &PgPool, filter: Filter<'_>, limit: i64, offset: i64) -> ConduitResult<Page> {
+pub(crate) async fn list(db: &PgPool, filter: Filter<'_>, limit: i64, offset: i64) -> ConduitResult<Page> {
     let sql = page_sql(&filter);
     let mut query = sqlx::query_as::<_, Page>(AssertSqlSafe(sql));
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
@@ -164,7 +169,7 @@ pub async fn list(db: &PgPool, filter: Filter<'_>, limit: i64, offset: i64) -> C
 }
 
 /// A page of the feed of `user`: articles by the users it follows.
-pub async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> ConduitResult<Page> {
+pub(crate) async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> ConduitResult<Page> {
     Ok(sqlx::query_as!(
         Page,
         r#"SELECT
@@ -212,19 +217,19 @@ const SLUG_ATTEMPTS: usize = 5;
 
 /// A new article's fields, validated.
 #[derive(Debug)]
-pub struct NewArticle {
+pub(crate) struct NewArticle {
     /// Title.
-    pub title: String,
+    pub(crate) title: String,
     /// Description.
-    pub description: String,
+    pub(crate) description: String,
     /// Body.
-    pub body: String,
+    pub(crate) body: String,
     /// Tags, de-duplicated.
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
 }
 
 /// Inserts an article with its tags; returns its id.
-pub async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArticle) -> ConduitResult<i64> {
+pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArticle) -> ConduitResult<i64> {
     for _ in 0..SLUG_ATTEMPTS {
         let mut tx = db.begin().await?;
         let slug = free_slug(&mut tx, base_slug, None).await?;
@@ -265,7 +270,7 @@ pub async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArti
 }
 
 /// Who wrote the article with this slug, and its id.
-pub async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
+pub(crate) async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
     let row = sqlx::query!("SELECT id, author_id FROM articles WHERE slug = $1", slug)
         .fetch_optional(db)
         .await?
@@ -275,17 +280,17 @@ pub async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
 
 /// Changes of an article; `None` keeps a value.
 #[derive(Debug, Default)]
-pub struct ArticleChanges {
+pub(crate) struct ArticleChanges {
     /// New title, with the slug base derived from it.
-    pub title: Option<(String, String)>,
+    pub(crate) title: Option<(String, String)>,
     /// New description.
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// New body.
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
 }
 
 /// Applies changes; a new title moves the slug.
-pub async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> ConduitResult<()> {
+pub(crate) async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> ConduitResult<()> {
     for _ in 0..SLUG_ATTEMPTS {
         let mut tx = db.begin().await?;
         let (title, slug) = match &changes.title {
@@ -321,13 +326,13 @@ pub async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> ConduitRe
 }
 
 /// Deletes an article; comments, favorites and tag links go with it.
-pub async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
+pub(crate) async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
     sqlx::query!("DELETE FROM articles WHERE id = $1", id).execute(db).await?;
     Ok(())
 }
 
 /// Adds or removes a favorite; returns the article's id.
-pub async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
+pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
     let id = if favorite {
         sqlx::query_scalar!(
             r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
@@ -353,7 +358,7 @@ pub async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) ->
 }
 
 /// Tags carried by at least one article, alphabetically.
-pub async fn tags(db: &PgPool) -> ConduitResult<Vec<String>> {
+pub(crate) async fn tags(db: &PgPool) -> ConduitResult<Vec<String>> {
     Ok(sqlx::query_scalar!("SELECT name FROM tags WHERE article_count > 0 ORDER BY name").fetch_all(db).await?)
 }
 

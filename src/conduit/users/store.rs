@@ -6,19 +6,19 @@ use crate::conduit::error::{ConduitError, ConduitResult, FieldError};
 
 /// A user row as the account calls need it.
 #[derive(Debug)]
-pub struct UserRow {
+pub(crate) struct UserRow {
     /// Id.
-    pub id: i64,
+    pub(crate) id: i64,
     /// User name.
-    pub username: String,
+    pub(crate) username: String,
     /// Email address as given.
-    pub email: String,
+    pub(crate) email: String,
     /// argon2id PHC string.
-    pub password_hash: String,
+    pub(crate) password_hash: String,
     /// Biography.
-    pub bio: String,
+    pub(crate) bio: String,
     /// Picture URL.
-    pub image: String,
+    pub(crate) image: String,
 }
 
 /// Turns a unique violation into the field error of the value taken.
@@ -38,7 +38,7 @@ fn taken(e: sqlx::Error) -> ConduitError {
 }
 
 /// The user with this email, compared without regard to case.
-pub async fn by_email(db: &PgPool, email: &str) -> ConduitResult<Option<UserRow>> {
+pub(crate) async fn by_email(db: &PgPool, email: &str) -> ConduitResult<Option<UserRow>> {
     Ok(sqlx::query_as!(
         UserRow,
         "SELECT id, username, email, password_hash, bio, image FROM users WHERE lower(email) = lower($1)",
@@ -49,14 +49,14 @@ pub async fn by_email(db: &PgPool, email: &str) -> ConduitResult<Option<UserRow>
 }
 
 /// The user with this id.
-pub async fn by_id(db: &PgPool, id: i64) -> ConduitResult<Option<UserRow>> {
+pub(crate) async fn by_id(db: &PgPool, id: i64) -> ConduitResult<Option<UserRow>> {
     Ok(sqlx::query_as!(UserRow, "SELECT id, username, email, password_hash, bio, image FROM users WHERE id = $1", id)
         .fetch_optional(db)
         .await?)
 }
 
 /// Fails with every unique value of these that another user has.
-pub async fn ensure_free(
+pub(crate) async fn ensure_free(
     db: &PgPool,
     username: Option<&str>,
     email: Option<&str>,
@@ -84,7 +84,7 @@ pub async fn ensure_free(
 
 /// Creates a user. A race lost to another registration still reports the
 /// value taken, from the unique index.
-pub async fn insert(db: &PgPool, username: &str, email: &str, password_hash: &str) -> ConduitResult<UserRow> {
+pub(crate) async fn insert(db: &PgPool, username: &str, email: &str, password_hash: &str) -> ConduitResult<UserRow> {
     sqlx::query_as!(
         UserRow,
         "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
@@ -100,21 +100,21 @@ pub async fn insert(db: &PgPool, username: &str, email: &str, password_hash: &st
 
 /// The changes of an account; `None` keeps a value.
 #[derive(Debug, Default)]
-pub struct UserChanges {
+pub(crate) struct UserChanges {
     /// New email.
-    pub email: Option<String>,
+    pub(crate) email: Option<String>,
     /// New user name.
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// New password hash.
-    pub password_hash: Option<String>,
+    pub(crate) password_hash: Option<String>,
     /// New biography.
-    pub bio: Option<String>,
+    pub(crate) bio: Option<String>,
     /// New picture URL.
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
 }
 
 /// Applies changes to a user; `None` when the user is gone.
-pub async fn update(db: &PgPool, id: i64, changes: UserChanges) -> ConduitResult<Option<UserRow>> {
+pub(crate) async fn update(db: &PgPool, id: i64, changes: UserChanges) -> ConduitResult<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
         "UPDATE users SET
