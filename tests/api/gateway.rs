@@ -103,3 +103,48 @@ async fn success_codes_come_from_the_proto_options() {
     assert_eq!(reply.status, 204);
     assert!(reply.headers.get("content-type").is_none());
 }
+
+/// The gateway with a body-bound message of the real generated (pbjson)
+/// types: numbers out of range and wrong types name the field.
+#[tokio::test]
+async fn generated_json_types_report_out_of_range_numbers_by_field() {
+    use conduit::gateway::{Gateway, Route, RouteSpec};
+    use conduit::pb::conduit::v1 as pb;
+    use tower::ServiceExt;
+
+    static SPEC: RouteSpec = RouteSpec {
+        rpc: "/conduit.v1.Articles/ListArticles",
+        http_method: "POST",
+        template: "/list",
+        body: "*",
+        response_body: "",
+        success_code: 200,
+        input: &pb::MESSAGE_CONDUIT_V1_LIST_ARTICLES_REQUEST,
+    };
+    let route = Route::unary(&SPEC, |request: tonic::Request<pb::ListArticlesRequest>| async move {
+        let r = request.into_inner();
+        Ok(tonic::Response::new(pb::MultipleArticlesResponse {
+            articles: vec![],
+            articles_count: r.limit.unwrap_or(-1),
+        }))
+    });
+    let gateway = Gateway::builder().routes([route]).build().unwrap();
+    for (body, status, expected) in [
+        (r#"{"limit": 7}"#, 200, json!({"articles": [], "articlesCount": 7})),
+        (r#"{"limit": "8", "tag": "x"}"#, 200, json!({"articles": [], "articlesCount": 8})),
+        (r#"{"limit": 3000000000}"#, 400, json!("limit")),
+        (r#"{"limit": 1.5}"#, 400, json!("limit")),
+        (r#"{"tag": 5}"#, 400, json!("tag")),
+    ] {
+        let request = http::Request::post("/list").body(axum::body::Body::from(body)).unwrap();
+        let response = gateway.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{body}");
+        let got: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        if status == 200 {
+            assert_eq!(got, expected, "{body}");
+        } else {
+            assert_eq!(got["details"][0]["fieldViolations"][0]["field"], expected, "{body}: {got}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! Postgres database per test, driven over JSON/HTTP and gRPC.
 
 mod articles;
+mod cli;
 mod comments;
 mod gateway;
 mod helpers;

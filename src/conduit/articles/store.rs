@@ -50,6 +50,9 @@ pub(crate) enum Key<'a> {
 
 /// The read model: articles with author, counts and the viewer's
 /// `favorited`/`following`, in one round trip whatever their number.
+/// The viewer flags are primary-key probes per row (scalar subqueries), not
+/// `EXISTS`: Postgres may hash an `EXISTS` by reading all of the viewer's
+/// favorites, which grows with the viewer's history instead of the page.
 pub(crate) async fn read(
     db: &PgPool,
     viewer: Option<i64>,
@@ -66,8 +69,10 @@ pub(crate) async fn read(
                   CASE WHEN $4 THEN a.body ELSE '' END AS "body!",
                   a.tag_list, a.created_at, a.updated_at, a.favorites_count,
                   u.username, u.bio, u.image,
-                  EXISTS (SELECT 1 FROM favorites f WHERE f.user_id = $1 AND f.article_id = a.id) AS "favorited!",
-                  EXISTS (SELECT 1 FROM follows fo WHERE fo.follower_id = $1 AND fo.followee_id = a.author_id) AS "following!"
+                  COALESCE((SELECT true FROM favorites f WHERE f.user_id = $1 AND f.article_id = a.id), false)
+                      AS "favorited!",
+                  COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = $1 AND fo.followee_id = a.author_id), false)
+                      AS "following!"
            FROM articles a JOIN users u ON u.id = a.author_id
            WHERE a.id = ANY($2) OR a.slug = $3"#,
         viewer,
