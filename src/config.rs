@@ -50,6 +50,11 @@ pub struct Settings {
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
     pub body_limit: usize,
 
+    /// Origins browsers may call the JSON API from: `*` for any, or a
+    /// comma-separated list such as https://app.example.com,http://localhost:4200.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
+    pub cors_allowed_origins: String,
+
     /// Log filter, e.g. info or conduit=debug,sqlx=warn.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
@@ -125,6 +130,8 @@ pub struct ServeSettings {
     pub db_acquire_timeout: Duration,
     /// Concurrent password hashes.
     pub password_hash_concurrency: usize,
+    /// Browser origins allowed by CORS; `None` means any.
+    pub cors_allowed_origins: Option<Vec<http::HeaderValue>>,
     /// Migrate at start-up.
     pub migrate_on_start: bool,
 }
@@ -155,6 +162,21 @@ impl Settings {
         if self.body_limit == 0 {
             return Err("BODY_LIMIT must be at least 1 byte".into());
         }
+        let cors_allowed_origins = match self.cors_allowed_origins.trim() {
+            "*" => None,
+            list => Some(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(|o| {
+                        http::HeaderValue::from_str(o)
+                            .ok()
+                            .filter(|_| o.starts_with("http://") || o.starts_with("https://"))
+                            .ok_or_else(|| format!("CORS_ALLOWED_ORIGINS: {o:?} is not an origin like https://host"))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            ),
+        };
         Ok(ServeSettings {
             database_url,
             listen: self.listen,
@@ -167,6 +189,7 @@ impl Settings {
                 0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
                 n => n,
             },
+            cors_allowed_origins,
             migrate_on_start: self.migrate_on_start,
         })
     }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::conduit::auth::{Passwords, Tokens};
 use crate::conduit::{self, Ctx, error::RealWorldErrors};
@@ -62,7 +63,7 @@ impl Application {
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
         };
-        let app = stack(ctx, settings.body_limit)?;
+        let app = stack(ctx, settings)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         Ok(Self { listener, app, db })
@@ -86,13 +87,29 @@ impl Application {
     }
 }
 
-/// The service stack, outermost first: classify each request by RPC (so
-/// that layers added between it and the split can key on it for every
-/// protocol), then split gRPC from JSON.
-fn stack(ctx: Ctx, body_limit: usize) -> Result<axum::Router, StartupError> {
+/// CORS for browser clients (RealWorld frontends are served from another
+/// origin); tokens travel in the Authorization header, never in cookies.
+fn cors(settings: &ServeSettings) -> CorsLayer {
+    let origins = match &settings.cors_allowed_origins {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.iter().cloned()),
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
+/// The service stack, outermost first: CORS, then classify each request by
+/// RPC (so that layers added between it and the split can key on it for
+/// every protocol), then split gRPC from JSON.
+fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<axum::Router, StartupError> {
     let (grpc, routes) = conduit::services(ctx);
-    let gateway = Gateway::builder().routes(routes).renderer(RealWorldErrors).body_limit(body_limit).build()?;
+    let gateway =
+        Gateway::builder().routes(routes).renderer(RealWorldErrors).body_limit(settings.body_limit).build()?;
     let service = tower::ServiceBuilder::new()
+        .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok(axum::Router::new().fallback_service(service))

@@ -344,8 +344,7 @@ where
                 grpc.ready().await?.call(req).await
             })
         } else {
-            let gateway = self.gateway.clone();
-            Box::pin(async move { Ok(gateway.serve(req).await) })
+            tower::Service::call(&mut self.gateway, req)
         }
     }
 }

@@ -33,6 +33,7 @@ fn help_explains_every_setting() {
         "DB_ACQUIRE_TIMEOUT",
         "PASSWORD_HASH_CONCURRENCY",
         "MIGRATE_ON_START",
+        "CORS_ALLOWED_ORIGINS",
     ] {
         assert!(help.contains(needle), "--help does not mention {needle}:\n{help}");
     }

@@ -148,3 +148,35 @@ async fn generated_json_types_report_out_of_range_numbers_by_field() {
         }
     }
 }
+
+#[tokio::test]
+async fn browsers_get_cors_answers_from_any_origin_by_default() {
+    let app = spawn_app().await;
+    let preflight = app
+        .send(
+            "OPTIONS",
+            "/api/articles",
+            &[
+                ("origin", "http://localhost:4200"),
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "authorization,content-type"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(preflight.status, 200);
+    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
+    assert_eq!(preflight.headers["access-control-allow-methods"], "POST");
+    assert_eq!(preflight.headers["access-control-allow-headers"], "authorization,content-type");
+    let reply = app.send("GET", "/api/tags", &[("origin", "http://localhost:4200")], Bytes::new()).await;
+    assert_eq!(reply.headers["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn cors_can_be_limited_to_listed_origins() {
+    let app = spawn_app_with(|s| s.cors_allowed_origins = Some(vec!["https://app.example".parse().unwrap()])).await;
+    let allowed = app.send("GET", "/api/tags", &[("origin", "https://app.example")], Bytes::new()).await;
+    assert_eq!(allowed.headers["access-control-allow-origin"], "https://app.example");
+    let other = app.send("GET", "/api/tags", &[("origin", "https://evil.example")], Bytes::new()).await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+}

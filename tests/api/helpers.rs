@@ -75,6 +75,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
         password_hash_concurrency: 2,
+        cors_allowed_origins: None,
         migrate_on_start: true,
     };
     tune(&mut settings);
