@@ -53,7 +53,7 @@ async fn read(db: &PgPool, viewer: Option<i64>, article: i64, only: Option<i32>)
            WHERE c.article_id = $1 AND (c.id = $3 OR $3 IS NULL)
            ORDER BY c.id"#,
         article,
-        viewer,
+        super::viewer_id(viewer),
         only
     )
     .fetch_all(db)

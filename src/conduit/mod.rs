@@ -30,6 +30,15 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
 }
 
+/// The user id read queries bind for the caller: 0 for anonymous callers,
+/// which no user has (ids start at 1). Binding NULL instead lets Postgres
+/// fold the caller's probes away in a custom plan, judge that cheaper than
+/// the generic plan, and so plan the statement again on every call (a
+/// quarter of the list endpoint's throughput, measured).
+pub(crate) fn viewer_id(caller: Option<i64>) -> i64 {
+    caller.unwrap_or(0)
+}
+
 /// The tonic services and the HTTP routes of the whole API, over one context.
 pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Route>) {
     let users = Arc::new(users::Users::new(ctx.clone()));

@@ -39,7 +39,7 @@ async fn profile(db: &PgPool, username: &str, viewer: Option<i64>) -> ConduitRes
                   EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id) AS "following!"
            FROM users u WHERE u.username = $1"#,
         username,
-        viewer
+        super::viewer_id(viewer)
     )
     .fetch_optional(db)
     .await?

@@ -59,6 +59,7 @@ pub(crate) async fn read(
     key: Key<'_>,
     with_body: bool,
 ) -> ConduitResult<Vec<ArticleRow>> {
+    let viewer = crate::conduit::viewer_id(viewer);
     let (ids, slug) = match key {
         Key::Ids(ids) => (ids, None),
         Key::Slug(slug) => (&[][..], Some(slug)),
