@@ -147,6 +147,7 @@ fn http_routes(pool: &DescriptorPool, package: &str, own_files: &HashSet<String>
     let mut specs = Vec::new();
     let mut seen = HashSet::new();
     let mut statics = String::new();
+    let mut grpc_methods = Vec::new();
 
     for service in pool.services() {
         if service.package_name() != package || !own_files.contains(service.parent_file().name()) {
@@ -154,6 +155,9 @@ fn http_routes(pool: &DescriptorPool, package: &str, own_files: &HashSet<String>
         }
         let svc = service.name();
         let svc_snake = snake_case(svc);
+        for method in service.methods() {
+            grpc_methods.push(format!("/{}/{}", service.full_name(), method.name()));
+        }
         let mut routes = String::new();
         for method in service.methods() {
             if method.is_client_streaming() || method.is_server_streaming() {
@@ -229,6 +233,11 @@ fn http_routes(pool: &DescriptorPool, package: &str, own_files: &HashSet<String>
         )?;
     }
 
+    writeln!(
+        code,
+        "/// The gRPC path of every method of package `{package}`, for naming requests.\n\
+         pub const GRPC_METHODS: &[&str] = &{grpc_methods:?};\n"
+    )?;
     code.push_str(&statics);
     for message in specs {
         write_spec(&mut code, &message)?;

@@ -21,7 +21,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
 pub enum Command {
-    /// Serve gRPC, gRPC-Web and JSON/HTTP on one listener (the default).
+    /// Serve gRPC and JSON/HTTP on one listener (the default).
     Serve,
     /// Apply pending database migrations, then exit.
     Migrate,

@@ -106,8 +106,12 @@ fn cors(settings: &ServeSettings) -> CorsLayer {
 /// every protocol), then split gRPC from JSON.
 fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<axum::Router, StartupError> {
     let (grpc, routes) = conduit::services(ctx);
-    let gateway =
-        Gateway::builder().routes(routes).renderer(RealWorldErrors).body_limit(settings.body_limit).build()?;
+    let gateway = Gateway::builder()
+        .routes(routes)
+        .grpc_methods(crate::pb::conduit::v1::GRPC_METHODS.iter().copied())
+        .renderer(RealWorldErrors)
+        .body_limit(settings.body_limit)
+        .build()?;
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))

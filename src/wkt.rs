@@ -114,7 +114,14 @@ impl std::str::FromStr for Timestamp {
         }
         let (year, month, day) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
         let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let month_days = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        if !(1..=12).contains(&month) || !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 59 {
             return Err(TimestampParseError("field out of range"));
         }
         let mut i = 19;
@@ -182,6 +189,7 @@ mod tests {
             (Timestamp::new(1_767_323_045, 123_456_000), "2026-01-02T03:04:05.123456Z"),
             (Timestamp::new(1_767_323_045, 1), "2026-01-02T03:04:05.000000001Z"),
             (Timestamp::new(951_782_400, 0), "2000-02-29T00:00:00.000Z"),
+            (Timestamp::new(1_709_164_800, 0), "2024-02-29T00:00:00.000Z"),
             (Timestamp::new(-1, 0), "1969-12-31T23:59:59.000Z"),
         ];
         for (ts, text) in cases {
@@ -198,6 +206,8 @@ mod tests {
             "",
             "2026-01-02",
             "2026-13-02T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
             "2026-01-02T00:00:00",
             "2026-01-02T00:00:00.Z",
             "x026-01-02T00:00:00Z",

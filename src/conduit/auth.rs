@@ -127,11 +127,20 @@ impl Passwords {
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> ConduitResult<T> {
-        let _permit =
-            self.permits.acquire().await.map_err(|_| ConduitError::Internal("password hashing is shut down".into()))?;
-        tokio::task::spawn_blocking(work)
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| ConduitError::Internal(format!("password hashing task failed: {e}")))
+            .map_err(|_| ConduitError::Internal("password hashing is shut down".into()))?;
+        // The permit moves into the blocking task: a cancelled request must
+        // not free its slot while its hash still runs.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ConduitError::Internal(format!("password hashing task failed: {e}")))
     }
 
     /// The PHC string of a new salted hash of `password`.
@@ -152,4 +161,19 @@ impl Passwords {
         })
         .await
     }
+
+    /// Spends the time of a verification without a stored hash, so that an
+    /// unknown email takes as long to refuse as a wrong password.
+    pub async fn verify_nothing(&self, password: String) -> ConduitResult<()> {
+        self.run(move || {
+            let hash = DECOY_HASH.get_or_init(|| {
+                Argon2::default().hash_password(b"decoy").map(|h: PasswordHash| h.to_string()).unwrap_or_default()
+            });
+            let _ = PasswordVerifier::<str>::verify_password(&Argon2::default(), password.as_bytes(), hash);
+        })
+        .await
+    }
 }
+
+/// A hash of nothing in particular, made once, for [`Passwords::verify_nothing`].
+static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();

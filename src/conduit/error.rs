@@ -52,6 +52,19 @@ pub type ConduitResult<T> = Result<T, ConduitError>;
 
 impl From<sqlx::Error> for ConduitError {
     fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.code().as_deref() {
+                // A NUL or unencodable character that validation did not
+                // catch (a lookup key, say): the client's text, not our fault.
+                Some("22021" | "22P05") => {
+                    return Self::Invalid(vec![FieldError::new("", "text must not contain NUL characters")]);
+                }
+                // A row referred to vanished meanwhile (the article of a new
+                // comment, the user of a still-valid token).
+                Some("23503") => return Self::NotFound("referenced record"),
+                _ => {}
+            }
+        }
         Self::Internal(format!("database: {e}"))
     }
 }

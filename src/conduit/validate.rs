@@ -57,9 +57,12 @@ impl Check {
         self
     }
 
-    /// An optional text of at most `max` characters.
+    /// An optional text of at most `max` characters, without NUL characters
+    /// (Postgres text cannot hold them).
     pub fn max(&mut self, field: &str, value: &str, max: usize) -> &mut Self {
-        if value.chars().count() > max {
+        if value.contains('\0') {
+            self.fail(field, format!("{} must not contain NUL characters", leaf(field)));
+        } else if value.chars().count() > max {
             self.fail(field, format!("{} is too long (maximum is {max} characters)", leaf(field)));
         }
         self
@@ -123,20 +126,26 @@ fn leaf(field: &str) -> &str {
 }
 
 /// Tags as stored: trimmed, blanks dropped, duplicates dropped, order kept.
+/// Stops at the first tag past [`TAGS_MAX`], so a huge list costs no more
+/// than a full one.
 pub fn tags(field: &str, given: &[String], check: &mut Check) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(given.len());
+    let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for tag in given {
         let tag = tag.trim();
-        if tag.is_empty() || out.iter().any(|t| t == tag) {
+        if tag.is_empty() || !seen.insert(tag) {
             continue;
         }
-        if tag.chars().count() > TAG_MAX {
+        if out.len() == TAGS_MAX {
+            check.fail(field, format!("tagList has too many tags (maximum is {TAGS_MAX})"));
+            break;
+        }
+        if tag.contains('\0') {
+            check.fail(field, "tags must not contain NUL characters".into());
+        } else if tag.chars().count() > TAG_MAX {
             check.fail(field, format!("tag {tag:?} is too long (maximum is {TAG_MAX} characters)"));
         }
         out.push(tag.to_owned());
-    }
-    if out.len() > TAGS_MAX {
-        check.fail(field, format!("tagList has too many tags (maximum is {TAGS_MAX})"));
     }
     out
 }
@@ -175,6 +184,11 @@ pub fn slugify(title: &str) -> String {
     if slug.is_empty() { "article".to_owned() } else { slug }
 }
 
+/// Slugs an article may not have because a literal route shadows them:
+/// `GET /api/articles/feed` is the feed, so an article titled "Feed" gets
+/// `feed-2`.
+pub const RESERVED_SLUGS: &[&str] = &["feed"];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +212,20 @@ mod tests {
         let given: Vec<String> = ["b", "a", " b ", "", "c"].map(String::from).to_vec();
         assert_eq!(tags("article.tagList", &given, &mut check), ["b", "a", "c"]);
         assert!(check.finish().is_ok());
+
+        let many: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+        assert_eq!(tags("article.tagList", &many, &mut check).len(), TAGS_MAX);
+        assert!(check.finish().is_err(), "too many tags");
+        let nul = vec!["a\0b".to_owned()];
+        tags("article.tagList", &nul, &mut check);
+        assert!(check.finish().is_err(), "NUL in a tag");
+    }
+
+    #[test]
+    fn texts_must_not_hold_nul() {
+        let mut check = Check::new();
+        check.required("article.title", "a\0b", TITLE_MAX);
+        assert!(check.finish().is_err());
     }
 
     #[test]

@@ -44,11 +44,11 @@ pub(crate) fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Res
     let message = if spec.body == "*" && input.params.is_empty() {
         // The common case: the body is the whole message, parsed in one pass.
         let body: &[u8] = if is_blank(&input.body) { b"{}" } else { &input.body };
-        from_json(&mut serde_json::Deserializer::from_slice(body))?
+        from_slice(body)?
     } else {
         let mut root = Map::new();
         if !spec.body.is_empty() && !is_blank(&input.body) {
-            let body: Value = from_json(&mut serde_json::Deserializer::from_slice(&input.body))?;
+            let body: Value = from_slice(&input.body)?;
             if spec.body == "*" {
                 match body {
                     Value::Object(map) => root = map,
@@ -74,6 +74,14 @@ pub(crate) fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Res
 
 fn is_blank(body: &[u8]) -> bool {
     body.iter().all(u8::is_ascii_whitespace)
+}
+
+/// Deserializes one whole JSON document: anything after it is an error too.
+fn from_slice<T: DeserializeOwned>(body: &[u8]) -> Result<T, Status> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = from_json(&mut deserializer)?;
+    deserializer.end().map_err(|e| invalid_field("", format!("malformed JSON request: {e}")))?;
+    Ok(value)
 }
 
 /// Deserializes with the path of the failing field in the error.
@@ -393,6 +401,8 @@ mod tests {
             ("*", &[], None, r#"{"pageSize":true}"#, "pageSize"),
             ("*", &[], None, r#"{"inner":{"leafName":5}}"#, "inner.leafName"),
             ("*", &[("name", "p")], None, "[1]", ""),
+            ("*", &[], None, r#"{"pageSize":1} trailing"#, ""),
+            ("*", &[("name", "p")], None, r#"{"pageSize":1}{}"#, ""),
         ];
         for (body, params, query, text, field) in cases {
             let status = decode::<Request>(spec(body), input(params, *query, text)).unwrap_err();

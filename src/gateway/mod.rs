@@ -37,7 +37,8 @@ pub use template::{PathTemplate, TemplateError};
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// The RPC a request calls, as `/package.Service/Method`; set by
-/// [`ClassifyLayer`] for gRPC and HTTP requests alike.
+/// [`ClassifyLayer`] for gRPC requests to declared methods and for HTTP
+/// requests that match a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RpcMethod(pub &'static str);
 
@@ -51,6 +52,7 @@ struct Matched {
 struct Inner {
     router: Router,
     routes: Vec<Route>,
+    grpc_methods: std::collections::HashSet<&'static str>,
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
 }
@@ -70,13 +72,19 @@ impl std::fmt::Debug for Gateway {
 /// Collects routes and settings for a [`Gateway`].
 pub struct GatewayBuilder {
     routes: Vec<Route>,
+    grpc_methods: Vec<&'static str>,
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
 }
 
 impl Default for GatewayBuilder {
     fn default() -> Self {
-        Self { routes: Vec::new(), renderer: Arc::new(RpcStatusRenderer), body_limit: DEFAULT_BODY_LIMIT }
+        Self {
+            routes: Vec::new(),
+            grpc_methods: Vec::new(),
+            renderer: Arc::new(RpcStatusRenderer),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
     }
 }
 
@@ -84,6 +92,13 @@ impl GatewayBuilder {
     /// Adds the routes of one service.
     pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
         self.routes.extend(routes);
+        self
+    }
+
+    /// Declares gRPC method paths (`/package.Service/Method`) so that
+    /// [`ClassifyLayer`] names gRPC requests too.
+    pub fn grpc_methods(mut self, paths: impl IntoIterator<Item = &'static str>) -> Self {
+        self.grpc_methods.extend(paths);
         self
     }
 
@@ -113,6 +128,7 @@ impl GatewayBuilder {
             inner: Arc::new(Inner {
                 router,
                 routes: self.routes,
+                grpc_methods: self.grpc_methods.into_iter().collect(),
                 renderer: self.renderer,
                 body_limit: self.body_limit,
             }),
@@ -250,7 +266,7 @@ impl tower::Service<Request<Body>> for Gateway {
     }
 }
 
-/// Whether a request speaks gRPC (including gRPC-Web) rather than JSON.
+/// Whether a request speaks gRPC (any `application/grpc*` content type) rather than JSON.
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
@@ -296,15 +312,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if !is_grpc(&req)
-            && let Match::Found { route, params } = self.gateway.find(&req)
-        {
+        if is_grpc(&req) {
+            if let Some(rpc) = self.gateway.inner.grpc_methods.get(req.uri().path()) {
+                req.extensions_mut().insert(RpcMethod(rpc));
+            }
+        } else if let Match::Found { route, params } = self.gateway.find(&req) {
             let rpc = self.gateway.inner.routes[route].spec.rpc;
             req.extensions_mut().insert(RpcMethod(rpc));
             req.extensions_mut().insert(Matched { route, params });
         }
-        // gRPC paths are already `/package.Service/Method`; layers read them
-        // from the URI, so no allocation is needed to name them here.
         self.inner.call(req)
     }
 }
@@ -466,15 +482,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn classify_names_the_rpc_of_json_requests() {
+    async fn classify_names_the_rpc_of_json_and_grpc_requests() {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
         let record = seen.clone();
         let inner = tower::service_fn(move |req: Request<Body>| {
             *record.lock().unwrap() = req.extensions().get::<RpcMethod>().copied();
             async { Ok::<_, Infallible>(Response::new(Body::empty())) }
         });
-        let service = tower::Layer::layer(&ClassifyLayer::new(gateway()), inner);
-        service.oneshot(Request::post("/v1/echo/x").body(Body::empty()).unwrap()).await.unwrap();
-        assert_eq!(*seen.lock().unwrap(), Some(RpcMethod("/test.Echo/Echo")));
+        let gateway = Gateway::builder()
+            .routes([Route::unary(&ECHO, echo)])
+            .grpc_methods(["/test.Echo/Echo", "/test.Echo/Stream"])
+            .build()
+            .unwrap();
+        let mut service = tower::Layer::layer(&ClassifyLayer::new(gateway), inner);
+        let cases = [
+            (Request::post("/v1/echo/x").body(Body::empty()).unwrap(), Some(RpcMethod("/test.Echo/Echo"))),
+            (
+                Request::post("/test.Echo/Stream")
+                    .header("content-type", "application/grpc")
+                    .body(Body::empty())
+                    .unwrap(),
+                Some(RpcMethod("/test.Echo/Stream")),
+            ),
+            (
+                Request::post("/test.Echo/Nope")
+                    .header("content-type", "application/grpc")
+                    .body(Body::empty())
+                    .unwrap(),
+                None,
+            ),
+            (Request::get("/v1/other").body(Body::empty()).unwrap(), None),
+        ];
+        for (request, expected) in cases {
+            let label = format!("{} {}", request.method(), request.uri());
+            (&mut service).oneshot(request).await.unwrap();
+            assert_eq!(*seen.lock().unwrap(), expected, "{label}");
+        }
     }
 }

@@ -21,9 +21,14 @@ async fn create_article_returns_201_with_slug_tags_in_order_and_timestamps() {
     assert_eq!(article["favorited"], false);
     assert_eq!(article["favoritesCount"], 0);
     assert_eq!(article["author"], json!({"username": "jake", "bio": "", "image": "", "following": false}));
-    let created = article["createdAt"].as_str().unwrap();
-    assert!(created.ends_with('Z') && created.contains('.'), "{created}");
-    assert_eq!(created.len(), "2026-01-02T03:04:05.123456Z".len().min(created.len()));
+    for field in ["createdAt", "updatedAt"] {
+        let text = article[field].as_str().unwrap();
+        // RFC 3339 in UTC with a fraction of 3, 6 or 9 digits.
+        let (seconds, fraction) = text.strip_suffix('Z').unwrap().split_once('.').unwrap();
+        assert_eq!(seconds.len(), "2026-01-02T03:04:05".len(), "{text}");
+        assert!([3, 6, 9].contains(&fraction.len()) && fraction.chars().all(|c| c.is_ascii_digit()), "{text}");
+        assert!(text.parse::<conduit::wkt::Timestamp>().is_ok(), "{text}");
+    }
     // No tags at all is an empty list, not a missing field.
     let reply = app
         .json(
@@ -160,6 +165,7 @@ async fn list_filters_combine_and_paginate_newest_first() {
         ("?tag=rust&author=jake", &[&j1], 1),
         ("?tag=db&favorited=anne", &[&j1], 1),
         ("?tag=rust&author=anne&favorited=anne", &[&a2], 1),
+        ("?author=jake&favorited=anne", &[&j1], 1),
         ("?author=nobody", &[], 0),
         ("?tag=nothing", &[], 0),
         ("?favorited=jake", &[], 0),
@@ -181,6 +187,68 @@ async fn list_filters_combine_and_paginate_newest_first() {
     }
     let reply = app.get("/api/articles?favorited=anne", Some(&anne)).await;
     assert!(reply.body["articles"].as_array().unwrap().iter().all(|a| a["favorited"] == true));
+
+    // `author.following` is personalised in lists and single reads alike.
+    app.json("POST", "/api/profiles/jake/follow", Some(&anne), None).await;
+    let reply = app.get("/api/articles", Some(&anne)).await;
+    for article in reply.body["articles"].as_array().unwrap() {
+        let by_jake = article["author"]["username"] == "jake";
+        assert_eq!(article["author"]["following"], by_jake, "{article}");
+    }
+    assert_eq!(app.get(&format!("/api/articles/{j1}"), Some(&anne)).await.body["article"]["author"]["following"], true);
+    assert_eq!(app.get(&format!("/api/articles/{j1}"), None).await.body["article"]["author"]["following"], false);
+}
+
+#[tokio::test]
+async fn an_article_titled_feed_gets_a_slug_the_feed_route_does_not_shadow() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Feed", &[]).await;
+    assert_eq!(slug, "feed-2");
+    assert_eq!(app.get("/api/articles/feed-2", None).await.body["article"]["title"], "Feed");
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_with_422_never_a_500() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let reply = app
+        .json(
+            "POST",
+            "/api/articles",
+            Some(&token),
+            Some(json!({"article": {"title": "a\0b", "description": "d", "body": "b"}})),
+        )
+        .await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["title must not contain NUL characters"]);
+    let reply = app
+        .json("POST", "/api/users", None, Some(json!({"user": {"username": "x\0", "email": "x@y.z", "password": "p"}})))
+        .await;
+    assert_eq!(errors(&reply), ["username must not contain NUL characters"]);
+    for path in ["/api/articles/a%00b", "/api/articles?tag=%00", "/api/profiles/a%00", "/api/articles/x%00/comments"] {
+        let reply = app.get(path, None).await;
+        assert_eq!(reply.status, 422, "{path}");
+        assert_eq!(errors(&reply), ["text must not contain NUL characters"], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_of_a_vanished_user_gets_401_or_404_never_a_500() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let other = app.register("other").await;
+    let slug = app.article(&other, "Still here", &[]).await;
+    sqlx::query("DELETE FROM users WHERE username = 'jake'").execute(&app.db).await.unwrap();
+    assert_eq!(app.get("/api/user", Some(&jake)).await.status, 401);
+    let create = json!({"article": {"title": "t", "description": "d", "body": "b"}});
+    assert_eq!(app.json("POST", "/api/articles", Some(&jake), Some(create)).await.status, 404);
+    assert_eq!(app.json("POST", &format!("/api/articles/{slug}/favorite"), Some(&jake), None).await.status, 404);
+    let comment = json!({"comment": {"body": "hi"}});
+    assert_eq!(
+        app.json("POST", &format!("/api/articles/{slug}/comments"), Some(&jake), Some(comment)).await.status,
+        404
+    );
 }
 
 #[tokio::test]
@@ -219,6 +287,10 @@ async fn feed_shows_followed_authors_newest_first() {
     assert_eq!(slugs(&reply), [j2.clone(), a1.clone(), j1.clone()]);
     assert_eq!(reply.body["articlesCount"], 3);
     assert!(reply.body["articles"].as_array().unwrap().iter().all(|a| a["author"]["following"] == true));
+    assert!(
+        reply.body["articles"].as_array().unwrap().iter().all(|a| a.get("body").is_none()),
+        "the feed omits bodies"
+    );
     let reply = app.get("/api/articles/feed?limit=1&offset=1", Some(&reader)).await;
     assert_eq!(slugs(&reply), [a1]);
     assert_eq!(reply.body["articlesCount"], 3);

@@ -20,11 +20,35 @@ async fn oversize_bodies_get_413_without_being_read() {
         .await;
     assert_eq!(reply.status, 413);
     assert_eq!(errors(&reply), ["the request body is larger than 1024 bytes"]);
-    // A declared length over the limit is refused before any byte is read.
+    // A declared length over the limit is answered at once: were the server
+    // to read first, this request (which sends no body) would never finish.
     let reply = app.send("POST", "/api/articles", &[("content-length", "999999999")], Bytes::new()).await;
     assert_eq!(reply.status, 413);
+    // Without a declared length (chunked), reading stops at the limit.
+    let head = format!(
+        "POST /api/articles HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "x".repeat(600));
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(chunk.as_bytes()).await.unwrap();
+    stream.write_all(chunk.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM articles").fetch_one(&app.db).await.unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(count, 0, "nothing was created");
+}
+
+#[tokio::test]
+async fn trailing_data_after_the_json_body_is_refused() {
+    let app = spawn_app().await;
+    let body = r#"{"user": {"email": "a@b.c", "password": "x"}} garbage"#;
+    let reply = app.send("POST", "/api/users/login", &[], Bytes::from(body)).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(errors(&reply), ["malformed JSON request: trailing characters at line 1 column 47"]);
 }
 
 #[tokio::test]

@@ -174,6 +174,15 @@ async fn users_service_works_over_grpc() {
 
     let status = users.get_current_user(pb::GetCurrentUserRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    let expired = {
+        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+        let claims = json!({"sub": "1", "iat": 0, "exp": 1_000});
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    for bad in [expired.as_str(), "forged.token.value"] {
+        let status = users.get_current_user(authed(pb::GetCurrentUserRequest {}, bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad}");
+    }
     let dup = pb::RegisterRequest {
         user: Some(pb::NewUser { username: "jake".into(), email: "x@y.z".into(), password: "p".into() }),
     };

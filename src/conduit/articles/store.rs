@@ -5,6 +5,7 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use crate::conduit::error::{ConduitError, ConduitResult};
+use crate::conduit::validate::RESERVED_SLUGS;
 
 /// An article as the API shows it to one viewer.
 #[derive(Debug)]
@@ -192,26 +193,23 @@ pub(crate) async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> Con
     .await?)
 }
 
-/// A slug for `base` that no other article has: `base`, else `base-2`, `base-3`, …
+/// A slug for `base` that no other article has and no route shadows:
+/// `base`, else `base-2`, `base-3`, …
 async fn free_slug(tx: &mut Transaction<'_, Postgres>, base: &str, except: Option<i64>) -> ConduitResult<String> {
-    let taken: Vec<String> = sqlx::query_scalar!(
+    let taken: std::collections::HashSet<String> = sqlx::query_scalar!(
         "SELECT slug FROM articles WHERE (slug = $1 OR slug LIKE $1 || '-%') AND id IS DISTINCT FROM $2",
         base,
         except
     )
     .fetch_all(&mut **tx)
-    .await?;
-    if !taken.iter().any(|s| s == base) {
+    .await?
+    .into_iter()
+    .collect();
+    let free = |slug: &str| !taken.contains(slug) && !RESERVED_SLUGS.contains(&slug);
+    if free(base) {
         return Ok(base.to_owned());
     }
-    let mut n = 2u64;
-    loop {
-        let candidate = format!("{base}-{n}");
-        if !taken.contains(&candidate) {
-            return Ok(candidate);
-        }
-        n += 1;
-    }
+    Ok((2u64..).map(|n| format!("{base}-{n}")).find(|s| free(s)).expect("some suffix is free"))
 }
 
 fn is_slug_race(e: &sqlx::Error) -> bool {

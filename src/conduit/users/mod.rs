@@ -35,7 +35,10 @@ impl Users {
         let user = request.user.unwrap_or_default();
         Check::new().email("user.email", &user.email).password("user.password", &user.password).finish()?;
         let invalid = ConduitError::Unauthenticated("email or password is invalid");
-        let Some(row) = store::by_email(&self.ctx.db, &user.email).await? else { return Err(invalid) };
+        let Some(row) = store::by_email(&self.ctx.db, &user.email).await? else {
+            self.ctx.passwords.verify_nothing(user.password).await?;
+            return Err(invalid);
+        };
         if !self.ctx.passwords.verify(user.password, row.password_hash.clone()).await? {
             return Err(invalid);
         }
