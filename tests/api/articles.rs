@@ -390,3 +390,26 @@ async fn articles_service_works_over_grpc() {
     let gone = articles.get_article(pb::GetArticleRequest { slug: "renamed".into() }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn concurrent_articles_with_one_title_all_get_distinct_slugs() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let creates = (0..8).map(|_| {
+        let body = json!({"article": {"title": "Hot Take", "description": "d", "body": "b"}});
+        app.json("POST", "/api/articles", Some(&token), Some(body))
+    });
+    let replies = futures_util::future::join_all(creates).await;
+    let mut slugs: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            r.body["article"]["slug"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    slugs.sort();
+    let mut expected: Vec<String> =
+        std::iter::once("hot-take".to_owned()).chain((2..=8).map(|n| format!("hot-take-{n}"))).collect();
+    expected.sort();
+    assert_eq!(slugs, expected);
+}

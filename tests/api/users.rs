@@ -199,3 +199,19 @@ async fn users_service_works_over_grpc() {
         status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
     assert_eq!(fields, ["user.username", "user.email", "user.password"]);
 }
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_name_let_exactly_one_win() {
+    let app = spawn_app().await;
+    let attempts = (0..6).map(|i| {
+        let body = new_user("racer", &format!("racer{i}@example.com"), "password");
+        app.json("POST", "/api/users", None, Some(body))
+    });
+    let replies = futures_util::future::join_all(attempts).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    assert_eq!(created, 1, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
+    for reply in replies.iter().filter(|r| r.status != 201) {
+        assert_eq!(reply.status, 422);
+        assert_eq!(errors(reply), ["username has already been taken"]);
+    }
+}

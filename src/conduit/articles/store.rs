@@ -196,6 +196,9 @@ pub(crate) async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> Con
 /// A slug for `base` that no other article has and no route shadows:
 /// `base`, else `base-2`, `base-3`, …
 async fn free_slug(tx: &mut Transaction<'_, Postgres>, base: &str, except: Option<i64>) -> ConduitResult<String> {
+    // Writers of the same base slug take turns until they commit, so they
+    // do not all pick the same free suffix and retry.
+    sqlx::query!("SELECT 1 AS locked FROM pg_advisory_xact_lock(hashtext($1))", base).fetch_one(&mut **tx).await?;
     let taken: std::collections::HashSet<String> = sqlx::query_scalar!(
         "SELECT slug FROM articles WHERE (slug = $1 OR slug LIKE $1 || '-%') AND id IS DISTINCT FROM $2",
         base,
