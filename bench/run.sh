@@ -32,6 +32,7 @@ seed_rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$server/status")
 echo 5 >"/proc/$server/clear_refs"
 reader=$(python3 -c "import json;print(json.load(open('$state'))['reader'])")
 slug=$(python3 -c "import json;print(json.load(open('$state'))['slugs'][0])")
+fan=$(python3 -c "import json;print(json.load(open('$state'))['fan'])")
 python3 -c "
 import json; s = json.load(open('$state'))
 open('bench/.wrk-mix.txt', 'w').write(' '.join(s['tokens']) + '\n' + ' '.join(s['slugs']) + '\n')"
@@ -54,6 +55,8 @@ run() { # name, wrk args...
 wrk -t1 -c"$CONNECTIONS" -d3s "$url/api/articles" >/dev/null
 run "list articles (anonymous)" "$url/api/articles"
 run "list articles (token)" -H "Authorization: Token $reader" "$url/api/articles"
+run "list by tag" "$url/api/articles?tag=tag7"
+run "list by favorited" "$url/api/articles?favorited=$fan"
 run "feed (follows 20)" -H "Authorization: Token $reader" "$url/api/articles/feed"
 run "single article" "$url/api/articles/$slug"
 run "tags" "$url/api/tags"

@@ -61,19 +61,27 @@ CREATE TABLE article_totals (
 );
 INSERT INTO article_totals (count) VALUES (0);
 
+-- `created_at` repeats the article's (which never changes) so that a page
+-- of `?tag=` is a range of one index, newest first, however common the tag.
 CREATE TABLE article_tags (
-    tag_id     bigint NOT NULL REFERENCES tags (id) ON DELETE CASCADE,
-    article_id bigint NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    tag_id     bigint      NOT NULL REFERENCES tags (id) ON DELETE CASCADE,
+    article_id bigint      NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL,
     PRIMARY KEY (tag_id, article_id)
 );
 CREATE INDEX article_tags_article_idx ON article_tags (article_id);
+CREATE INDEX article_tags_page_idx ON article_tags (tag_id, created_at DESC, article_id DESC);
 
+-- `article_created_at` repeats the article's, for the same reason as in
+-- article_tags: a page of `?favorited=` is a range of one index.
 CREATE TABLE favorites (
-    user_id    bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    article_id bigint NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    user_id            bigint      NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    article_id         bigint      NOT NULL REFERENCES articles (id) ON DELETE CASCADE,
+    article_created_at timestamptz NOT NULL,
     PRIMARY KEY (user_id, article_id)
 );
 CREATE INDEX favorites_article_idx ON favorites (article_id);
+CREATE INDEX favorites_page_idx ON favorites (user_id, article_created_at DESC, article_id DESC);
 
 CREATE TABLE comments (
     id         integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

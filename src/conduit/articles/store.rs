@@ -118,50 +118,62 @@ pub(crate) struct Page {
 /// The SQL of a list page for one combination of filters. Each combination
 /// is its own statement, so Postgres plans each for what it filters on (one
 /// statement with "filter may be null" conditions gets a generic plan that
-/// cannot use the right index). Single filters read their total from the
-/// counters the triggers keep; combined ones count.
+/// cannot use the right index). The most selective index drives the page,
+/// newest first: a tag's entries, else a user's favorites, else the author's
+/// or all articles; other filters are probes per row. Single filters read
+/// their total from the counters the triggers keep; combined ones count.
+/// Parameters are bound in the order tag, favorited, author, limit, offset.
 fn page_sql(filter: &Filter<'_>) -> String {
     let mut n = 0;
     let mut next = || {
         n += 1;
         n
     };
-    let mut from = String::from("articles a");
-    let mut conditions = Vec::new();
-    let mut single_total = None;
-    if filter.tag.is_some() {
-        let p = next();
-        from.push_str(&format!(
-            " JOIN article_tags t ON t.article_id = a.id AND t.tag_id = (SELECT id FROM tags WHERE name = ${p})"
-        ));
-        single_total = Some(format!("(SELECT article_count FROM tags WHERE name = ${p})"));
-    }
-    if filter.favorited.is_some() {
-        let p = next();
-        from.push_str(&format!(
-            " JOIN favorites f ON f.article_id = a.id AND f.user_id = (SELECT id FROM users WHERE username = ${p})"
-        ));
-        single_total = Some(format!("(SELECT favorites_count FROM users WHERE username = ${p})"));
-    }
-    if filter.author.is_some() {
-        let p = next();
-        conditions.push(format!("a.author_id = (SELECT id FROM users WHERE username = ${p})"));
-        single_total = Some(format!("(SELECT articles_count FROM users WHERE username = ${p})"));
-    }
-    if !conditions.is_empty() {
-        from.push_str(" WHERE ");
-        from.push_str(&conditions.join(" AND "));
-    }
-    let filters = [filter.tag, filter.favorited, filter.author].iter().flatten().count();
-    let total = match (filters, single_total) {
-        (0, _) => "(SELECT count FROM article_totals)".to_owned(),
-        (1, Some(counter)) => counter,
-        _ => format!("(SELECT count(*) FROM {from})"),
-    };
+    let tag = filter.tag.map(|_| next());
+    let favorited = filter.favorited.map(|_| next());
+    let author = filter.author.map(|_| next());
     let (limit, offset) = (next(), next());
+    let user = |p: usize| format!("(SELECT id FROM users WHERE username = ${p})");
+
+    let (from, id, order, mut conditions) = match (tag, favorited) {
+        (Some(t), _) => (
+            "article_tags d",
+            "d.article_id",
+            "d.created_at DESC, d.article_id DESC",
+            vec![format!("d.tag_id = (SELECT id FROM tags WHERE name = ${t})")],
+        ),
+        (None, Some(f)) => (
+            "favorites d",
+            "d.article_id",
+            "d.article_created_at DESC, d.article_id DESC",
+            vec![format!("d.user_id = {}", user(f))],
+        ),
+        (None, None) => ("articles d", "d.id", "d.created_at DESC, d.id DESC", Vec::new()),
+    };
+    if let (Some(f), Some(_)) = (favorited, tag) {
+        conditions
+            .push(format!("EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = {id} AND f.user_id = {})", user(f)));
+    }
+    if let Some(a) = author {
+        if from == "articles d" {
+            conditions.push(format!("d.author_id = {}", user(a)));
+        } else {
+            conditions
+                .push(format!("EXISTS (SELECT 1 FROM articles a WHERE a.id = {id} AND a.author_id = {})", user(a)));
+        }
+    }
+    let filtered =
+        if conditions.is_empty() { from.to_owned() } else { format!("{from} WHERE {}", conditions.join(" AND ")) };
+    let total = match (tag, favorited, author) {
+        (None, None, None) => "(SELECT count FROM article_totals)".to_owned(),
+        (Some(t), None, None) => format!("(SELECT article_count FROM tags WHERE name = ${t})"),
+        (None, Some(f), None) => format!("(SELECT favorites_count FROM users WHERE username = ${f})"),
+        (None, None, Some(a)) => format!("(SELECT articles_count FROM users WHERE username = ${a})"),
+        _ => format!("(SELECT count(*) FROM {filtered})"),
+    };
     format!(
         "SELECT COALESCE({total}, 0)::int8 AS total, \
-         ARRAY(SELECT a.id FROM {from} ORDER BY a.created_at DESC, a.id DESC LIMIT ${limit} OFFSET ${offset}) AS ids"
+         ARRAY(SELECT {id} FROM {filtered} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}) AS ids"
     )
 }
 
@@ -240,9 +252,9 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
     for _ in 0..SLUG_ATTEMPTS {
         let mut tx = db.begin().await?;
         let slug = free_slug(&mut tx, base_slug, None).await?;
-        let inserted = sqlx::query_scalar!(
+        let inserted = sqlx::query!(
             "INSERT INTO articles (slug, title, description, body, tag_list, author_id)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
             slug,
             article.title,
             article.description,
@@ -252,8 +264,8 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
         )
         .fetch_one(&mut *tx)
         .await;
-        let id = match inserted {
-            Ok(id) => id,
+        let (id, created_at) = match inserted {
+            Ok(row) => (row.id, row.created_at),
             Err(e) if is_slug_race(&e) => continue,
             Err(e) => return Err(e.into()),
         };
@@ -263,9 +275,10 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
                 "WITH t AS (
                      INSERT INTO tags (name) SELECT unnest($1::text[])
                      ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id)
-                 INSERT INTO article_tags (tag_id, article_id) SELECT id, $2 FROM t",
+                 INSERT INTO article_tags (tag_id, article_id, created_at) SELECT id, $2, $3 FROM t",
                 &article.tags,
-                id
+                id,
+                created_at
             )
             .execute(&mut *tx)
             .await?;
@@ -342,8 +355,9 @@ pub(crate) async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
 pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
     let id = if favorite {
         sqlx::query_scalar!(
-            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
-                    ins AS (INSERT INTO favorites (user_id, article_id) SELECT $1, id FROM a ON CONFLICT DO NOTHING)
+            r#"WITH a AS (SELECT id, created_at FROM articles WHERE slug = $2),
+                    ins AS (INSERT INTO favorites (user_id, article_id, article_created_at)
+                            SELECT $1, id, created_at FROM a ON CONFLICT DO NOTHING)
                SELECT id AS "id!" FROM a"#,
             user,
             slug
@@ -374,11 +388,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_sql_numbers_parameters_per_filter_combination() {
+    fn page_sql_numbers_parameters_and_picks_the_driving_index() {
         let none = page_sql(&Filter::default());
         assert!(none.contains("article_totals") && none.contains("LIMIT $1 OFFSET $2"), "{none}");
+        assert!(none.contains("FROM articles d ORDER BY d.created_at DESC"), "{none}");
         let tag = page_sql(&Filter { tag: Some("x"), ..Filter::default() });
         assert!(tag.contains("article_count FROM tags WHERE name = $1") && tag.contains("LIMIT $2 OFFSET $3"), "{tag}");
+        assert!(tag.contains("FROM article_tags d"), "{tag}");
+        let fav = page_sql(&Filter { favorited: Some("f"), author: Some("a"), ..Filter::default() });
+        assert!(
+            fav.contains("FROM favorites d")
+                && fav.contains("a.author_id = (SELECT id FROM users WHERE username = $2)"),
+            "{fav}"
+        );
+        assert!(fav.contains("count(*)"), "{fav}");
         let all = page_sql(&Filter { tag: Some("x"), author: Some("a"), favorited: Some("f") });
         assert!(
             all.contains("count(*)") && all.contains("username = $3") && all.contains("LIMIT $4 OFFSET $5"),
