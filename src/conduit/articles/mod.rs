@@ -49,17 +49,19 @@ impl From<ArticleRow> for Article {
 }
 
 impl From<ArticleRow> for ArticleSummary {
-    fn from(mut row: ArticleRow) -> Self {
+    /// The list form: the article without its body (lists read no body).
+    fn from(row: ArticleRow) -> Self {
+        let a = Article::from(row);
         ArticleSummary {
-            author: Some(author(&mut row)),
-            slug: row.slug,
-            title: row.title,
-            description: row.description,
-            tag_list: row.tag_list,
-            created_at: Some(row.created_at.into()),
-            updated_at: Some(row.updated_at.into()),
-            favorited: row.favorited,
-            favorites_count: row.favorites_count,
+            slug: a.slug,
+            title: a.title,
+            description: a.description,
+            tag_list: a.tag_list,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+            favorited: a.favorited,
+            favorites_count: a.favorites_count,
+            author: a.author,
         }
     }
 }
