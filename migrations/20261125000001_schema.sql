@@ -134,3 +134,13 @@ BEGIN
 END $$;
 CREATE TRIGGER tag_count_sync AFTER INSERT OR DELETE ON article_tags
     FOR EACH ROW EXECUTE FUNCTION tag_count_sync();
+
+-- article_tags.created_at and favorites.article_created_at copy the
+-- article's publication time; it must never change under them.
+CREATE FUNCTION articles_created_at_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'articles.created_at cannot change';
+END $$;
+CREATE TRIGGER articles_created_at_fixed BEFORE UPDATE OF created_at ON articles
+    FOR EACH ROW WHEN (OLD.created_at IS DISTINCT FROM NEW.created_at)
+    EXECUTE FUNCTION articles_created_at_fixed();

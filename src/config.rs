@@ -111,6 +111,9 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Longest token lifetime accepted: a year, and far from any overflow.
+const MAX_JWT_TTL: Duration = Duration::from_secs(366 * 86_400);
+
 /// Settings checked for `serve`: required values present and sane.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -156,8 +159,8 @@ impl Settings {
             Some(_) => return Err("JWT_SECRET must be at least 32 bytes long".into()),
             None => return Err("JWT_SECRET (or --jwt-secret) is required".into()),
         };
-        if self.jwt_ttl.is_zero() {
-            return Err("JWT_TTL must be longer than zero".into());
+        if self.jwt_ttl.is_zero() || self.jwt_ttl > MAX_JWT_TTL {
+            return Err("JWT_TTL must be longer than zero and at most 366d".into());
         }
         if self.body_limit == 0 {
             return Err("BODY_LIMIT must be at least 1 byte".into());

@@ -42,6 +42,9 @@ pub enum ConduitError {
     /// A unique value is taken.
     #[error("already taken")]
     Taken(Vec<FieldError>),
+    /// The database gave up on a conflicting write; retrying may succeed.
+    #[error("conflicting concurrent write")]
+    Busy,
     /// Anything else: logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,6 +65,9 @@ impl From<sqlx::Error> for ConduitError {
                 // A row referred to vanished meanwhile (the article of a new
                 // comment, the user of a still-valid token).
                 Some("23503") => return Self::NotFound("referenced record"),
+                // Lock ordering should prevent these; if one happens, the
+                // call may simply be retried.
+                Some("40P01" | "40001") => return Self::Busy,
                 _ => {}
             }
         }
@@ -83,6 +89,7 @@ impl From<ConduitError> for Status {
             ConduitError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ConduitError::Invalid(fields) => with_violations(Code::InvalidArgument, fields),
             ConduitError::Taken(fields) => with_violations(Code::AlreadyExists, fields),
+            ConduitError::Busy => Status::aborted("a concurrent change conflicted with this one; try again"),
             ConduitError::Internal(cause) => {
                 // The cause stays in the log; clients learn only that it failed.
                 tracing::error!(%cause, "internal error");

@@ -413,3 +413,47 @@ async fn concurrent_articles_with_one_title_all_get_distinct_slugs() {
     expected.sort();
     assert_eq!(slugs, expected);
 }
+
+#[tokio::test]
+async fn concurrent_creates_favorites_and_deletes_never_fail_the_server() {
+    let app = spawn_app().await;
+    let mut tokens = Vec::new();
+    for name in ["w0", "w1", "w2", "w3"] {
+        tokens.push(app.register(name).await);
+    }
+    let tokens = &tokens;
+    let app = &app;
+    // Each writer publishes articles sharing tags (in opposite orders), has
+    // the next writer favorite them, unfavorites, and deletes them, all at once.
+    let writers = (0..4).map(|w| async move {
+        let mut statuses = Vec::new();
+        for round in 0..6 {
+            let tags = if w % 2 == 0 { json!(["shared", "other"]) } else { json!(["other", "shared"]) };
+            let body = json!({"article": {"title": format!("W{w} R{round}"), "description": "d", "body": "b", "tagList": tags}});
+            let created = app.json("POST", "/api/articles", Some(&tokens[w]), Some(body)).await;
+            statuses.push(created.status);
+            let Some(slug) = created.body["article"]["slug"].as_str() else { continue };
+            let fan = &tokens[(w + 1) % 4];
+            let favorite = format!("/api/articles/{slug}/favorite");
+            let article = format!("/api/articles/{slug}");
+            let (a, b) = tokio::join!(
+                app.json("POST", &favorite, Some(fan), None),
+                app.json("DELETE", &article, Some(&tokens[w]), None),
+            );
+            statuses.extend([a.status, b.status]);
+            statuses.push(app.json("DELETE", &favorite, Some(fan), None).await.status);
+        }
+        statuses
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(writers).await.into_iter().flatten().collect();
+    assert!(statuses.iter().all(|s| [200, 201, 204, 404].contains(s)), "{statuses:?}");
+    let left: (i64, i64) = sqlx::query_as("SELECT (SELECT count FROM article_totals), (SELECT count(*) FROM articles)")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(left, (0, 0), "the counter matches the table");
+    let tag_counts: Vec<i32> = sqlx::query_scalar("SELECT article_count FROM tags").fetch_all(&app.db).await.unwrap();
+    assert!(tag_counts.iter().all(|c| *c == 0), "{tag_counts:?}");
+    let favorites: Vec<i32> = sqlx::query_scalar("SELECT favorites_count FROM users").fetch_all(&app.db).await.unwrap();
+    assert!(favorites.iter().all(|c| *c == 0), "{favorites:?}");
+}

@@ -49,6 +49,7 @@ fn serve_refuses_to_start_with_one_clear_line() {
         (&[url, ("JWT_SECRET", "short")], "JWT_SECRET must be at least 32 bytes long"),
         (&[url, secret, ("DATABASE_URL", "mysql://x")], "DATABASE_URL must be a postgres:// URL"),
         (&[url, secret, ("JWT_TTL", "soon")], "invalid value 'soon' for '--jwt-ttl <JWT_TTL>'"),
+        (&[url, secret, ("JWT_TTL", "99999999999d")], "JWT_TTL must be longer than zero and at most 366d"),
         (&[url, secret, ("CONDUIT_LISTEN", "nowhere")], "invalid value 'nowhere' for '--listen <LISTEN>'"),
     ];
     for (env, message) in cases {

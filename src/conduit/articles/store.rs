@@ -118,9 +118,9 @@ pub(crate) struct Page {
 /// The SQL of a list page for one combination of filters. Each combination
 /// is its own statement, so Postgres plans each for what it filters on (one
 /// statement with "filter may be null" conditions gets a generic plan that
-/// cannot use the right index). The most selective index drives the page,
-/// newest first: a tag's entries, else a user's favorites, else the author's
-/// or all articles; other filters are probes per row. Single filters read
+/// cannot use the right index). One index drives the page, newest first, in
+/// a fixed order of preference: a tag's entries, else a user's favorites,
+/// else the author's or all articles; other filters are probes per row. Single filters read
 /// their total from the counters the triggers keep; combined ones count.
 /// Parameters are bound in the order tag, favorited, author, limit, offset.
 fn page_sql(filter: &Filter<'_>) -> String {
@@ -251,6 +251,7 @@ pub(crate) struct NewArticle {
 pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArticle) -> ConduitResult<i64> {
     for _ in 0..SLUG_ATTEMPTS {
         let mut tx = db.begin().await?;
+        lock_totals(&mut tx).await?;
         let slug = free_slug(&mut tx, base_slug, None).await?;
         let inserted = sqlx::query!(
             "INSERT INTO articles (slug, title, description, body, tag_list, author_id)
@@ -270,10 +271,11 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
             Err(e) => return Err(e.into()),
         };
         if !article.tags.is_empty() {
-            // DO UPDATE (not DO NOTHING) so that existing tags return their id too.
+            // DO UPDATE (not DO NOTHING) so that existing tags return their id
+            // too; sorted so that concurrent writers lock tag rows in one order.
             sqlx::query!(
                 "WITH t AS (
-                     INSERT INTO tags (name) SELECT unnest($1::text[])
+                     INSERT INTO tags (name) SELECT t FROM unnest($1::text[]) AS t ORDER BY t
                      ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id)
                  INSERT INTO article_tags (tag_id, article_id, created_at) SELECT id, $2, $3 FROM t",
                 &article.tags,
@@ -347,15 +349,29 @@ pub(crate) async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> Co
 
 /// Deletes an article; comments, favorites and tag links go with it.
 pub(crate) async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
-    sqlx::query!("DELETE FROM articles WHERE id = $1", id).execute(db).await?;
+    let mut tx = db.begin().await?;
+    lock_totals(&mut tx).await?;
+    sqlx::query!("DELETE FROM articles WHERE id = $1", id).execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 
-/// Adds or removes a favorite; returns the article's id.
+/// Takes the article-total counter row first. Creating and deleting an
+/// article both end up locking it, the author's or favoriters' user rows
+/// and tag rows through the counting triggers, in different orders (a
+/// delete's cascades run before its own trigger); taking this one row first
+/// orders them and rules out deadlocks between the two.
+async fn lock_totals(tx: &mut Transaction<'_, Postgres>) -> ConduitResult<()> {
+    sqlx::query!("SELECT count FROM article_totals FOR UPDATE").fetch_one(&mut **tx).await?;
+    Ok(())
+}
+
+/// Adds or removes a favorite; returns the article's id. The article row is
+/// locked first, as a delete of the article locks it before its favorites.
 pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
     let id = if favorite {
         sqlx::query_scalar!(
-            r#"WITH a AS (SELECT id, created_at FROM articles WHERE slug = $2),
+            r#"WITH a AS (SELECT id, created_at FROM articles WHERE slug = $2 FOR NO KEY UPDATE),
                     ins AS (INSERT INTO favorites (user_id, article_id, article_created_at)
                             SELECT $1, id, created_at FROM a ON CONFLICT DO NOTHING)
                SELECT id AS "id!" FROM a"#,
@@ -366,7 +382,7 @@ pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: b
         .await?
     } else {
         sqlx::query_scalar!(
-            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
+            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2 FOR NO KEY UPDATE),
                     del AS (DELETE FROM favorites WHERE user_id = $1 AND article_id IN (SELECT id FROM a))
                SELECT id AS "id!" FROM a"#,
             user,
