@@ -366,14 +366,20 @@ async fn lock_totals(tx: &mut Transaction<'_, Postgres>) -> ConduitResult<()> {
     Ok(())
 }
 
-/// Adds or removes a favorite; returns the article's id. The article row is
-/// locked first, as a delete of the article locks it before its favorites.
+/// Adds or removes a favorite; returns the article's id. When there is
+/// something to change, the article row is locked first, as a delete of the
+/// article locks it before its favorites (the other order can deadlock).
+/// A no-op (favoriting twice) locks and writes nothing.
 pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<i64> {
     let id = if favorite {
         sqlx::query_scalar!(
-            r#"WITH a AS (SELECT id, created_at FROM articles WHERE slug = $2 FOR NO KEY UPDATE),
+            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
+                    l AS (SELECT id, created_at FROM articles
+                          WHERE id = (SELECT id FROM a)
+                            AND NOT EXISTS (SELECT 1 FROM favorites WHERE user_id = $1 AND article_id = articles.id)
+                          FOR NO KEY UPDATE),
                     ins AS (INSERT INTO favorites (user_id, article_id, article_created_at)
-                            SELECT $1, id, created_at FROM a ON CONFLICT DO NOTHING)
+                            SELECT $1, id, created_at FROM l ON CONFLICT DO NOTHING)
                SELECT id AS "id!" FROM a"#,
             user,
             slug
@@ -382,8 +388,12 @@ pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: b
         .await?
     } else {
         sqlx::query_scalar!(
-            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2 FOR NO KEY UPDATE),
-                    del AS (DELETE FROM favorites WHERE user_id = $1 AND article_id IN (SELECT id FROM a))
+            r#"WITH a AS (SELECT id FROM articles WHERE slug = $2),
+                    l AS (SELECT id FROM articles
+                          WHERE id = (SELECT id FROM a)
+                            AND EXISTS (SELECT 1 FROM favorites WHERE user_id = $1 AND article_id = articles.id)
+                          FOR NO KEY UPDATE),
+                    del AS (DELETE FROM favorites WHERE user_id = $1 AND article_id IN (SELECT id FROM l))
                SELECT id AS "id!" FROM a"#,
             user,
             slug
