@@ -73,6 +73,16 @@ async fn login_accepts_the_email_in_any_case_and_rejects_a_wrong_password() {
     assert_eq!(reply.status, 422);
 }
 
+/// A token signed with another secret, and one of ours that expired long ago.
+fn bad_tokens() -> (String, String) {
+    let sign = |secret: &[u8], exp: u64| {
+        let claims = json!({"sub": "1", "iat": 0, "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    };
+    (sign(b"another-secret-another-secret-another", 4_000_000_000), sign(JWT_SECRET.as_bytes(), 1_000))
+}
+
 #[tokio::test]
 async fn current_user_needs_a_valid_token() {
     let app = spawn_app().await;
@@ -85,16 +95,7 @@ async fn current_user_needs_a_valid_token() {
     assert_eq!(reply.status, 200, "Bearer is accepted too");
 
     assert_eq!(app.get("/api/user", None).await.status, 401);
-    let forged = {
-        let key = jsonwebtoken::EncodingKey::from_secret(b"another-secret-another-secret-another");
-        let claims = json!({"sub": "1", "iat": 0, "exp": 4_000_000_000u64});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
-    };
-    let expired = {
-        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
-        let claims = json!({"sub": "1", "iat": 0, "exp": 1_000});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
-    };
+    let (forged, expired) = bad_tokens();
     for bad in [forged.as_str(), expired.as_str(), "garbage"] {
         let reply = app.get("/api/user", Some(bad)).await;
         assert_eq!(reply.status, 401, "{bad}");
@@ -174,12 +175,8 @@ async fn users_service_works_over_grpc() {
 
     let status = users.get_current_user(pb::GetCurrentUserRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    let expired = {
-        let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
-        let claims = json!({"sub": "1", "iat": 0, "exp": 1_000});
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
-    };
-    for bad in [expired.as_str(), "forged.token.value"] {
+    let (forged, expired) = bad_tokens();
+    for bad in [forged.as_str(), expired.as_str(), "garbage"] {
         let status = users.get_current_user(authed(pb::GetCurrentUserRequest {}, bad)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{bad}");
     }
