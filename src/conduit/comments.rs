@@ -80,15 +80,20 @@ impl Comments {
         let r = request.into_inner();
         let comment = r.comment.unwrap_or_default();
         Check::new().required("comment.body", &comment.body, COMMENT_MAX).finish()?;
-        let (article, _) = owner(&self.ctx.db, &r.slug).await?;
-        let id = sqlx::query_scalar!(
-            "INSERT INTO comments (article_id, author_id, body) VALUES ($1, $2, $3) RETURNING id",
-            article,
+        // One statement finds the article and adds the comment, so a
+        // concurrent delete of the article reads as "not found".
+        let row = sqlx::query!(
+            "INSERT INTO comments (article_id, author_id, body)
+             SELECT id, $2, $3 FROM articles WHERE slug = $1
+             RETURNING id, article_id",
+            r.slug,
             caller.user_id,
             comment.body
         )
-        .fetch_one(&self.ctx.db)
-        .await?;
+        .fetch_optional(&self.ctx.db)
+        .await?
+        .ok_or(ConduitError::NotFound("article"))?;
+        let (id, article) = (row.id, row.article_id);
         let comment = read(&self.ctx.db, Some(caller.user_id), article, Some(id)).await?.pop();
         Ok(SingleCommentResponse { comment: Some(comment.ok_or(ConduitError::NotFound("comment"))?) })
     }

@@ -142,11 +142,6 @@ impl Gateway {
         GatewayBuilder::default()
     }
 
-    /// The routes served.
-    pub fn routes(&self) -> &[Route] {
-        &self.inner.routes
-    }
-
     fn find(&self, req: &Request<Body>) -> Match {
         self.inner.router.find(req.method(), req.uri().path())
     }

@@ -4,6 +4,8 @@ use std::process::Command;
 
 use sqlx::Connection;
 
+use crate::helpers::{create_database, drop_database};
+
 fn conduit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_conduit"))
         .args(args)
@@ -63,15 +65,9 @@ fn serve_refuses_to_start_with_one_clear_line() {
 
 #[tokio::test]
 async fn migrate_applies_the_schema_and_exits() {
-    let admin_url =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let name = format!("conduit_test_migrate_{}", std::process::id());
-    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    let create = format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}");
-    for statement in create.split("; ") {
-        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned())).execute(&mut admin).await.unwrap();
-    }
+    drop_database(&name).await;
+    let url = create_database(&name).await;
     let out = conduit(&["migrate"], &[("DATABASE_URL", &url), ("LOG_LEVEL", "error")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -86,6 +82,5 @@ async fn migrate_applies_the_schema_and_exits() {
     // Running it again is a no-op.
     assert!(conduit(&["migrate"], &[("DATABASE_URL", &url)]).status.success());
     db.close().await.unwrap();
-    let drop = format!("DROP DATABASE {name} WITH (FORCE)");
-    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.unwrap();
+    drop_database(&name).await;
 }

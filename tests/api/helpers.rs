@@ -30,6 +30,22 @@ fn url_for(db: &str) -> String {
     format!("{base}/{db}")
 }
 
+/// Creates an empty database; returns its URL.
+pub(crate) async fn create_database(name: &str) -> String {
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("Postgres must be running for the tests");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+    admin.close().await.ok();
+    url_for(name)
+}
+
+/// Drops a database, connected or not; a failure only leaves it behind.
+pub(crate) async fn drop_database(name: &str) {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+    }
+}
+
 /// A running application and what tests need to talk to it.
 pub(crate) struct TestApp {
     pub(crate) port: u16,
@@ -62,12 +78,10 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         COUNTER.fetch_add(1, Ordering::Relaxed),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
     );
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("Postgres must be running for the tests");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut admin).await.unwrap();
-    admin.close().await.ok();
+    let url = create_database(&db_name).await;
 
     let mut settings = ServeSettings {
-        database_url: Secret::from(url_for(&db_name)),
+        database_url: Secret::from(url),
         listen: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Secret::from(JWT_SECRET.to_owned()),
         jwt_ttl: Duration::from_secs(3600),
@@ -98,12 +112,7 @@ impl Drop for TestApp {
         let name = self.db_name.clone();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
-                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
-                }
-            });
+            rt.block_on(drop_database(&name));
         })
         .join();
     }
