@@ -4,18 +4,16 @@
 //! A tour of the layout:
 //! - [`pb`]: the code generated from `proto/` by `build.rs` (messages, tonic
 //!   services, proto3 JSON, and the HTTP routes of every `google.api.http` rule);
-//! - [`gateway`]: the generic JSON/HTTP transcoder (routing, binding, status
-//!   mapping); it knows nothing of Conduit;
+//! - the `gateway` crate (a workspace member): the generic transcoder and
+//!   protocol adapters (gRPC-Web, Connect, JSON/HTTP); it knows nothing of
+//!   Conduit, and `gateway-build` generates its tables at build time;
 //! - [`conduit`]: the domain services on Postgres; they know nothing of HTTP;
-//! - [`wkt`]: well-known types with the JSON form the gateway wants;
 //! - [`config`], [`startup`], [`shutdown`], [`telemetry`]: settings, wiring
 //!   and process life.
 
 pub mod conduit;
 pub mod config;
-pub mod gateway;
 pub mod pb;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
-pub mod wkt;

@@ -7,16 +7,7 @@ pub mod conduit {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/conduit.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/conduit.v1.serde.rs"));
-        include!(concat!(env!("OUT_DIR"), "/conduit.v1.http.rs"));
-    }
-}
-
-/// The `gateway.v1` package: the gateway's method options.
-pub mod gateway {
-    /// Version 1 of the gateway options.
-    pub mod v1 {
-        include!(concat!(env!("OUT_DIR"), "/gateway.v1.rs"));
-        include!(concat!(env!("OUT_DIR"), "/gateway.v1.serde.rs"));
+        include!(concat!(env!("OUT_DIR"), "/conduit.v1.gateway.rs"));
     }
 }
 

@@ -6,7 +6,7 @@ use http::StatusCode;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::gateway::ErrorRenderer;
+use gateway::ErrorRenderer;
 
 /// A problem with one field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl ErrorRenderer for RealWorldErrors {
             Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition | Code::OutOfRange => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            other => crate::gateway::http_status(other),
+            other => gateway::http_status(other),
         }
     }
 

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::gateway::Route;
 use crate::pb::conduit::v1 as pb;
+use gateway::Method;
 
 /// What every service shares.
 #[derive(Debug, Clone)]
@@ -39,8 +39,8 @@ pub(crate) fn viewer_id(caller: Option<i64>) -> i64 {
     caller.unwrap_or(0)
 }
 
-/// The tonic services and the HTTP routes of the whole API, over one context.
-pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Route>) {
+/// The tonic services and the gateway's handlers of the whole API, over one context.
+pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Method>) {
     let users = Arc::new(users::Users::new(ctx.clone()));
     let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
     let articles = Arc::new(articles::Articles::new(ctx.clone()));
@@ -48,11 +48,11 @@ pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Route>) {
     let tags = Arc::new(articles::Tags::new(ctx));
 
     let mut http = Vec::new();
-    http.extend(pb::users_http_routes(users.clone()));
-    http.extend(pb::profiles_http_routes(profiles.clone()));
-    http.extend(pb::articles_http_routes(articles.clone()));
-    http.extend(pb::comments_http_routes(comments.clone()));
-    http.extend(pb::tags_http_routes(tags.clone()));
+    http.extend(pb::users_gateway_methods(users.clone()));
+    http.extend(pb::profiles_gateway_methods(profiles.clone()));
+    http.extend(pb::articles_gateway_methods(articles.clone()));
+    http.extend(pb::comments_gateway_methods(comments.clone()));
+    http.extend(pb::tags_gateway_methods(tags.clone()));
 
     let grpc = tonic::service::Routes::new(pb::users_server::UsersServer::from_arc(users))
         .add_service(pb::profiles_server::ProfilesServer::from_arc(profiles))

@@ -27,7 +27,7 @@ async fn create_article_returns_201_with_slug_tags_in_order_and_timestamps() {
         let (seconds, fraction) = text.strip_suffix('Z').unwrap().split_once('.').unwrap();
         assert_eq!(seconds.len(), "2026-01-02T03:04:05".len(), "{text}");
         assert!([3, 6, 9].contains(&fraction.len()) && fraction.chars().all(|c| c.is_ascii_digit()), "{text}");
-        assert!(text.parse::<conduit::wkt::Timestamp>().is_ok(), "{text}");
+        assert!(text.parse::<gateway::wkt::Timestamp>().is_ok(), "{text}");
     }
     // No tags at all is an empty list, not a missing field.
     let reply = app

@@ -133,11 +133,18 @@ async fn success_codes_come_from_the_proto_options() {
 /// types: numbers out of range and wrong types name the field.
 #[tokio::test]
 async fn generated_json_types_report_out_of_range_numbers_by_field() {
-    use conduit::gateway::{Gateway, Route, RouteSpec};
     use conduit::pb::conduit::v1 as pb;
+    use gateway::{Gateway, Method, MethodKind, MethodSpec, RouteSpec};
     use tower::ServiceExt;
 
-    static SPEC: RouteSpec = RouteSpec {
+    static METHOD: MethodSpec = MethodSpec {
+        rpc: "/conduit.v1.Articles/ListArticles",
+        kind: MethodKind::Unary,
+        no_side_effects: true,
+        input: &pb::MESSAGE_CONDUIT_V1_LIST_ARTICLES_REQUEST,
+        event_id: "",
+    };
+    static ROUTES: [RouteSpec; 1] = [RouteSpec {
         rpc: "/conduit.v1.Articles/ListArticles",
         http_method: "POST",
         template: "/list",
@@ -145,15 +152,16 @@ async fn generated_json_types_report_out_of_range_numbers_by_field() {
         response_body: "",
         success_code: 200,
         input: &pb::MESSAGE_CONDUIT_V1_LIST_ARTICLES_REQUEST,
-    };
-    let route = Route::unary(&SPEC, |request: tonic::Request<pb::ListArticlesRequest>| async move {
+        update_mask: false,
+    }];
+    let method = Method::unary(&METHOD, |request: tonic::Request<pb::ListArticlesRequest>| async move {
         let r = request.into_inner();
         Ok(tonic::Response::new(pb::MultipleArticlesResponse {
             articles: vec![],
             articles_count: r.limit.unwrap_or(-1),
         }))
     });
-    let gateway = Gateway::builder().routes([route]).build().unwrap();
+    let gateway = Gateway::builder().methods([method]).routes(&ROUTES).build().unwrap();
     for (body, status, expected) in [
         (r#"{"limit": 7}"#, 200, json!({"articles": [], "articlesCount": 7})),
         (r#"{"limit": "8", "tag": "x"}"#, 200, json!({"articles": [], "articlesCount": 8})),

@@ -23,7 +23,7 @@ fn resolve<'a>(spec: &'a Value, node: &'a Value) -> &'a Value {
 }
 
 fn is_date_time(text: &str) -> bool {
-    text.parse::<conduit::wkt::Timestamp>().is_ok() && text.ends_with('Z') && text.contains('.')
+    text.parse::<gateway::wkt::Timestamp>().is_ok() && text.ends_with('Z') && text.contains('.')
 }
 
 /// Checks `value` against `schema`; pushes one line per problem.

@@ -1,10 +1,16 @@
-//! Well-known protobuf types whose JSON form the gateway needs to control.
+//! The well-known protobuf types (`google.protobuf.*`) as generated code
+//! refers to them (`gateway-build` maps the package here), with their
+//! proto3 JSON forms.
 //!
-//! `google.protobuf.Timestamp` is generated as [`Timestamp`] (see `build.rs`):
-//! on the wire it is the standard message; in JSON it is RFC 3339 in UTC with
-//! a `Z` and always a fractional part (3, 6 or 9 digits), which is what
-//! JavaScript clients and JSON Schema `date-time` validators read most safely.
-//! Generic: nothing here knows any particular API.
+//! [`Timestamp`] is the gateway's own: RFC 3339 in UTC with a `Z` and always
+//! a fractional part (3, 6 or 9 digits), which JavaScript clients and JSON
+//! Schema `date-time` validators read most safely. The others come from
+//! `pbjson-types`.
+
+pub use pbjson_types::{
+    Any, BoolValue, BytesValue, DoubleValue, Duration, Empty, FieldMask, FloatValue, Int32Value, Int64Value, ListValue,
+    NullValue, StringValue, Struct, UInt32Value, UInt64Value, Value,
+};
 
 use std::fmt;
 

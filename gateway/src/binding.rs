@@ -6,29 +6,12 @@
 //! serde implementation. Every failure is `INVALID_ARGUMENT` with a
 //! `google.rpc.BadRequest` naming the field.
 
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
-use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use super::route::{FieldKind, FieldSpec, MessageSpec, RouteSpec};
-
-/// Everything of an HTTP request that goes into the method's request.
-#[derive(Debug, Default)]
-pub struct Input {
-    /// HTTP headers as gRPC metadata.
-    pub metadata: MetadataMap,
-    /// Request extensions, passed on to the service.
-    pub extensions: http::Extensions,
-    /// (field path, percent-decoded value) of each path variable.
-    pub params: Vec<(String, String)>,
-    /// The raw query string, if any.
-    pub query: Option<String>,
-    /// The request body.
-    pub body: Bytes,
-}
+use crate::spec::{FieldKind, FieldSpec, MessageSpec, RouteSpec};
 
 /// A `BadRequest` status for one field.
 pub fn invalid_field(field: &str, description: String) -> Status {
@@ -39,37 +22,77 @@ pub fn invalid_field(field: &str, description: String) -> Status {
     )
 }
 
-/// Decodes `input` into the typed request for `spec`.
-pub(crate) fn decode<I: DeserializeOwned>(spec: &RouteSpec, input: Input) -> Result<tonic::Request<I>, Status> {
-    let message = if spec.body == "*" && input.params.is_empty() {
+/// Decodes a whole message from its proto3 JSON (an empty body is `{}`).
+pub(crate) fn decode_json<I: DeserializeOwned>(body: &[u8]) -> Result<I, Status> {
+    from_slice(if is_blank(body) { b"{}" } else { body })
+}
+
+/// Decodes the request of an HTTP rule from its path variables, query
+/// string and body.
+pub(crate) fn decode_http<I: DeserializeOwned>(
+    spec: &RouteSpec,
+    params: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<I, Status> {
+    if spec.body == "*" && params.is_empty() && !spec.update_mask {
         // The common case: the body is the whole message, parsed in one pass.
-        let body: &[u8] = if is_blank(&input.body) { b"{}" } else { &input.body };
-        from_slice(body)?
-    } else {
-        let mut root = Map::new();
-        if !spec.body.is_empty() && !is_blank(&input.body) {
-            let body: Value = from_slice(&input.body)?;
-            if spec.body == "*" {
-                match body {
-                    Value::Object(map) => root = map,
-                    _ => return Err(invalid_field("", "the request body must be a JSON object".into())),
+        return decode_json(body);
+    }
+    let mut root = Map::new();
+    let mut mask = Vec::new();
+    if !spec.body.is_empty() && !is_blank(body) {
+        let body: Value = from_slice(body)?;
+        if spec.body == "*" {
+            match body {
+                Value::Object(map) => {
+                    if spec.update_mask {
+                        paths_of(&map, spec.input, "", &mut mask);
+                    }
+                    root = map;
                 }
-            } else {
-                let (parent, field) = slot(&mut root, spec.input, spec.body)?;
-                parent.insert(field.json_name.to_owned(), body);
+                _ => return Err(invalid_field("", "the request body must be a JSON object".into())),
             }
+        } else {
+            let (parent, field) = slot(&mut root, spec.input, spec.body)?;
+            if spec.update_mask
+                && let (Value::Object(map), Some(message)) = (&body, field.message)
+            {
+                paths_of(map, message, "", &mut mask);
+            }
+            parent.insert(field.json_name.to_owned(), body);
         }
-        for (path, value) in &input.params {
-            set_text(&mut root, spec.input, path, value, false)?;
+    }
+    for (path, value) in params {
+        set_text(&mut root, spec.input, path, value, false)?;
+    }
+    if spec.body != "*"
+        && let Some(query) = query
+    {
+        bind_query(&mut root, spec, params, query)?;
+    }
+    if spec.update_mask && !root.contains_key("updateMask") && !root.contains_key("update_mask") {
+        let camel: Vec<String> =
+            mask.iter().map(|p| p.split('.').map(crate::spec::lower_camel).collect::<Vec<_>>().join(".")).collect();
+        root.insert("updateMask".to_owned(), Value::String(camel.join(",")));
+    }
+    from_json(Value::Object(root))
+}
+
+/// The field paths (proto names, dotted) of the keys present in a JSON
+/// object, descending into message fields: the update mask of a partial
+/// update. Maps, repeated fields and well-known types are leaves.
+fn paths_of(object: &Map<String, Value>, message: &'static MessageSpec, prefix: &str, into: &mut Vec<String>) {
+    for (key, value) in object {
+        let Some(field) = message.field(key) else { continue };
+        let path = if prefix.is_empty() { field.name.to_owned() } else { format!("{prefix}.{}", field.name) };
+        match (value, field.message) {
+            (Value::Object(inner), Some(nested)) if !field.repeated && !inner.is_empty() => {
+                paths_of(inner, nested, &path, into)
+            }
+            _ => into.push(path),
         }
-        if spec.body != "*"
-            && let Some(query) = input.query.as_deref()
-        {
-            bind_query(&mut root, spec, &input.params, query)?;
-        }
-        from_json(Value::Object(root))?
-    };
-    Ok(tonic::Request::from_parts(input.metadata, input.extensions, message))
+    }
 }
 
 fn is_blank(body: &[u8]) -> bool {
@@ -231,23 +254,6 @@ fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
     })
 }
 
-/// `tag_list` → `tagList`, the proto3 JSON name rule.
-pub(crate) fn lower_camel(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,16 +319,16 @@ mod tests {
             response_body: "",
             success_code: 200,
             input: &REQUEST,
+            update_mask: false,
         }))
     }
 
-    fn input(params: &[(&'static str, &str)], query: Option<&str>, body: &str) -> Input {
-        Input {
-            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            query: query.map(str::to_owned),
-            body: Bytes::from(body.to_owned()),
-            ..Input::default()
-        }
+    fn decode<T: DeserializeOwned>(
+        spec: &RouteSpec,
+        (params, query, body): (&[(&str, &str)], Option<&str>, &str),
+    ) -> Result<T, Status> {
+        let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        decode_http(spec, &params, query, body.as_bytes())
     }
 
     fn violation(status: &Status) -> (String, String) {
@@ -383,8 +389,8 @@ mod tests {
             ),
         ];
         for (body, params, query, text, expected) in cases {
-            let got = decode::<Request>(spec(body), input(params, *query, text)).unwrap_or_else(|s| panic!("{s:?}"));
-            assert_eq!(got.get_ref(), expected, "body={body} params={params:?} query={query:?}");
+            let got = decode::<Request>(spec(body), (params, *query, text)).unwrap_or_else(|s| panic!("{s:?}"));
+            assert_eq!(&got, expected, "body={body} params={params:?} query={query:?}");
         }
     }
 
@@ -405,18 +411,11 @@ mod tests {
             ("*", &[("name", "p")], None, r#"{"pageSize":1}{}"#, ""),
         ];
         for (body, params, query, text, field) in cases {
-            let status = decode::<Request>(spec(body), input(params, *query, text)).unwrap_err();
+            let status = decode::<Request>(spec(body), (params, *query, text)).unwrap_err();
             assert_eq!(status.code(), Code::InvalidArgument);
             let (got, description) = violation(&status);
             assert_eq!(&got, field, "{query:?} {text}: {description}");
             assert!(!description.is_empty() && description.contains(field), "{description} names {field}");
         }
-    }
-
-    #[test]
-    fn lower_camel_follows_proto3_json_names() {
-        assert_eq!(lower_camel("tag_list"), "tagList");
-        assert_eq!(lower_camel("a_b_c"), "aBC");
-        assert_eq!(lower_camel("slug"), "slug");
     }
 }

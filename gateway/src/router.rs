@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::template::{PathTemplate, SegmentPattern, TemplateError};
+use crate::template::{PathTemplate, SegmentPattern, TemplateError};
 
 #[derive(Default, Debug)]
 struct Node {
@@ -57,9 +57,36 @@ impl Router {
         Self { nodes: vec![Node::default()], templates: Vec::new() }
     }
 
+    /// The route already added that would take every request `template`
+    /// takes with `method` (same segments, wildcards and verb), if any.
+    pub fn conflict(&self, method: &http::Method, template: &PathTemplate) -> Option<usize> {
+        let mut node = 0;
+        let mut ends_in_rest = false;
+        for segment in &template.segments {
+            node = match segment {
+                SegmentPattern::Literal(text) => *self.nodes[node].literal.get(text.as_str())?,
+                SegmentPattern::Single => self.nodes[node].single?,
+                SegmentPattern::Rest => {
+                    ends_in_rest = true;
+                    break;
+                }
+            };
+        }
+        let leaves = if ends_in_rest { &self.nodes[node].rest } else { &self.nodes[node].leaves };
+        leaves.iter().find(|l| l.method == method && l.verb.as_deref() == template.verb.as_deref()).map(|l| l.route)
+    }
+
     /// Adds a route; its index is the number of routes added before it.
+    /// Fails on a malformed template or one that conflicts with an earlier
+    /// route (it could never be reached).
     pub fn add(&mut self, method: http::Method, template: &str) -> Result<usize, TemplateError> {
         let parsed = PathTemplate::parse(template)?;
+        if self.conflict(&method, &parsed).is_some() {
+            return Err(TemplateError {
+                template: template.to_owned(),
+                reason: "an earlier rule with the same method matches the same paths",
+            });
+        }
         let route = self.templates.len();
         let mut node = 0;
         let mut ends_in_rest = false;
@@ -241,6 +268,22 @@ mod tests {
         ];
         for (method, path, expected) in cases {
             assert_eq!(r.find(&method, path), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn refuses_rules_that_match_the_same_requests() {
+        let mut r = router();
+        for (m, t) in [
+            (Method::GET, "/api/articles/{other}"),
+            (Method::GET, "/v1/{x=shelves/*/books/*}"),
+            (Method::POST, "/v1/{n=shelves/*}:publish"),
+            (Method::GET, "/files/**"),
+        ] {
+            assert!(r.add(m.clone(), t).is_err(), "{m} {t} conflicts");
+        }
+        for (m, t) in [(Method::POST, "/api/articles/{slug}"), (Method::POST, "/v1/{n=shelves/*}:cancel")] {
+            assert!(r.add(m.clone(), t).is_ok(), "{m} {t} does not conflict");
         }
     }
 }

@@ -25,6 +25,29 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The Connect protocol's name of a code (`not_found`, `invalid_argument`, …).
+pub fn connect_code(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "canceled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
 /// Writes the HTTP form of a failed call. Install one per gateway to give an
 /// API its own error shape.
 pub trait ErrorRenderer: Send + Sync + 'static {
@@ -97,7 +120,7 @@ mod tests {
 
     #[test]
     fn default_body_is_rpc_status_json() {
-        let status = crate::gateway::binding::invalid_field("a.b", "a.b: bad".into());
+        let status = crate::binding::invalid_field("a.b", "a.b: bad".into());
         let body: serde_json::Value = serde_json::from_slice(&RpcStatusRenderer.body(&status)).unwrap();
         assert_eq!(body["code"], 3);
         assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "a.b");

@@ -1,0 +1,406 @@
+//! Writes `<package>.gateway.rs`: method specs, handler tables, HTTP routes
+//! and field tables, all read off the descriptors.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    Value,
+};
+
+use crate::BuildError;
+use crate::router::Router;
+use crate::template::PathTemplate;
+
+/// One HTTP binding of a method, read from its `google.api.http` rule.
+struct Binding {
+    verb: String,
+    template: String,
+    body: String,
+    response_body: String,
+}
+
+fn http_bindings(rule: &DynamicMessage, into: &mut Vec<Binding>) {
+    let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let mut verb_path = None;
+    for verb in ["get", "put", "post", "delete", "patch"] {
+        if rule.has_field_by_name(verb) {
+            verb_path = Some((verb.to_uppercase(), text(verb)));
+        }
+    }
+    if rule.has_field_by_name("custom")
+        && let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
+    {
+        let get = |n: &str| match custom.get_field_by_name(n).as_deref() {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        verb_path = Some((get("kind").to_uppercase(), get("path")));
+    }
+    if let Some((verb, template)) = verb_path {
+        into.push(Binding { verb, template, body: text("body"), response_body: text("response_body") });
+    }
+    if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
+        for extra in more {
+            if let Value::Message(extra) = extra {
+                http_bindings(extra, into);
+            }
+        }
+    }
+}
+
+fn success_code(method: &MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> u32 {
+    let Some(ext) = ext else { return 200 };
+    let options = method.options();
+    if !options.has_extension(ext) {
+        return 200;
+    }
+    match options.get_extension(ext).as_ref() {
+        Value::Message(m) => match m.get_field_by_name("success_code").as_deref() {
+            Some(Value::U32(code)) if *code != 0 => *code,
+            _ => 200,
+        },
+        _ => 200,
+    }
+}
+
+/// `option idempotency_level = NO_SIDE_EFFECTS` (value 1 of the enum).
+fn no_side_effects(method: &MethodDescriptor) -> bool {
+    matches!(method.options().get_field_by_name("idempotency_level").as_deref(), Some(Value::EnumNumber(1)))
+}
+
+/// The JSON name of the output field marked `(gateway.v1.event_id)`.
+fn event_id(message: &MessageDescriptor, ext: Option<&ExtensionDescriptor>) -> String {
+    let Some(ext) = ext else { return String::new() };
+    message
+        .fields()
+        .find(|f| {
+            let options = f.options();
+            options.has_extension(ext) && matches!(options.get_extension(ext).as_ref(), Value::Bool(true))
+        })
+        .map(|f| f.json_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// Follows a dotted field path through messages; the last field.
+fn field_at(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let mut current = message.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let field = current.get_field_by_name(part)?;
+        if parts.peek().is_none() {
+            return Some(field);
+        }
+        match field.kind() {
+            Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn method_kind(method: &MethodDescriptor) -> &'static str {
+    match (method.is_client_streaming(), method.is_server_streaming()) {
+        (false, false) => "Unary",
+        (false, true) => "ServerStreaming",
+        (true, false) => "ClientStreaming",
+        (true, true) => "BidiStreaming",
+    }
+}
+
+/// Rust path of a message type, relative to the module of `package`.
+fn rust_type(message: &MessageDescriptor, package: &str) -> Result<String, BuildError> {
+    let full = message.full_name();
+    if full == "google.protobuf.Timestamp" {
+        return Ok("::gateway::wkt::Timestamp".to_owned());
+    }
+    if let Some(name) = full.strip_prefix("google.protobuf.") {
+        return Ok(format!("::gateway::wkt::{name}"));
+    }
+    if message.package_name() != package || message.parent_message().is_some() {
+        return Err(format!(
+            "{full}: gateway methods need top-level request and response messages of package {package} or google.protobuf"
+        )
+        .into());
+    }
+    Ok(message.name().to_owned())
+}
+
+/// Generates the gateway tables of one package.
+pub(crate) fn package(pool: &DescriptorPool, package: &str, own_files: &HashSet<String>) -> Result<String, BuildError> {
+    let http_ext =
+        pool.get_extension_by_name("google.api.http").ok_or("google/api/annotations.proto is not imported")?;
+    let response_ext = pool.get_extension_by_name("gateway.v1.http_response");
+    let event_ext = pool.get_extension_by_name("gateway.v1.event_id");
+
+    let mut code = String::from("// Generated by gateway-build from the protos. Do not edit.\n\n");
+    let mut specs = Vec::new();
+    let mut seen = HashSet::new();
+    let mut statics = String::new();
+    let mut routes = String::new();
+    let mut method_list = Vec::new();
+    // (HTTP method, template) → RPC, to refuse rules that match the same requests.
+    let mut router = Router::new();
+    let mut route_rpcs: Vec<String> = Vec::new();
+
+    for service in pool.services() {
+        if service.package_name() != package || !own_files.contains(service.parent_file().name()) {
+            continue;
+        }
+        let svc = service.name();
+        let svc_snake = snake_case(svc);
+        let mut handlers = String::new();
+        for method in service.methods() {
+            let rpc = format!("/{}/{}", service.full_name(), method.name());
+            let input = method.input();
+            let output = method.output();
+            let input_ty = rust_type(&input, package)?;
+            rust_type(&output, package)?;
+            collect_specs(&input, &mut seen, &mut specs);
+            let method_static =
+                format!("METHOD_{}_{}", svc_snake.to_uppercase(), snake_case(method.name()).to_uppercase());
+            writeln!(
+                statics,
+                "/// `{rpc}`.\npub static {method_static}: ::gateway::MethodSpec = ::gateway::MethodSpec {{\n    \
+                 rpc: {rpc:?},\n    kind: ::gateway::MethodKind::{kind},\n    no_side_effects: {nse},\n    \
+                 input: &{input_spec},\n    event_id: {event:?},\n}};\n",
+                kind = method_kind(&method),
+                nse = no_side_effects(&method),
+                input_spec = spec_ident(&input),
+                event = event_id(&output, event_ext.as_ref()),
+            )?;
+            method_list.push(method_static.clone());
+
+            let rust_method = snake_case(method.name());
+            let constructor = match method_kind(&method) {
+                "Unary" => Some("unary"),
+                "ServerStreaming" => Some("server_streaming"),
+                _ => None,
+            };
+            match constructor {
+                Some(constructor) => writeln!(
+                    handlers,
+                    "        ::gateway::Method::{constructor}(&{method_static}, {{\n            \
+                     let service = service.clone();\n            \
+                     move |request: tonic::Request<{input_ty}>| {{\n                \
+                     let service = service.clone();\n                \
+                     async move {{ service.{rust_method}(request).await }}\n            \
+                     }}\n        \
+                     }}),",
+                )?,
+                None => writeln!(handlers, "        ::gateway::Method::grpc_only(&{method_static}),")?,
+            }
+
+            let options = method.options();
+            if !options.has_extension(&http_ext) {
+                continue;
+            }
+            let Value::Message(rule) = options.get_extension(&http_ext).into_owned() else { continue };
+            let mut bindings = Vec::new();
+            http_bindings(&rule, &mut bindings);
+            let status = success_code(&method, response_ext.as_ref());
+            for b in bindings {
+                let where_ = || format!("{} ({} {})", method.full_name(), b.verb, b.template);
+                let template = PathTemplate::parse(&b.template).map_err(|e| format!("{}: {e}", where_()))?;
+                for var in &template.variables {
+                    let field = field_at(&input, &var.field_path).ok_or_else(|| {
+                        format!("{}: variable {} names no field of {}", where_(), var.field_path, input.full_name())
+                    })?;
+                    if field.is_list()
+                        || field.is_map()
+                        || matches!(field.kind(), Kind::Message(ref m) if !is_string_wkt(m) && wrapper_kind(m).is_none())
+                    {
+                        return Err(format!("{}: variable {} must be a scalar field", where_(), var.field_path).into());
+                    }
+                }
+                if !matches!(b.body.as_str(), "" | "*") && field_at(&input, &b.body).is_none() {
+                    return Err(format!("{}: body {} names no field of {}", where_(), b.body, input.full_name()).into());
+                }
+                if !b.response_body.is_empty() && field_at(&output, &b.response_body).is_none() {
+                    return Err(format!(
+                        "{}: response_body {} names no field of {}",
+                        where_(),
+                        b.response_body,
+                        output.full_name()
+                    )
+                    .into());
+                }
+                let verb = http::Method::from_bytes(b.verb.as_bytes())
+                    .map_err(|_| format!("{}: invalid HTTP method", where_()))?;
+                if let Some(other) = router.conflict(&verb, &template) {
+                    return Err(format!(
+                        "HTTP rules conflict: {} {} of {} matches the same requests as a rule of {}",
+                        b.verb,
+                        b.template,
+                        method.full_name(),
+                        route_rpcs[other].trim_start_matches('/').replace('/', ".")
+                    )
+                    .into());
+                }
+                router.add(verb, &b.template).map_err(|e| format!("{}: {e}", where_()))?;
+                route_rpcs.push(rpc.clone());
+                let update_mask = input.get_field_by_name("update_mask").is_some_and(|f| {
+                    matches!(f.kind(), Kind::Message(m) if m.full_name() == "google.protobuf.FieldMask")
+                        && !template.variables.iter().any(|v| v.field_path.split('.').next() == Some("update_mask"))
+                        && !b.body.is_empty()
+                        && b.body != "update_mask"
+                });
+                writeln!(
+                    routes,
+                    "    ::gateway::RouteSpec {{\n        rpc: {rpc:?},\n        http_method: {verb:?},\n        \
+                     template: {template:?},\n        body: {body:?},\n        response_body: {response_body:?},\n        \
+                     success_code: {status},\n        input: &{input_spec},\n        update_mask: {update_mask},\n    }},",
+                    verb = b.verb,
+                    template = b.template,
+                    body = b.body,
+                    response_body = b.response_body,
+                    input_spec = spec_ident(&input),
+                )?;
+            }
+        }
+        writeln!(
+            code,
+            "/// The methods of `{full}` for the gateway, calling `service` in process.\n\
+             pub fn {svc_snake}_gateway_methods<T: {svc_snake}_server::{svc}>(\n    \
+             service: std::sync::Arc<T>,\n\
+             ) -> Vec<::gateway::Method> {{\n    vec![\n{handlers}    ]\n}}\n",
+            full = service.full_name(),
+        )?;
+    }
+
+    writeln!(
+        code,
+        "/// Every method of package `{package}`.\npub static METHODS: &[&::gateway::MethodSpec] = &[{}];\n",
+        method_list.iter().map(|m| format!("&{m}")).collect::<Vec<_>>().join(", ")
+    )?;
+    writeln!(
+        code,
+        "/// Every HTTP binding of package `{package}`, in declaration order.\n\
+         pub static HTTP_ROUTES: &[::gateway::RouteSpec] = &[\n{routes}];\n"
+    )?;
+    code.push_str(&statics);
+    for message in specs {
+        write_spec(&mut code, &message)?;
+    }
+    Ok(code)
+}
+
+/// Whether a message is bound from a single JSON string (a well-known type
+/// with a string form), so a path or query value may set it.
+fn is_string_wkt(message: &MessageDescriptor) -> bool {
+    matches!(
+        message.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+    )
+}
+
+/// The scalar kind of a wrapper type (`google.protobuf.Int32Value` → `Int32`).
+fn wrapper_kind(message: &MessageDescriptor) -> Option<&'static str> {
+    Some(match message.full_name() {
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => "Float",
+        "google.protobuf.Int32Value" => "Int32",
+        "google.protobuf.UInt32Value" => "Uint32",
+        "google.protobuf.Int64Value" => "Int64",
+        "google.protobuf.UInt64Value" => "Uint64",
+        "google.protobuf.BoolValue" => "Bool",
+        "google.protobuf.StringValue" => "String",
+        "google.protobuf.BytesValue" => "Bytes",
+        _ => return None,
+    })
+}
+
+/// Messages whose fields the gateway binds into: not the well-known types,
+/// whose JSON forms are special.
+fn is_plain_message(message: &MessageDescriptor) -> bool {
+    message.package_name() != "google.protobuf"
+}
+
+fn collect_specs(message: &MessageDescriptor, seen: &mut HashSet<String>, into: &mut Vec<MessageDescriptor>) {
+    if !seen.insert(message.full_name().to_owned()) {
+        return;
+    }
+    into.push(message.clone());
+    for field in message.fields() {
+        if let Kind::Message(inner) = field.kind()
+            && !field.is_map()
+            && is_plain_message(&inner)
+        {
+            collect_specs(&inner, seen, into);
+        }
+    }
+}
+
+fn spec_ident(message: &MessageDescriptor) -> String {
+    format!("MESSAGE_{}", snake_case(&message.full_name().replace('.', "_")).to_uppercase())
+}
+
+fn field_kind(field: &FieldDescriptor) -> &'static str {
+    if field.is_map() {
+        return "Map";
+    }
+    match field.kind() {
+        Kind::Double | Kind::Float => "Float",
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => "Int32",
+        Kind::Uint32 | Kind::Fixed32 => "Uint32",
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => "Int64",
+        Kind::Uint64 | Kind::Fixed64 => "Uint64",
+        Kind::Bool => "Bool",
+        Kind::String => "String",
+        Kind::Bytes => "Bytes",
+        Kind::Enum(_) => "Enum",
+        Kind::Message(m) if is_string_wkt(&m) => "StringValued",
+        Kind::Message(m) => wrapper_kind(&m).unwrap_or("Message"),
+    }
+}
+
+fn write_spec(code: &mut String, message: &MessageDescriptor) -> Result<(), BuildError> {
+    writeln!(
+        code,
+        "/// Binding table of `{}`.\npub static {}: ::gateway::MessageSpec = ::gateway::MessageSpec {{\n    \
+         name: \"{}\",\n    fields: &[",
+        message.full_name(),
+        spec_ident(message),
+        message.full_name()
+    )?;
+    for field in message.fields() {
+        let nested = match field.kind() {
+            Kind::Message(m) if !field.is_map() && is_plain_message(&m) => format!("Some(&{})", spec_ident(&m)),
+            _ => "None".to_owned(),
+        };
+        writeln!(
+            code,
+            "        ::gateway::FieldSpec {{ name: \"{}\", json_name: \"{}\", kind: ::gateway::FieldKind::{}, repeated: {}, message: {} }},",
+            field.name(),
+            field.json_name(),
+            field_kind(&field),
+            field.is_list(),
+            nested
+        )?;
+    }
+    writeln!(code, "    ],\n}};\n")?;
+    Ok(())
+}
+
+/// `GetCurrentUser` → `get_current_user`, as prost and tonic name things.
+pub(crate) fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    let chars: Vec<char> = name.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
+            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
+            if i > 0 && chars[i - 1] != '_' && (prev_lower || (prev_upper && next_lower)) {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -1,0 +1,376 @@
+//! The Connect protocol (connectrpc.com/docs/protocol), unary and server
+//! streaming, with the JSON and protobuf codecs.
+//!
+//! - Unary: `POST /pkg.Service/Method` with `application/json` or
+//!   `application/proto`; `GET` with `?message=…&encoding=…[&base64=1]` for
+//!   methods marked `NO_SIDE_EFFECTS`. Errors are the Connect error JSON with
+//!   the HTTP status of the code.
+//! - Server streaming: `POST` with `application/connect+json` or
+//!   `application/connect+proto`; messages are enveloped (flags byte and
+//!   32-bit big-endian length) and the stream ends with an end-of-stream
+//!   envelope carrying the error, if any, and trailers.
+//!
+//! `connect-timeout-ms` sets a deadline (`deadline_exceeded` when it
+//! passes). Compressed messages are refused with `unimplemented`.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+use tonic::Status;
+use tonic::metadata::MetadataMap;
+
+use crate::Gateway;
+use crate::method::{Answer, Call, Encoding, Method, Output, Payload};
+use crate::spec::MethodKind;
+use crate::status::{connect_code, http_status};
+
+/// Largest `connect-timeout-ms` the spec allows (10 digits).
+const MAX_TIMEOUT_MS: u64 = 9_999_999_999;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Json,
+    Proto,
+}
+
+impl Codec {
+    fn encoding(self) -> Encoding {
+        match self {
+            Self::Json => Encoding::Json { response_body: "" },
+            Self::Proto => Encoding::Proto,
+        }
+    }
+
+    fn payload(self, bytes: Bytes) -> Payload {
+        match self {
+            Self::Json => Payload::Json(bytes),
+            Self::Proto => Payload::Proto(bytes),
+        }
+    }
+}
+
+/// Serves one Connect request to a known method.
+pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
+    let Some(method) = gateway.inner.methods.get(req.uri().path()).cloned() else {
+        return error(&Status::unimplemented(format!("no method {}", req.uri().path())));
+    };
+    if let Some(version) = req.headers().get("connect-protocol-version")
+        && version != "1"
+    {
+        return error(&Status::invalid_argument("connect-protocol-version must be 1"));
+    }
+    let timeout = match timeout(req.headers()) {
+        Ok(t) => t,
+        Err(status) => return error(&status),
+    };
+    match method.spec.kind {
+        MethodKind::Unary => unary(gateway, &method, req, timeout).await,
+        MethodKind::ServerStreaming => streaming(gateway, &method, req, timeout).await,
+        _ => error(&Status::unimplemented(format!(
+            "{} streams requests: it is served over gRPC only",
+            method.spec.rpc.trim_start_matches('/')
+        ))),
+    }
+}
+
+fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
+    let Some(value) = headers.get("connect-timeout-ms") else { return Ok(None) };
+    let ms = value
+        .to_str()
+        .ok()
+        .filter(|s| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|ms| *ms <= MAX_TIMEOUT_MS)
+        .ok_or_else(|| {
+            Status::invalid_argument("connect-timeout-ms must be a positive integer of at most 10 digits")
+        })?;
+    Ok(Some(Duration::from_millis(ms)))
+}
+
+async fn with_deadline<T>(
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match timeout {
+        None => work.await,
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("the call did not finish within {} ms", limit.as_millis())))
+            }
+        },
+    }
+}
+
+fn unsupported_media(accepted: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    response.headers_mut().insert("accept-post", HeaderValue::from_static(accepted));
+    response
+}
+
+fn media_type(headers: &HeaderMap) -> &str {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    value.split(';').next().unwrap_or_default().trim()
+}
+
+async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: Option<Duration>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let (codec, message) = if parts.method == http::Method::GET {
+        if !method.spec.no_side_effects {
+            let mut response =
+                error(&Status::unimplemented("GET is only for methods with idempotency_level NO_SIDE_EFFECTS"));
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        match get_message(parts.uri.query().unwrap_or_default()) {
+            Ok(decoded) => decoded,
+            Err(status) => return error(&status),
+        }
+    } else {
+        let codec = match media_type(&parts.headers) {
+            "application/json" => Codec::Json,
+            "application/proto" => Codec::Proto,
+            _ => return unsupported_media("application/json, application/proto"),
+        };
+        if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING)
+            && encoding != "identity"
+        {
+            return error(&Status::unimplemented(format!(
+                "content-encoding {} is not supported; send identity",
+                encoding.to_str().unwrap_or("?")
+            )));
+        }
+        match gateway.read_body(&parts.headers, body).await {
+            Ok(bytes) => (codec, bytes),
+            Err((_, status)) => return error(&status),
+        }
+    };
+    let call = Call {
+        metadata: MetadataMap::from_headers(parts.headers),
+        extensions: parts.extensions,
+        payload: codec.payload(message),
+        encoding: codec.encoding(),
+    };
+    match with_deadline(timeout, method.call(call)).await {
+        Ok(Answer { metadata, output: Output::One(bytes) }) => {
+            let mut response = Response::new(Body::from(bytes));
+            *response.headers_mut() = metadata.into_headers();
+            let content_type = if codec == Codec::Json { "application/json" } else { "application/proto" };
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        Ok(_) => error(&Status::internal("a unary method answered with a stream")),
+        Err(status) => error(&status),
+    }
+}
+
+/// Decodes the query of a Connect `GET`: `message`, `encoding`, `base64`,
+/// `compression`.
+fn get_message(query: &str) -> Result<(Codec, Bytes), Status> {
+    let mut message = None;
+    let mut codec = None;
+    let mut base64 = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
+        match key {
+            "message" => message = Some(value),
+            "encoding" => {
+                codec = Some(match value.as_slice() {
+                    b"json" => Codec::Json,
+                    b"proto" => Codec::Proto,
+                    _ => return Err(Status::invalid_argument("encoding must be json or proto")),
+                })
+            }
+            "base64" => base64 = value == b"1",
+            "compression" if !value.is_empty() && value != b"identity" => {
+                return Err(Status::unimplemented("compressed GET messages are not supported"));
+            }
+            _ => {}
+        }
+    }
+    let codec = codec.ok_or_else(|| Status::invalid_argument("the encoding query parameter is missing"))?;
+    let message = message.ok_or_else(|| Status::invalid_argument("the message query parameter is missing"))?;
+    let message = if base64 {
+        let text: Vec<u8> = message.into_iter().filter(|b| *b != b'=').collect();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&text))
+            .map_err(|e| Status::invalid_argument(format!("message is not base64: {e}")))?
+    } else {
+        message
+    };
+    Ok((codec, Bytes::from(message)))
+}
+
+async fn streaming(
+    gateway: &Gateway,
+    method: &Method,
+    req: Request<Body>,
+    timeout: Option<Duration>,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let codec = match (parts.method == http::Method::POST, media_type(&parts.headers)) {
+        (true, "application/connect+json") => Codec::Json,
+        (true, "application/connect+proto") => Codec::Proto,
+        _ => return unsupported_media("application/connect+json, application/connect+proto"),
+    };
+    let content_type = if codec == Codec::Json { "application/connect+json" } else { "application/connect+proto" };
+    let mut response = match gateway.read_body(&parts.headers, body).await {
+        Err((_, status)) => end_only(&status, MetadataMap::new()),
+        Ok(bytes) => match unwrap_envelope(bytes) {
+            Err(status) => end_only(&status, MetadataMap::new()),
+            Ok(message) => {
+                let call = Call {
+                    metadata: MetadataMap::from_headers(parts.headers),
+                    extensions: parts.extensions,
+                    payload: codec.payload(message),
+                    encoding: codec.encoding(),
+                };
+                match with_deadline(timeout, method.call(call)).await {
+                    Err(status) => end_only(&status, MetadataMap::new()),
+                    Ok(Answer { metadata, output }) => {
+                        let messages = match output {
+                            Output::Stream(messages) => messages,
+                            Output::One(bytes) => futures_util::stream::once(async move { Ok(bytes) }).boxed(),
+                        };
+                        let mut response = Response::new(envelopes(messages, timeout));
+                        *response.headers_mut() = metadata.into_headers();
+                        response
+                    }
+                }
+            }
+        },
+    };
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The single enveloped request message of a server-streaming call.
+fn unwrap_envelope(bytes: Bytes) -> Result<Bytes, Status> {
+    if bytes.len() < 5 {
+        return Err(Status::invalid_argument("the request is not an enveloped message"));
+    }
+    let flags = bytes[0];
+    if flags & 0x01 != 0 {
+        return Err(Status::unimplemented("compressed messages are not supported"));
+    }
+    let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    if bytes.len() != 5 + length {
+        return Err(Status::invalid_argument("the request envelope's length does not match its body"));
+    }
+    Ok(bytes.slice(5..))
+}
+
+fn envelope(flags: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + payload.len());
+    out.put_u8(flags);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// The end-of-stream envelope: the error (if any) and trailers.
+fn end_of_stream(status: Option<&Status>, trailers: &MetadataMap) -> Bytes {
+    let mut end = Map::new();
+    if let Some(status) = status {
+        end.insert("error".into(), error_json(status));
+    }
+    let metadata = headers_json(&trailers.clone().into_headers());
+    if !metadata.is_empty() {
+        end.insert("metadata".into(), Value::Object(metadata));
+    }
+    envelope(0x02, &serde_json::to_vec(&Value::Object(end)).unwrap_or_default())
+}
+
+fn end_only(status: &Status, trailers: MetadataMap) -> Response<Body> {
+    Response::new(Body::from(end_of_stream(Some(status), &trailers)))
+}
+
+/// The response body of a stream: each message enveloped, then the end.
+/// It is pulled as the client reads, so a slow reader slows the service.
+fn envelopes(
+    messages: futures_util::stream::BoxStream<'static, Result<Bytes, Status>>,
+    timeout: Option<Duration>,
+) -> Body {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let stream = futures_util::stream::unfold(Some(messages), move |state| async move {
+        let mut messages = state?;
+        let next = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, messages.next()).await {
+                Ok(next) => next,
+                Err(_) => Some(Err(Status::deadline_exceeded("the call did not finish within its timeout"))),
+            },
+            None => messages.next().await,
+        };
+        match next {
+            Some(Ok(message)) => Some((Ok::<_, Status>(envelope(0, &message)), Some(messages))),
+            Some(Err(status)) => Some((Ok(end_of_stream(Some(&status), &MetadataMap::new())), None)),
+            None => Some((Ok(end_of_stream(None, &MetadataMap::new())), None)),
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// The Connect error body of a status.
+fn error_json(status: &Status) -> Value {
+    let mut error = Map::new();
+    error.insert("code".into(), Value::from(connect_code(status.code())));
+    if !status.message().is_empty() {
+        error.insert("message".into(), Value::from(status.message()));
+    }
+    let details = details_json(status);
+    if !details.is_empty() {
+        error.insert("details".into(), Value::Array(details));
+    }
+    Value::Object(error)
+}
+
+/// `details` of a status (a packed `google.rpc.Status`): each `Any` as
+/// `{"type": …, "value": base64}`.
+fn details_json(status: &Status) -> Vec<Value> {
+    use prost::Message as _;
+    let Ok(rpc) = tonic_types::pb::Status::decode(status.details()) else { return Vec::new() };
+    rpc.details
+        .iter()
+        .map(|any| {
+            let type_name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+            json!({
+                "type": type_name,
+                "value": base64::engine::general_purpose::STANDARD_NO_PAD.encode(&any.value),
+            })
+        })
+        .collect()
+}
+
+fn headers_json(headers: &HeaderMap) -> Map<String, Value> {
+    let mut out = Map::new();
+    for (name, value) in headers {
+        if let Ok(text) = value.to_str()
+            && let Value::Array(values) = out.entry(name.as_str()).or_insert_with(|| Value::Array(Vec::new()))
+        {
+            values.push(Value::from(text));
+        }
+    }
+    out
+}
+
+/// A unary error response: Connect error JSON with the code's HTTP status.
+fn error(status: &Status) -> Response<Body> {
+    let mut response = Response::new(Body::from(serde_json::to_vec(&error_json(status)).unwrap_or_default()));
+    *response.status_mut() = http_status(status.code());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut trailers = status.metadata().clone().into_headers();
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        trailers.remove(name);
+    }
+    response.headers_mut().extend(trailers);
+    response
+}
