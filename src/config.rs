@@ -55,6 +55,21 @@ pub struct Settings {
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
     pub cors_allowed_origins: String,
 
+    /// Request headers browsers may send cross-origin, beyond the ones every
+    /// protocol needs (authorization, content-type, x-grpc-web, x-user-agent,
+    /// grpc-timeout, connect-protocol-version, connect-timeout-ms, …);
+    /// comma-separated.
+    #[arg(long, env = "CORS_ALLOWED_HEADERS", default_value = "", global = true)]
+    pub cors_allowed_headers: String,
+
+    /// How long browsers may cache a CORS preflight answer.
+    #[arg(long, env = "CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true)]
+    pub cors_max_age: Duration,
+
+    /// How often readiness (gRPC health) checks that the database answers.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub health_check_interval: Duration,
+
     /// Log filter, e.g. info or conduit=debug,sqlx=warn.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
@@ -135,6 +150,12 @@ pub struct ServeSettings {
     pub password_hash_concurrency: usize,
     /// Browser origins allowed by CORS; `None` means any.
     pub cors_allowed_origins: Option<Vec<http::HeaderValue>>,
+    /// Extra request headers allowed by CORS.
+    pub cors_allowed_headers: Vec<http::HeaderName>,
+    /// How long browsers may cache a preflight answer.
+    pub cors_max_age: Duration,
+    /// Period of the database check behind gRPC health.
+    pub health_check_interval: Duration,
     /// Migrate at start-up.
     pub migrate_on_start: bool,
 }
@@ -180,6 +201,19 @@ impl Settings {
                     .collect::<Result<Vec<_>, String>>()?,
             ),
         };
+        let cors_allowed_headers = self
+            .cors_allowed_headers
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("CORS_ALLOWED_HEADERS: {h:?} is not a header name"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if self.health_check_interval.is_zero() {
+            return Err("HEALTH_CHECK_INTERVAL must be longer than zero".into());
+        }
         Ok(ServeSettings {
             database_url,
             listen: self.listen,
@@ -193,6 +227,9 @@ impl Settings {
                 n => n,
             },
             cors_allowed_origins,
+            cors_allowed_headers,
+            cors_max_age: self.cors_max_age,
+            health_check_interval: self.health_check_interval,
             migrate_on_start: self.migrate_on_start,
         })
     }

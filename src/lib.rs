@@ -8,11 +8,12 @@
 //!   protocol adapters (gRPC-Web, Connect, JSON/HTTP); it knows nothing of
 //!   Conduit, and `gateway-build` generates its tables at build time;
 //! - [`conduit`]: the domain services on Postgres; they know nothing of HTTP;
-//! - [`config`], [`startup`], [`shutdown`], [`telemetry`]: settings, wiring
-//!   and process life.
+//! - [`config`], [`startup`], [`health`], [`shutdown`], [`telemetry`]:
+//!   settings, wiring, probes and process life.
 
 pub mod conduit;
 pub mod config;
+pub mod health;
 pub mod pb;
 pub mod shutdown;
 pub mod startup;

@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
-use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::conduit::auth::{Passwords, Tokens};
 use crate::conduit::{self, Ctx, error::RealWorldErrors};
 use crate::config::ServeSettings;
+use crate::health::Health;
 use gateway::{ClassifyLayer, Dispatch, Gateway};
 
 /// Why the service could not start.
@@ -29,6 +30,9 @@ pub enum StartupError {
     /// An HTTP rule is malformed.
     #[error("invalid HTTP rule: {0}")]
     Route(#[from] gateway::TemplateError),
+    /// The descriptors for reflection do not decode.
+    #[error("cannot serve reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -48,6 +52,8 @@ pub struct Application {
     listener: TcpListener,
     app: axum::Router,
     db: PgPool,
+    health: Health,
+    health_check_interval: std::time::Duration,
 }
 
 impl Application {
@@ -63,10 +69,10 @@ impl Application {
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
         };
-        let app = stack(ctx, settings)?;
+        let (app, health) = stack(ctx, settings)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
-        Ok(Self { listener, app, db })
+        Ok(Self { listener, app, db, health, health_check_interval: settings.health_check_interval })
     }
 
     /// The port it listens on (useful with port 0).
@@ -79,9 +85,17 @@ impl Application {
         &self.db
     }
 
-    /// Serves until `shutdown` completes, then finishes requests in flight.
+    /// Serves until `shutdown` completes, then reports NOT_SERVING and
+    /// finishes requests in flight.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(nodelay(self.listener), self.app).with_graceful_shutdown(shutdown).await?;
+        let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.health_check_interval));
+        let health = self.health.clone();
+        let drain = async move {
+            shutdown.await;
+            health.drain().await;
+        };
+        axum::serve(nodelay(self.listener), self.app).with_graceful_shutdown(drain).await?;
+        watcher.abort();
         self.db.close().await;
         Ok(())
     }
@@ -99,34 +113,99 @@ pub fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Io = tokio::
     })
 }
 
-/// CORS for browser clients (RealWorld frontends are served from another
-/// origin); tokens travel in the Authorization header, never in cookies.
+/// Request headers every protocol may need from a browser.
+const CORS_HEADERS: &[&str] = &[
+    "authorization",
+    "content-type",
+    "accept",
+    "x-requested-with",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "connect-accept-encoding",
+    "connect-content-encoding",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+
+/// Response headers browser code may read: gRPC-Web status trailers (sent
+/// as headers when a call fails at once) and tracing ids.
+const CORS_EXPOSED: &[&str] = &["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"];
+
+/// CORS for browser clients of every protocol (JSON, gRPC-Web, Connect):
+/// frontends are served from another origin; tokens travel in the
+/// Authorization header, never in cookies.
 fn cors(settings: &ServeSettings) -> CorsLayer {
     let origins = match &settings.cors_allowed_origins {
         None => AllowOrigin::any(),
         Some(list) => AllowOrigin::list(list.iter().cloned()),
     };
+    let mut headers: Vec<http::HeaderName> = CORS_HEADERS.iter().map(|h| http::HeaderName::from_static(h)).collect();
+    headers.extend(settings.cors_allowed_headers.iter().cloned());
     CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods(AllowMethods::mirror_request())
-        .allow_headers(AllowHeaders::mirror_request())
-        .max_age(std::time::Duration::from_secs(3600))
+        .allow_methods([
+            http::Method::GET,
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+            http::Method::HEAD,
+        ])
+        .allow_headers(headers)
+        .expose_headers(CORS_EXPOSED.iter().map(|h| http::HeaderName::from_static(h)).collect::<Vec<_>>())
+        .max_age(settings.cors_max_age)
 }
 
+/// The gRPC methods served by tonic alone: health and both reflection versions.
+const INFRA_METHODS: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
 /// The service stack, outermost first: CORS, then classify each request by
-/// RPC (so that layers added between it and the split can key on it for
-/// every protocol), then split gRPC from JSON.
-fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<axum::Router, StartupError> {
+/// protocol and RPC (so that layers added between it and the split see
+/// every protocol alike), then split gRPC and gRPC-Web (tonic) from Connect
+/// and JSON (the gateway).
+fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), StartupError> {
     let (grpc, methods) = conduit::services(ctx);
     let gateway = Gateway::builder()
         .methods(methods)
         .routes(crate::pb::conduit::v1::HTTP_ROUTES)
+        .grpc_methods(INFRA_METHODS.iter().copied())
         .renderer(RealWorldErrors)
         .body_limit(settings.body_limit)
         .build()?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let mut services: Vec<String> = gateway
+        .methods()
+        .filter_map(|m| m.rpc.trim_start_matches('/').split_once('/').map(|(service, _)| service.to_owned()))
+        .collect();
+    services.sort();
+    services.dedup();
+    let health = Health::new(reporter, services);
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let grpc = grpc
+        .add_service(health_service)
+        .add_service(reflection().build_v1().map_err(StartupError::Reflection)?)
+        .add_service(reflection().build_v1alpha().map_err(StartupError::Reflection)?);
+
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
-    Ok(axum::Router::new().fallback_service(service))
+    Ok((axum::Router::new().fallback_service(service), health))
 }

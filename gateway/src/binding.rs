@@ -226,9 +226,12 @@ fn set_text(
 fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
     let bad = |what: &str| invalid_field(path, format!("{path}: {text:?} is not {what}"));
     Ok(match field.kind {
-        FieldKind::String | FieldKind::Bytes | FieldKind::Enum | FieldKind::StringValued => {
-            Value::String(text.to_owned())
-        }
+        FieldKind::String | FieldKind::Bytes | FieldKind::StringValued => Value::String(text.to_owned()),
+        // Enums by name or by number.
+        FieldKind::Enum => match text.trim().parse::<i32>() {
+            Ok(number) => Value::from(number),
+            Err(_) => Value::String(text.to_owned()),
+        },
         FieldKind::Int32 => Value::from(text.trim().parse::<i32>().map_err(|_| bad("a 32-bit integer"))?),
         FieldKind::Uint32 => Value::from(text.trim().parse::<u32>().map_err(|_| bad("an unsigned 32-bit integer"))?),
         // 64-bit integers stay strings, as proto3 JSON writes them.

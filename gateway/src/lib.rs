@@ -47,6 +47,7 @@
 
 mod binding;
 mod connect;
+mod json;
 mod method;
 mod router;
 mod serve;

@@ -186,9 +186,11 @@ fn encode<O: prost::Message + Serialize>(message: &O, encoding: Encoding) -> Res
     let failed = |e: serde_json::Error| Status::internal(format!("cannot encode the response as JSON: {e}"));
     match encoding {
         Encoding::Proto => Ok(message.encode_to_vec().into()),
-        Encoding::Json { response_body: "" } => serde_json::to_vec(message).map(Bytes::from).map_err(failed),
+        Encoding::Json { response_body: "" } => crate::json::to_vec(message).map(Bytes::from).map_err(failed),
         Encoding::Json { response_body } => {
-            let mut value = serde_json::to_value(message).map_err(failed)?;
+            // Through the proto3 writer first, so non-finite floats survive.
+            let mut value: serde_json::Value =
+                serde_json::from_slice(&crate::json::to_vec(message).map_err(failed)?).map_err(failed)?;
             for part in response_body.split('.') {
                 value = match value {
                     serde_json::Value::Object(mut map) => {

@@ -141,12 +141,15 @@ impl Router {
         let mut allowed = Vec::new();
         // A custom verb is the text after the last ':' of the last segment.
         let last = raw.len() - 1;
-        let mut attempts = vec![(raw.clone(), None)];
+        // A rule with the verb wins over one whose last variable would
+        // take `id:verb` whole.
+        let mut attempts = Vec::with_capacity(2);
         if let Some((head, verb)) = raw[last].rsplit_once(':') {
             let mut segments = raw.clone();
             segments[last] = head;
             attempts.push((segments, Some(verb)));
         }
+        attempts.push((raw, None));
         for (segments, verb) in attempts {
             if let Some(route) = self.walk(0, &segments, 0, method, verb, &mut allowed) {
                 return Match::Found { route, params: self.params(route, &segments) };

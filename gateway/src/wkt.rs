@@ -8,9 +8,64 @@
 //! `pbjson-types`.
 
 pub use pbjson_types::{
-    Any, BoolValue, BytesValue, DoubleValue, Duration, Empty, FieldMask, FloatValue, Int32Value, Int64Value, ListValue,
-    NullValue, StringValue, Struct, UInt32Value, UInt64Value, Value,
+    Any, BoolValue, BytesValue, DoubleValue, Duration, Empty, FloatValue, Int32Value, Int64Value, ListValue, NullValue,
+    StringValue, Struct, UInt32Value, UInt64Value, Value,
 };
+
+/// `google.protobuf.FieldMask`: in JSON one string of comma-separated
+/// lowerCamelCase paths (`"user.displayName,photo"`); `paths` holds the
+/// proto names (`user.display_name`).
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct FieldMask {
+    /// Field paths, dotted, with proto field names.
+    #[prost(string, repeated, tag = "1")]
+    pub paths: Vec<String>,
+}
+
+impl serde::Serialize for FieldMask {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let camel: Vec<String> = self
+            .paths
+            .iter()
+            .map(|p| p.split('.').map(crate::spec::lower_camel).collect::<Vec<_>>().join("."))
+            .collect();
+        serializer.serialize_str(&camel.join(","))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FieldMask {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let paths = text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|path| {
+                if path.contains('_') {
+                    return Err(serde::de::Error::custom(format!(
+                        "field mask path {path:?} must be lowerCamelCase in JSON"
+                    )));
+                }
+                Ok(path.split('.').map(snake_case).collect::<Vec<_>>().join("."))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { paths })
+    }
+}
+
+/// `displayName` → `display_name`.
+fn snake_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 use std::fmt;
 

@@ -199,10 +199,23 @@ async fn browsers_get_cors_answers_from_any_origin_by_default() {
         .await;
     assert_eq!(preflight.status, 200);
     assert_eq!(preflight.headers["access-control-allow-origin"], "*");
-    assert_eq!(preflight.headers["access-control-allow-methods"], "POST");
-    assert_eq!(preflight.headers["access-control-allow-headers"], "authorization,content-type");
+    let listed = |name: &str| -> Vec<String> {
+        preflight.headers[name].to_str().unwrap().split(',').map(|h| h.trim().to_ascii_lowercase()).collect()
+    };
+    assert!(listed("access-control-allow-methods").contains(&"post".to_owned()));
+    let headers = listed("access-control-allow-headers");
+    for needed in
+        ["authorization", "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "connect-protocol-version"]
+    {
+        assert!(headers.contains(&needed.to_owned()), "{needed} allowed: {headers:?}");
+    }
+    assert_eq!(preflight.headers["access-control-max-age"], "3600");
     let reply = app.send("GET", "/api/tags", &[("origin", "http://localhost:4200")], Bytes::new()).await;
     assert_eq!(reply.headers["access-control-allow-origin"], "*");
+    let exposed = reply.headers["access-control-expose-headers"].to_str().unwrap();
+    for needed in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        assert!(exposed.contains(needed), "{needed} exposed: {exposed}");
+    }
 }
 
 #[tokio::test]

@@ -90,6 +90,9 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         db_acquire_timeout: Duration::from_secs(5),
         password_hash_concurrency: 2,
         cors_allowed_origins: None,
+        cors_allowed_headers: Vec::new(),
+        cors_max_age: Duration::from_secs(3600),
+        health_check_interval: Duration::from_millis(200),
         migrate_on_start: true,
     };
     tune(&mut settings);

@@ -6,6 +6,7 @@ mod cli;
 mod comments;
 mod gateway;
 mod helpers;
+mod lab;
 mod openapi;
 mod profiles;
 mod users;

@@ -1,0 +1,76 @@
+//! `grpc.health.v1` statuses: one per service plus the server's (`""`).
+//! Every service is SERVING while the database answers and the process is
+//! not draining; NOT_SERVING otherwise, so probes and balancers stop
+//! sending work that could only fail.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Reports the health of a fixed set of services.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Arc<Vec<String>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health").field("services", &self.services).finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// Reports for `services` (full names) and the server as a whole.
+    pub fn new(reporter: HealthReporter, services: impl IntoIterator<Item = String>) -> Self {
+        let mut services: Vec<String> = services.into_iter().collect();
+        services.push(String::new());
+        Self { reporter, services: Arc::new(services), draining: Arc::new(AtomicBool::new(false)) }
+    }
+
+    async fn set_all(&self, status: ServingStatus) {
+        for service in self.services.iter() {
+            self.reporter.set_service_status(service.as_str(), status).await;
+        }
+    }
+
+    /// Marks every service NOT_SERVING for good: the process is draining.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.set_all(ServingStatus::NotServing).await;
+    }
+
+    /// Checks the database every `interval` (and once now) and reports
+    /// SERVING or NOT_SERVING accordingly, until the process drains.
+    pub async fn watch_database(self, db: PgPool, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = None;
+        loop {
+            ticks.tick().await;
+            if self.draining.load(Ordering::SeqCst) {
+                return;
+            }
+            let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db);
+            let up = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), check).await, Ok(Ok(_)));
+            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+            if last != Some(up) {
+                if !up {
+                    tracing::warn!("the database does not answer: health is NOT_SERVING");
+                } else if last.is_some() {
+                    tracing::info!("the database answers again: health is SERVING");
+                }
+                last = Some(up);
+            }
+            // A drain that began during the check wins.
+            if !self.draining.load(Ordering::SeqCst) {
+                self.set_all(status).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! The gateway against a test-only API (`tests/proto/gatewaytest/v1/lab.proto`)
+//! whose service answers with what it was sent: the `google.api.http`
+//! grammar, the proto3 JSON mapping, field presence and update masks,
+//! server streaming over NDJSON, SSE, Connect, gRPC and gRPC-Web, and a
+//! layer that sees every protocol. Expected values come from
+//! `google/api/http.proto` and the protobuf JSON mapping.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use gateway::{ClassifyLayer, Dispatch, Gateway, Protocol, RpcMethod};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tonic::{Code, Status};
+
+#[allow(missing_docs, unreachable_pub, dead_code, clippy::all, clippy::pedantic)]
+mod pb {
+    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.serde.rs"));
+    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.gateway.rs"));
+}
+
+/// What the service saw of streams.
+#[derive(Default)]
+struct Seen {
+    /// Ticks handed to the transport.
+    produced: AtomicUsize,
+    /// Streams whose consumer went away before the end.
+    cancelled: AtomicUsize,
+}
+
+struct Lab {
+    seen: Arc<Seen>,
+}
+
+type TickStream = futures_util::stream::BoxStream<'static, Result<pb::Tick, Status>>;
+type ThingStream = futures_util::stream::BoxStream<'static, Result<pb::Thing, Status>>;
+
+#[tonic::async_trait]
+impl pb::lab_server::Lab for Lab {
+    async fn echo(&self, request: tonic::Request<pb::Thing>) -> Result<tonic::Response<pb::Thing>, Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+
+    async fn echo_note(&self, request: tonic::Request<pb::Thing>) -> Result<tonic::Response<pb::Thing>, Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+
+    async fn update_thing(
+        &self,
+        request: tonic::Request<pb::UpdateThingRequest>,
+    ) -> Result<tonic::Response<pb::UpdateThingRequest>, Status> {
+        Ok(tonic::Response::new(request.into_inner()))
+    }
+
+    async fn nothing(
+        &self,
+        _: tonic::Request<gateway::wkt::Empty>,
+    ) -> Result<tonic::Response<gateway::wkt::Empty>, Status> {
+        Ok(tonic::Response::new(gateway::wkt::Empty {}))
+    }
+
+    async fn fail(&self, request: tonic::Request<pb::FailRequest>) -> Result<tonic::Response<pb::Thing>, Status> {
+        let code = Code::from_i32(request.into_inner().code);
+        if code == Code::InvalidArgument {
+            return Err(gateway::invalid_field("name", "name: must not be blank".into()));
+        }
+        Err(Status::new(code, "failed as asked"))
+    }
+
+    type CountStream = TickStream;
+
+    async fn count(&self, request: tonic::Request<pb::CountRequest>) -> Result<tonic::Response<TickStream>, Status> {
+        let r = request.into_inner();
+        let interval = r.interval.map(|d| Duration::new(d.seconds as u64, d.nanos as u32)).unwrap_or_default();
+        let pad = "x".repeat(r.pad.max(0) as usize);
+        // One message in flight: the transport's pace is the producer's pace.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            for n in 1..=r.to {
+                let item = if r.fail_after > 0 && n > r.fail_after {
+                    Err(Status::failed_precondition(format!("stopped after {}", r.fail_after)))
+                } else {
+                    Ok(pb::Tick { n, pad: pad.clone() })
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() {
+                    seen.cancelled.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                seen.produced.fetch_add(1, Ordering::SeqCst);
+                if last {
+                    return;
+                }
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        Ok(tonic::Response::new(stream.boxed()))
+    }
+
+    async fn upload(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::Thing>>,
+    ) -> Result<tonic::Response<pb::Thing>, Status> {
+        let mut things = request.into_inner();
+        let mut last = pb::Thing::default();
+        while let Some(thing) = things.next().await {
+            last = thing?;
+        }
+        Ok(tonic::Response::new(last))
+    }
+
+    type ChatStream = ThingStream;
+
+    async fn chat(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::Thing>>,
+    ) -> Result<tonic::Response<ThingStream>, Status> {
+        Ok(tonic::Response::new(request.into_inner().boxed()))
+    }
+}
+
+/// The lab on a real socket, with a layer between classification and
+/// dispatch that records the (rpc, protocol) of every request.
+struct LabServer {
+    port: u16,
+    seen: Arc<Seen>,
+    recorded: Arc<Mutex<BTreeSet<(String, &'static str)>>>,
+    http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+async fn lab() -> LabServer {
+    let seen = Arc::new(Seen::default());
+    let service = Arc::new(Lab { seen: seen.clone() });
+    let gateway = Gateway::builder()
+        .methods(pb::lab_gateway_methods(service.clone()))
+        .routes(pb::HTTP_ROUTES)
+        .build()
+        .expect("the lab's rules are valid");
+    let grpc = tonic::service::Routes::new(pb::lab_server::LabServer::from_arc(service)).into_axum_router();
+    let recorded = Arc::new(Mutex::new(BTreeSet::new()));
+    let record = recorded.clone();
+    let recorder = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {
+        let rpc = req.extensions().get::<RpcMethod>().map(|r| r.0.to_owned()).unwrap_or_default();
+        let protocol = req.extensions().get::<Protocol>().map(|p| p.as_str()).unwrap_or("none");
+        record.lock().unwrap().insert((rpc, protocol));
+        req
+    });
+    let app = tower::ServiceBuilder::new()
+        .layer(ClassifyLayer::new(gateway.clone()))
+        .layer(recorder)
+        .service(Dispatch::new(grpc, gateway));
+    let app = axum::Router::new().fallback_service(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(conduit::startup::nodelay(listener), app).await });
+    LabServer { port, seen, recorded, http: Client::builder(TokioExecutor::new()).build_http() }
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl LabServer {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
+        let mut builder = http::Request::builder().method(method).uri(format!("http://127.0.0.1:{}{path}", self.port));
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = self.http.request(builder.body(Full::new(body.into())).unwrap()).await.expect("sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = tokio::time::timeout(Duration::from_secs(20), response.into_body().collect())
+            .await
+            .expect("the body ends")
+            .unwrap()
+            .to_bytes();
+        Answer { status, headers, body }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, &[], Bytes::new()).await
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> Answer {
+        self.send("POST", path, &[("content-type", "application/json")], serde_json::to_vec(&body).unwrap()).await
+    }
+}
+
+#[tokio::test]
+async fn templates_bind_variables_verbs_and_additional_bindings() {
+    let lab = lab().await;
+    let cases: &[(&str, &str, &str, Value)] = &[
+        ("POST", "/v1/things/a%20b", r#"{"id":"ignored","name":"n"}"#, json!({"id": "a b", "name": "n"})),
+        ("GET", "/v1/things/t1", "", json!({"id": "t1"})),
+        ("GET", "/v1/shelves/1/books/2", "", json!({"name": "shelves/1/books/2"})),
+        ("POST", "/v1/things/t2:cancel", r#""a note""#, json!({"id": "t2", "note": "a note"})),
+        ("GET", "/v1/files/a/b/c.txt", "", json!({"path": "a/b/c.txt"})),
+        ("GET", "/v1/nested/lbl/x", "", json!({"inner": {"label": "lbl"}})),
+    ];
+    for (method, path, body, expected) in cases {
+        let answer = lab.send(method, path, &[("content-type", "application/json")], body.to_string()).await;
+        assert_eq!(answer.status, 200, "{method} {path}: {}", answer.text());
+        let got = answer.json();
+        for (key, value) in expected.as_object().unwrap() {
+            assert_eq!(&got[key], value, "{method} {path} field {key}: {got}");
+        }
+    }
+    // A custom method kind (HEAD) from `custom`.
+    assert_eq!(lab.send("HEAD", "/v1/things/t1", &[], Bytes::new()).await.status, 200);
+    // response_body picks one field: a JSON string here.
+    let note = lab.get("/v1/things/t1/note?note=hello").await;
+    assert_eq!(note.json(), json!("hello"));
+    let wrong = lab.send("PUT", "/v1/things/t1", &[], Bytes::new()).await;
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.headers["allow"], "POST, GET, HEAD, PATCH");
+    assert_eq!(lab.get("/v1/nowhere").await.status, 404);
+}
+
+#[tokio::test]
+async fn query_parameters_set_every_kind_of_unbound_field() {
+    let lab = lab().await;
+    let query = "name=x+y&big=-9007199254740993&ubig=18446744073709551615&small=-3&ratio=NaN&flag=true\
+                 &blob=-_8%3D&color=GREEN&colors=RED&colors=2&tags=a&tags=b&inner.size=4&maybe=&wrapped=w\
+                 &wrappedInt=7&at=2024-02-29T12:00:00%2B01:00&took=1.5s&mask=a.b,cD&fraction=0.5";
+    let got = lab.get(&format!("/v1/things/t?{query}")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    let expected = json!({
+        "id": "t", "name": "x y", "big": "-9007199254740993", "ubig": "18446744073709551615", "small": -3,
+        "ratio": "NaN", "flag": true, "blob": "+/8=", "color": "GREEN", "colors": ["RED", "GREEN"],
+        "tags": ["a", "b"], "inner": {"size": 4}, "maybe": "", "wrapped": "w", "wrappedInt": 7,
+        "at": "2024-02-29T11:00:00.000Z", "took": "1.500s", "mask": "a.b,cD", "fraction": 0.5,
+    });
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(&got[key], value, "field {key}: {got}");
+    }
+    for (query, field) in [
+        ("small=3000000000", "small"),
+        ("big=1.5", "big"),
+        ("flag=maybe", "flag"),
+        ("color=PURPLE", "color"),
+        ("inner=x", "inner"),
+        ("at=yesterday", "at"),
+    ] {
+        let answer = lab.get(&format!("/v1/things/t?{query}")).await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.text());
+        assert_eq!(answer.json()["details"][0]["fieldViolations"][0]["field"], field, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn json_bodies_follow_the_proto3_mapping_both_ways() {
+    let lab = lab().await;
+    let sent = json!({
+        "big": 5, "ubig": "7", "ratio": "-Infinity", "blob": "-_8", "color": 2, "colors": ["RED", 1],
+        "maybe": "", "wrapped": "", "wrappedInt": null, "at": "1970-01-01T00:00:01.5Z", "took": "-0.25s",
+        "extra": {"a": [1, "two", null, {"b": true}]}, "anything": 3.5, "counts": {"x": 1},
+        "inner": {}, "unknownField": "ignored", "tag_list_is_not_here": 1,
+    });
+    let got = lab.post_json("/v1/things/j", sent).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    let expected = json!({
+        "id": "j", "big": "5", "ubig": "7", "ratio": "-Infinity", "blob": "+/8=", "color": "GREEN",
+        "colors": ["RED", "RED"], "maybe": "", "wrapped": "", "at": "1970-01-01T00:00:01.500Z", "took": "-0.250s",
+        "extra": {"a": [1.0, "two", null, {"b": true}]}, "anything": 3.5, "counts": {"x": 1}, "inner": {},
+    });
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(&got[key], value, "field {key}: {got}");
+    }
+    // Unset optional, wrapper and message fields stay absent; set-to-empty ones are present.
+    for absent in ["wrappedInt", "mask", "name"] {
+        assert!(got.get(absent).is_none(), "{absent} should be absent: {got}");
+    }
+    // Empty as request and as response.
+    let nothing = lab.post_json("/v1/nothing", json!({})).await;
+    assert_eq!(nothing.status, 204);
+    assert!(nothing.body.is_empty());
+}
+
+#[tokio::test]
+async fn partial_updates_get_an_update_mask_from_the_body_keys() {
+    let lab = lab().await;
+    let got = lab
+        .send(
+            "PATCH",
+            "/v1/things/t9",
+            &[("content-type", "application/json")],
+            r#"{"name":"n","tags":[],"maybe":null,"inner":{"size":2},"extra":{"k":1}}"#,
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    assert_eq!(got["thing"]["id"], "t9");
+    assert_eq!(got["thing"]["name"], "n");
+    let mut paths: Vec<&str> = got["updateMask"].as_str().unwrap().split(',').collect();
+    paths.sort_unstable();
+    // `[]` and `null` are in the mask (clear them); fields left out are not (keep them).
+    assert_eq!(paths, ["extra", "inner.size", "maybe", "name", "tags"]);
+
+    let whole = lab
+        .send("PUT", "/v1/all-things", &[("content-type", "application/json")], r#"{"thing":{"name":"x","tags":[]}}"#)
+        .await
+        .json();
+    assert_eq!(whole["updateMask"], "thing.name,thing.tags");
+    // A mask the client sends is kept.
+    let explicit = lab
+        .send(
+            "PUT",
+            "/v1/all-things",
+            &[("content-type", "application/json")],
+            r#"{"thing":{"name":"x"},"updateMask":"thing.note"}"#,
+        )
+        .await
+        .json();
+    assert_eq!(explicit["updateMask"], "thing.note");
+}
+
+#[tokio::test]
+async fn errors_use_the_status_table_in_json_and_connect() {
+    let lab = lab().await;
+    for (code, http) in [(5, 404), (7, 403), (16, 401), (14, 503), (8, 429), (4, 504), (10, 409)] {
+        let json = lab.get(&format!("/v1/fail/{code}")).await;
+        assert_eq!(json.status, http, "code {code}");
+        assert_eq!(json.json()["code"], code);
+        let connect = lab.post_json("/gatewaytest.v1.Lab/Fail", json!({"code": code})).await;
+        assert_eq!(connect.status, http, "connect code {code}");
+        assert_eq!(connect.json()["code"], gateway::connect_code(Code::from_i32(code)));
+        assert_eq!(connect.json()["message"], "failed as asked");
+    }
+    // Field violations travel as details: google.rpc.BadRequest, base64 in Connect.
+    let connect = lab.post_json("/gatewaytest.v1.Lab/Fail", json!({"code": 3})).await;
+    assert_eq!(connect.status, 400);
+    assert_eq!(connect.json()["details"][0]["type"], "google.rpc.BadRequest");
+    assert!(connect.json()["details"][0]["value"].as_str().is_some_and(|v| !v.is_empty()));
+}
+
+#[tokio::test]
+async fn connect_serves_json_proto_get_and_streams() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let thing = pb::Thing { id: "c1".into(), big: 9, ..Default::default() };
+    let json = lab.post_json("/gatewaytest.v1.Lab/Echo", json!({"id": "c1", "big": "9"})).await;
+    assert_eq!((json.status, json.headers["content-type"].to_str().unwrap()), (200, "application/json"));
+    assert_eq!(json.json()["big"], "9");
+    let proto = lab
+        .send("POST", "/gatewaytest.v1.Lab/Echo", &[("content-type", "application/proto")], thing.encode_to_vec())
+        .await;
+    assert_eq!(proto.status, 200);
+    assert_eq!(pb::Thing::decode(proto.body).unwrap(), thing);
+    // GET for NO_SIDE_EFFECTS methods, plain and base64.
+    let get = lab.get("/gatewaytest.v1.Lab/Echo?connect=v1&encoding=json&message=%7B%22id%22%3A%22g%22%7D").await;
+    assert_eq!(get.json()["id"], "g");
+    let b64 = base64_url(&thing.encode_to_vec());
+    let get = lab.get(&format!("/gatewaytest.v1.Lab/Echo?encoding=proto&base64=1&message={b64}")).await;
+    assert_eq!(pb::Thing::decode(get.body).unwrap(), thing);
+    let not_get = lab.get("/gatewaytest.v1.Lab/Fail?encoding=json&message=%7B%7D").await;
+    assert_eq!(not_get.status, 405);
+    let wrong_type = lab.send("POST", "/gatewaytest.v1.Lab/Echo", &[("content-type", "text/plain")], "x").await;
+    assert_eq!(wrong_type.status, 415);
+    // Timeouts: a stream slower than its deadline ends with deadline_exceeded.
+    let request = pb::CountRequest {
+        to: 50,
+        interval: Some(gateway::wkt::Duration { seconds: 0, nanos: 100_000_000 }),
+        ..Default::default()
+    };
+    let slow = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Count",
+            &[("content-type", "application/connect+proto"), ("connect-timeout-ms", "250")],
+            envelope(0, &request.encode_to_vec()),
+        )
+        .await;
+    let slow = frames(slow.body);
+    let (flags, end) = slow.last().unwrap();
+    assert_eq!(*flags, 2);
+    let end: Value = serde_json::from_slice(end).unwrap();
+    assert_eq!(end["error"]["code"], "deadline_exceeded");
+    assert!(slow.len() >= 2 && slow.len() < 50, "some ticks, then the end: {}", slow.len());
+
+    // A server stream over Connect JSON, ending in an error after two messages.
+    let request = serde_json::to_vec(&json!({"to": 5, "failAfter": 2})).unwrap();
+    let stream = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Count",
+            &[("content-type", "application/connect+json")],
+            envelope(0, &request),
+        )
+        .await;
+    assert_eq!(stream.status, 200);
+    let frames = frames(stream.body);
+    let messages: Vec<Value> = frames.iter().map(|(_, b)| serde_json::from_slice(b).unwrap()).collect();
+    assert_eq!(frames.iter().map(|(f, _)| *f).collect::<Vec<_>>(), [0, 0, 2]);
+    assert_eq!(messages[0]["n"], 1);
+    assert_eq!(messages[1]["n"], 2);
+    assert_eq!(messages[2]["error"]["code"], "failed_precondition");
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn envelope(flags: u8, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(flags);
+    out.put_u32(payload.len() as u32);
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Splits enveloped frames (Connect streams, gRPC-Web bodies).
+fn frames(mut body: Bytes) -> Vec<(u8, Bytes)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let flags = body.get_u8();
+        let len = body.get_u32() as usize;
+        out.push((flags, body.split_to(len)));
+    }
+    assert!(body.is_empty(), "trailing bytes after the frames");
+    out
+}
+
+#[tokio::test]
+async fn server_streams_arrive_as_ndjson_or_server_sent_events() {
+    let lab = lab().await;
+    let ndjson = lab.get("/v1/count?to=3").await;
+    assert_eq!(ndjson.headers["content-type"], "application/x-ndjson");
+    assert_eq!(ndjson.text(), "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+    let failing = lab.get("/v1/count?to=5&failAfter=1").await;
+    let lines: Vec<Value> = failing.text().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["error"]["code"], 9);
+    let sse = lab.send("GET", "/v1/count?to=2&failAfter=1", &[("accept", "text/event-stream")], Bytes::new()).await;
+    assert_eq!(sse.headers["content-type"], "text/event-stream");
+    assert_eq!(sse.headers["cache-control"], "no-cache");
+    let text = sse.text();
+    assert!(text.starts_with("id: 1\ndata: {\"n\":1}\n\nevent: error\ndata: {\"error\":{"), "{text}");
+    assert!(text.ends_with("}}\n\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_slow_reader_slows_the_stream_and_a_gone_one_cancels_it() {
+    let lab = lab().await;
+    let request = http::Request::get(format!("http://127.0.0.1:{}/v1/count?to=2000&pad=65536", lab.port))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = lab.http.request(request).await.unwrap();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    // Not reading: the producer stops once socket buffers are full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let produced = lab.seen.produced.load(Ordering::SeqCst);
+    assert!(produced < 1000, "2000 ticks of 64 KiB are not buffered: {produced} produced");
+    drop(body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lab.seen.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the service never saw its stream closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn streaming_requests_are_grpc_only_and_answer_501_over_http() {
+    let lab = lab().await;
+    let http = lab.post_json("/v1/upload", json!({})).await;
+    assert_eq!(http.status, 501);
+    assert!(http.json()["message"].as_str().unwrap().contains("gatewaytest.v1.Lab/Upload"), "{}", http.text());
+    let connect = lab.post_json("/gatewaytest.v1.Lab/Chat", json!({})).await;
+    assert_eq!(connect.json()["code"], "unimplemented");
+    // Over gRPC they work.
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", lab.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::lab_client::LabClient::new(channel);
+    let things = futures_util::stream::iter([
+        pb::Thing { id: "1".into(), ..Default::default() },
+        pb::Thing { id: "2".into(), ..Default::default() },
+    ]);
+    assert_eq!(client.upload(things).await.unwrap().into_inner().id, "2");
+}
+
+#[tokio::test]
+async fn grpc_web_streams_over_http1_and_http2() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let request = pb::CountRequest { to: 3, ..Default::default() };
+    let body = envelope(0, &request.encode_to_vec());
+    let answer = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Count",
+            &[("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")],
+            body.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let frames = frames(answer.body);
+    let ticks: Vec<i32> =
+        frames.iter().filter(|(f, _)| *f == 0).map(|(_, b)| pb::Tick::decode(b.clone()).unwrap().n).collect();
+    assert_eq!(ticks, [1, 2, 3]);
+    let trailer = String::from_utf8_lossy(&frames.last().unwrap().1).to_lowercase();
+    assert_eq!(frames.last().unwrap().0, 0x80);
+    assert!(trailer.contains("grpc-status:0"), "{trailer}");
+
+    // The text variant (base64) over HTTP/2.
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let text_body = base64_std(&body);
+    let request = http::Request::post(format!("http://127.0.0.1:{}/gatewaytest.v1.Lab/Count", lab.port))
+        .header("content-type", "application/grpc-web-text")
+        .header("accept", "application/grpc-web-text")
+        .body(Full::new(Bytes::from(text_body)))
+        .unwrap();
+    let response = h2.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(!text.is_empty() && text.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b)));
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    base64_url(bytes).replace('-', "+").replace('_', "/") + &"=".repeat((3 - bytes.len() % 3) % 3)
+}
+
+#[tokio::test]
+async fn a_layer_above_the_split_sees_every_protocol_by_rpc() {
+    use prost::Message as _;
+    let lab = lab().await;
+    lab.get("/v1/things/x").await;
+    lab.post_json("/gatewaytest.v1.Lab/Echo", json!({})).await;
+    lab.send(
+        "POST",
+        "/gatewaytest.v1.Lab/Echo",
+        &[("content-type", "application/grpc-web+proto")],
+        envelope(0, &pb::Thing::default().encode_to_vec()),
+    )
+    .await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", lab.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    pb::lab_client::LabClient::new(channel).echo(pb::Thing::default()).await.unwrap();
+    let recorded = lab.recorded.lock().unwrap().clone();
+    let expected: BTreeSet<(String, &str)> = ["json", "connect", "grpc-web", "grpc"]
+        .into_iter()
+        .map(|p| ("/gatewaytest.v1.Lab/Echo".to_owned(), p))
+        .collect();
+    assert_eq!(recorded, expected);
+}
