@@ -3,6 +3,7 @@
 
 mod articles;
 mod cli;
+mod clients;
 mod comments;
 mod gateway;
 mod helpers;
