@@ -58,19 +58,18 @@ impl Health {
             }
             let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db);
             let up = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), check).await, Ok(Ok(_)));
-            let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
-            if last != Some(up) {
-                if !up {
-                    tracing::warn!("the database does not answer: health is NOT_SERVING");
-                } else if last.is_some() {
-                    tracing::info!("the database answers again: health is SERVING");
-                }
-                last = Some(up);
+            // Statuses change only when the answer does; a drain that began
+            // during the check wins.
+            if last == Some(up) || self.draining.load(Ordering::SeqCst) {
+                continue;
             }
-            // A drain that began during the check wins.
-            if !self.draining.load(Ordering::SeqCst) {
-                self.set_all(status).await;
+            if !up {
+                tracing::warn!("the database does not answer: health is NOT_SERVING");
+            } else if last.is_some() {
+                tracing::info!("the database answers again: health is SERVING");
             }
+            last = Some(up);
+            self.set_all(if up { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
         }
     }
 }

@@ -39,17 +39,19 @@ enum Codec {
 }
 
 impl Codec {
-    fn encoding(self) -> Encoding {
-        match self {
-            Self::Json => Encoding::Json { response_body: "" },
-            Self::Proto => Encoding::Proto,
-        }
-    }
-
-    fn payload(self, bytes: Bytes) -> Payload {
-        match self {
-            Self::Json => Payload::Json(bytes),
-            Self::Proto => Payload::Proto(bytes),
+    /// The call of a request whose message, in this codec, is `message`.
+    fn call(self, parts: http::request::Parts, message: Bytes) -> Call {
+        Call {
+            metadata: MetadataMap::from_headers(parts.headers),
+            extensions: parts.extensions,
+            payload: match self {
+                Self::Json => Payload::Json(message),
+                Self::Proto => Payload::Proto(message),
+            },
+            encoding: match self {
+                Self::Json => Encoding::Json { response_body: "" },
+                Self::Proto => Encoding::Proto,
+            },
         }
     }
 }
@@ -152,13 +154,7 @@ async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: 
             Err((_, status)) => return error(&status),
         }
     };
-    let call = Call {
-        metadata: MetadataMap::from_headers(parts.headers),
-        extensions: parts.extensions,
-        payload: codec.payload(message),
-        encoding: codec.encoding(),
-    };
-    match with_deadline(timeout, method.call(call)).await {
+    match with_deadline(timeout, method.call(codec.call(parts, message))).await {
         Ok(Answer { metadata, output: Output::One(bytes) }) => {
             let mut response = Response::new(Body::from(bytes));
             *response.headers_mut() = metadata.into_headers();
@@ -223,31 +219,22 @@ async fn streaming(
         _ => return unsupported_media("application/connect+json, application/connect+proto"),
     };
     let content_type = if codec == Codec::Json { "application/connect+json" } else { "application/connect+proto" };
-    let mut response = match gateway.read_body(&parts.headers, body).await {
-        Err((_, status)) => end_only(&status, MetadataMap::new()),
-        Ok(bytes) => match unwrap_envelope(bytes) {
-            Err(status) => end_only(&status, MetadataMap::new()),
-            Ok(message) => {
-                let call = Call {
-                    metadata: MetadataMap::from_headers(parts.headers),
-                    extensions: parts.extensions,
-                    payload: codec.payload(message),
-                    encoding: codec.encoding(),
-                };
-                match with_deadline(timeout, method.call(call)).await {
-                    Err(status) => end_only(&status, MetadataMap::new()),
-                    Ok(Answer { metadata, output }) => {
-                        let messages = match output {
-                            Output::Stream(messages) => messages,
-                            Output::One(bytes) => futures_util::stream::once(async move { Ok(bytes) }).boxed(),
-                        };
-                        let mut response = Response::new(envelopes(messages, timeout));
-                        *response.headers_mut() = metadata.into_headers();
-                        response
-                    }
-                }
-            }
-        },
+    let answer = async {
+        let bytes = gateway.read_body(&parts.headers, body).await.map_err(|(_, status)| status)?;
+        let message = unwrap_envelope(bytes)?;
+        with_deadline(timeout, method.call(codec.call(parts, message))).await
+    };
+    let mut response = match answer.await {
+        Err(status) => end_only(&status, MetadataMap::new()),
+        Ok(Answer { metadata, output }) => {
+            let messages = match output {
+                Output::Stream(messages) => messages,
+                Output::One(bytes) => futures_util::stream::once(async move { Ok(bytes) }).boxed(),
+            };
+            let mut response = Response::new(envelopes(messages, timeout));
+            *response.headers_mut() = metadata.into_headers();
+            response
+        }
     };
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response

@@ -230,11 +230,6 @@ impl Gateway {
         self.inner.methods.values().map(|m| m.spec)
     }
 
-    /// The HTTP rules it serves, in the order added.
-    pub fn routes(&self) -> &[&'static RouteSpec] {
-        &self.inner.routes
-    }
-
     /// Names the protocol and RPC of a request, matching its HTTP rule once.
     fn classify(&self, req: &mut Request<Body>) {
         let path = req.uri().path();
@@ -291,11 +286,6 @@ impl tower::Service<Request<Body>> for Gateway {
 
 fn content_type<B>(req: &Request<B>) -> &str {
     req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
-}
-
-/// Whether a request speaks gRPC or gRPC-Web (any `application/grpc*` content type).
-pub fn is_grpc<B>(req: &Request<B>) -> bool {
-    content_type(req).starts_with("application/grpc")
 }
 
 /// Tags each request with its [`Protocol`] and [`RpcMethod`] before any

@@ -104,19 +104,7 @@ impl Method {
         F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<O>, Status>> + Send + 'static,
     {
-        let handler = move |c: Call| -> BoxFuture<'static, Result<Answer, Status>> {
-            let encoding = c.encoding;
-            let request = match request::<I>(c) {
-                Ok(r) => r,
-                Err(status) => return Box::pin(std::future::ready(Err(status))),
-            };
-            let answer = call(request);
-            Box::pin(async move {
-                let (metadata, message, _) = answer.await?.into_parts();
-                Ok(Answer { metadata, output: Output::One(encode(&message, encoding)?) })
-            })
-        };
-        Self { spec, handler: Some(Arc::new(handler)) }
+        Self::typed(spec, call, |message: O, encoding| Ok(Output::One(encode(&message, encoding)?)))
     }
 
     /// A server-streaming method: `call` is the service method itself.
@@ -128,6 +116,24 @@ impl Method {
         F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<S>, Status>> + Send + 'static,
     {
+        Self::typed(spec, call, |messages: S, encoding| {
+            Ok(Output::Stream(messages.map(move |m| m.and_then(|m| encode(&m, encoding))).boxed()))
+        })
+    }
+
+    /// Erases a typed method: decode the request, call, then `output`
+    /// encodes what the service answered (a message or a stream).
+    fn typed<I, R, F, Fut>(
+        spec: &'static MethodSpec,
+        call: F,
+        output: fn(R, Encoding) -> Result<Output, Status>,
+    ) -> Self
+    where
+        I: prost::Message + Default + DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
+    {
         let handler = move |c: Call| -> BoxFuture<'static, Result<Answer, Status>> {
             let encoding = c.encoding;
             let request = match request::<I>(c) {
@@ -136,9 +142,8 @@ impl Method {
             };
             let answer = call(request);
             Box::pin(async move {
-                let (metadata, messages, _) = answer.await?.into_parts();
-                let encoded = messages.map(move |m| m.and_then(|m| encode(&m, encoding)));
-                Ok(Answer { metadata, output: Output::Stream(encoded.boxed()) })
+                let (metadata, reply, _) = answer.await?.into_parts();
+                Ok(Answer { metadata, output: output(reply, encoding)? })
             })
         };
         Self { spec, handler: Some(Arc::new(handler)) }
@@ -147,11 +152,6 @@ impl Method {
     /// A client- or bidirectional-streaming method: served over gRPC only.
     pub fn grpc_only(spec: &'static MethodSpec) -> Self {
         Self { spec, handler: None }
-    }
-
-    /// Whether the gateway can call it (unary or server streaming).
-    pub fn callable(&self) -> bool {
-        self.handler.is_some()
     }
 
     pub(crate) fn call(&self, call: Call) -> BoxFuture<'static, Result<Answer, Status>> {
