@@ -25,6 +25,7 @@ use tonic::Status;
 use tonic::metadata::MetadataMap;
 
 use crate::Gateway;
+use crate::deadline::{next_before, with_deadline};
 use crate::method::{Answer, Call, Encoding, Method, Output, Payload};
 use crate::spec::MethodKind;
 use crate::status::{connect_code, http_status};
@@ -61,10 +62,8 @@ pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Bod
     let Some(method) = gateway.inner.methods.get(req.uri().path()).cloned() else {
         return error(&Status::unimplemented(format!("no method {}", req.uri().path())));
     };
-    if let Some(version) = req.headers().get("connect-protocol-version")
-        && version != "1"
-    {
-        return error(&Status::invalid_argument("connect-protocol-version must be 1"));
+    if let Err(status) = check_version(req.headers()) {
+        return error(&status);
     }
     let timeout = match timeout(req.headers()) {
         Ok(t) => t,
@@ -80,7 +79,33 @@ pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Bod
     }
 }
 
-fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
+/// A `connect-protocol-version`, when sent, must be 1.
+pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), Status> {
+    match headers.get("connect-protocol-version") {
+        Some(version) if version != "1" => Err(Status::invalid_argument("connect-protocol-version must be 1")),
+        _ => Ok(()),
+    }
+}
+
+/// Messages arrive uncompressed: `name` (the encoding header) is absent or
+/// `identity`.
+pub(crate) fn check_identity(headers: &HeaderMap, name: &str) -> Result<(), Status> {
+    match headers.get(name) {
+        Some(encoding) if encoding != "identity" => Err(Status::unimplemented(format!(
+            "{name} {} is not supported; send identity",
+            encoding.to_str().unwrap_or("?")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The status of a call that outlived its timeout.
+pub(crate) fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call did not finish within its timeout")
+}
+
+/// The `connect-timeout-ms` deadline, if any.
+pub(crate) fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
     let Some(value) = headers.get("connect-timeout-ms") else { return Ok(None) };
     let ms = value
         .to_str()
@@ -94,29 +119,14 @@ fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
     Ok(Some(Duration::from_millis(ms)))
 }
 
-async fn with_deadline<T>(
-    timeout: Option<Duration>,
-    work: impl std::future::Future<Output = Result<T, Status>>,
-) -> Result<T, Status> {
-    match timeout {
-        None => work.await,
-        Some(limit) => match tokio::time::timeout(limit, work).await {
-            Ok(result) => result,
-            Err(_) => {
-                Err(Status::deadline_exceeded(format!("the call did not finish within {} ms", limit.as_millis())))
-            }
-        },
-    }
-}
-
-fn unsupported_media(accepted: &'static str) -> Response<Body> {
+pub(crate) fn unsupported_media(accepted: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
     response.headers_mut().insert("accept-post", HeaderValue::from_static(accepted));
     response
 }
 
-fn media_type(headers: &HeaderMap) -> &str {
+pub(crate) fn media_type(headers: &HeaderMap) -> &str {
     let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     value.split(';').next().unwrap_or_default().trim()
 }
@@ -141,13 +151,8 @@ async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: 
             "application/proto" => Codec::Proto,
             _ => return unsupported_media("application/json, application/proto"),
         };
-        if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING)
-            && encoding != "identity"
-        {
-            return error(&Status::unimplemented(format!(
-                "content-encoding {} is not supported; send identity",
-                encoding.to_str().unwrap_or("?")
-            )));
+        if let Err(status) = check_identity(&parts.headers, header::CONTENT_ENCODING.as_str()) {
+            return error(&status);
         }
         match gateway.read_body(&parts.headers, body).await {
             Ok(bytes) => (codec, bytes),
@@ -241,7 +246,7 @@ async fn streaming(
 }
 
 /// The single enveloped request message of a server-streaming call.
-fn unwrap_envelope(bytes: Bytes) -> Result<Bytes, Status> {
+pub(crate) fn unwrap_envelope(bytes: Bytes) -> Result<Bytes, Status> {
     if bytes.len() < 5 {
         return Err(Status::invalid_argument("the request is not an enveloped message"));
     }
@@ -256,7 +261,7 @@ fn unwrap_envelope(bytes: Bytes) -> Result<Bytes, Status> {
     Ok(bytes.slice(5..))
 }
 
-fn envelope(flags: u8, payload: &[u8]) -> Bytes {
+pub(crate) fn envelope(flags: u8, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(5 + payload.len());
     out.put_u8(flags);
     out.put_u32(payload.len() as u32);
@@ -265,7 +270,7 @@ fn envelope(flags: u8, payload: &[u8]) -> Bytes {
 }
 
 /// The end-of-stream envelope: the error (if any) and trailers.
-fn end_of_stream(status: Option<&Status>, trailers: &MetadataMap) -> Bytes {
+pub(crate) fn end_of_stream(status: Option<&Status>, trailers: &MetadataMap) -> Bytes {
     let mut end = Map::new();
     if let Some(status) = status {
         end.insert("error".into(), error_json(status));
@@ -290,13 +295,7 @@ fn envelopes(
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let stream = futures_util::stream::unfold(Some(messages), move |state| async move {
         let mut messages = state?;
-        let next = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, messages.next()).await {
-                Ok(next) => next,
-                Err(_) => Some(Err(Status::deadline_exceeded("the call did not finish within its timeout"))),
-            },
-            None => messages.next().await,
-        };
+        let next = next_before(deadline, &mut messages, || Err(deadline_exceeded())).await;
         match next {
             Some(Ok(message)) => Some((Ok::<_, Status>(envelope(0, &message)), Some(messages))),
             Some(Err(status)) => Some((Ok(end_of_stream(Some(&status), &MetadataMap::new())), None)),
@@ -350,7 +349,7 @@ fn headers_json(headers: &HeaderMap) -> Map<String, Value> {
 }
 
 /// A unary error response: Connect error JSON with the code's HTTP status.
-fn error(status: &Status) -> Response<Body> {
+pub(crate) fn error(status: &Status) -> Response<Body> {
     let mut response = Response::new(Body::from(serde_json::to_vec(&error_json(status)).unwrap_or_default()));
     *response.status_mut() = http_status(status.code());
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

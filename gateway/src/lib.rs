@@ -38,15 +38,21 @@
 //! [`ClassifyLayer`] names its [`Protocol`] and [`RpcMethod`] (from the gRPC
 //! path or the matched HTTP rule, matched once) in the request extensions, so
 //! that every layer between it and [`Dispatch`] sees all four protocols
-//! alike. [`Dispatch`] sends gRPC to tonic, gRPC-Web to tonic through
-//! `tonic-web`, and Connect and JSON to the [`Gateway`], which decodes the
-//! request straight into the generated message, calls the same service
-//! method gRPC calls (no network hop, no protobuf re-encoding for JSON) and
-//! encodes the answer: one message, or a stream as NDJSON or Server-Sent
-//! Events.
+//! alike. [`Dispatch`] sends gRPC to tonic (enforcing `grpc-timeout`),
+//! gRPC-Web to tonic through `tonic-web`, and Connect, JSON and gRPC-Web
+//! with the JSON codec to the [`Gateway`], which decodes the request straight
+//! into the generated message, calls the same service method gRPC calls (no
+//! network hop, no protobuf re-encoding for JSON) and encodes the answer:
+//! one message, or a stream as NDJSON, Server-Sent Events, Connect or
+//! gRPC-Web frames. Connect calls of methods without a typed handler
+//! (reflection, health, client and bidirectional streams) are relayed to
+//! tonic as gRPC: with the protobuf codec the two carry the same bytes.
 
 mod binding;
+mod bridge;
 mod connect;
+mod deadline;
+mod grpc_web;
 mod json;
 mod method;
 mod router;
@@ -66,6 +72,7 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 
 pub use binding::invalid_field;
+pub use deadline::Deadline;
 pub use method::Method;
 pub use router::{Match, Router};
 pub use spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};
@@ -230,6 +237,15 @@ impl Gateway {
         self.inner.methods.values().map(|m| m.spec)
     }
 
+    /// Whether a typed handler serves `path` to Connect clients (unary and
+    /// server-streaming methods added with [`GatewayBuilder::methods`]).
+    fn serves_connect(&self, path: &str) -> bool {
+        self.inner
+            .methods
+            .get(path)
+            .is_some_and(|m| matches!(m.spec.kind, MethodKind::Unary | MethodKind::ServerStreaming))
+    }
+
     /// Names the protocol and RPC of a request, matching its HTTP rule once.
     fn classify(&self, req: &mut Request<Body>) {
         let path = req.uri().path();
@@ -237,7 +253,7 @@ impl Gateway {
             ct if ct.starts_with("application/grpc-web") => Protocol::GrpcWeb,
             ct if ct.starts_with("application/grpc") => Protocol::Grpc,
             _ if (req.method() == http::Method::POST || req.method() == http::Method::GET)
-                && self.inner.methods.contains_key(path) =>
+                && self.inner.grpc_methods.contains(path) =>
             {
                 Protocol::Connect
             }
@@ -278,6 +294,7 @@ impl tower::Service<Request<Body>> for Gateway {
         Box::pin(async move {
             Ok(match req.extensions().get::<Protocol>() {
                 Some(Protocol::Connect) => connect::serve(&gateway, req).await,
+                Some(Protocol::GrpcWeb) if grpc_web::is_json(&req) => grpc_web::serve(&gateway, req).await,
                 _ => serve::json(&gateway, req).await,
             })
         })
@@ -335,18 +352,22 @@ where
     }
 }
 
-/// Sends gRPC to tonic, gRPC-Web to tonic through `tonic-web`, and Connect
-/// and JSON to the [`Gateway`].
+/// Sends each protocol to what serves it: gRPC to tonic (with its
+/// `grpc-timeout` enforced), gRPC-Web to tonic through `tonic-web` (the JSON
+/// codec to the [`Gateway`]), Connect and JSON to the [`Gateway`], and
+/// Connect calls of methods it has no typed handler for (reflection, health,
+/// client and bidirectional streams) to tonic, relayed as gRPC.
 #[derive(Clone, Debug)]
 pub struct Dispatch<G> {
-    grpc: G,
-    grpc_web: tonic_web::GrpcWebService<G>,
+    grpc: Deadline<G>,
+    grpc_web: tonic_web::GrpcWebService<Deadline<G>>,
     gateway: Gateway,
 }
 
 impl<G: Clone> Dispatch<G> {
     /// Splits between `grpc` (tonic's routes) and `gateway`.
     pub fn new(grpc: G, gateway: Gateway) -> Self {
+        let grpc = Deadline::new(grpc);
         let grpc_web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc.clone());
         Self { grpc, grpc_web, gateway }
     }
@@ -381,11 +402,23 @@ where
         };
         match protocol {
             Protocol::Grpc => Box::pin(ServiceExt::<Request<Body>>::oneshot(self.grpc.clone(), req)),
+            Protocol::GrpcWeb if grpc_web::is_json(&req) => tower::Service::call(&mut self.gateway, req),
             Protocol::GrpcWeb => {
                 let grpc_web = self.grpc_web.clone();
                 Box::pin(async move {
                     let response = ServiceExt::<Request<Body>>::oneshot(grpc_web, req).await?;
                     Ok(response.map(Body::new))
+                })
+            }
+            Protocol::Connect if !self.gateway.serves_connect(req.uri().path()) => {
+                let (gateway, grpc) = (self.gateway.clone(), self.grpc.clone());
+                Box::pin(async move {
+                    let relayed = match bridge::to_grpc(&gateway, req).await {
+                        Ok(relayed) => relayed,
+                        Err(response) => return Ok(response),
+                    };
+                    let response = ServiceExt::<Request<Body>>::oneshot(grpc, relayed.request).await?;
+                    Ok(bridge::from_grpc(relayed.shape, response, relayed.timeout).await)
                 })
             }
             Protocol::Connect | Protocol::Json => tower::Service::call(&mut self.gateway, req),

@@ -501,8 +501,11 @@ async fn streaming_requests_are_grpc_only_and_answer_501_over_http() {
     let http = lab.post_json("/v1/upload", json!({})).await;
     assert_eq!(http.status, 501);
     assert!(http.json()["message"].as_str().unwrap().contains("gatewaytest.v1.Lab/Upload"), "{}", http.text());
+    // Connect relays them to gRPC with the protobuf codec only: JSON needs
+    // typed messages the relay does not have.
     let connect = lab.post_json("/gatewaytest.v1.Lab/Chat", json!({})).await;
     assert_eq!(connect.json()["code"], "unimplemented");
+    assert!(connect.json()["message"].as_str().unwrap().contains("protobuf codec only"), "{}", connect.text());
     // Over gRPC they work.
     let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", lab.port))
         .unwrap()
@@ -552,6 +555,105 @@ async fn grpc_web_streams_over_http1_and_http2() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     let text = response.into_body().collect().await.unwrap().to_bytes();
     assert!(!text.is_empty() && text.iter().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b)));
+}
+
+#[tokio::test]
+async fn connect_streams_requests_through_the_grpc_service() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let thing = |id: &str| pb::Thing { id: id.into(), ..Default::default() };
+    let body: Vec<u8> = [thing("1"), thing("2")].iter().flat_map(|t| envelope(0, &t.encode_to_vec())).collect();
+    let connect_proto = [("content-type", "application/connect+proto")];
+
+    let chat = lab.send("POST", "/gatewaytest.v1.Lab/Chat", &connect_proto, body.clone()).await;
+    assert_eq!((chat.status, chat.headers["content-type"].to_str().unwrap()), (200, "application/connect+proto"));
+    let chat = frames(chat.body);
+    assert_eq!(chat.iter().map(|(f, _)| *f).collect::<Vec<_>>(), [0, 0, 2]);
+    assert_eq!(pb::Thing::decode(chat[1].1.clone()).unwrap(), thing("2"));
+    assert_eq!(serde_json::from_slice::<Value>(&chat[2].1).unwrap(), json!({}));
+
+    let upload = frames(lab.send("POST", "/gatewaytest.v1.Lab/Upload", &connect_proto, body).await.body);
+    assert_eq!(upload.len(), 2);
+    assert_eq!(pb::Thing::decode(upload[0].1.clone()).unwrap(), thing("2"));
+
+    // A message that is not a Thing: the gRPC status becomes the end-of-stream error.
+    let bad = lab.send("POST", "/gatewaytest.v1.Lab/Chat", &connect_proto, envelope(0, &[0xff, 0xff])).await;
+    let bad = frames(bad.body);
+    let (flags, end) = bad.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(serde_json::from_slice::<Value>(end).unwrap()["error"]["code"], "internal", "{end:?}");
+}
+
+/// A request body that sends `first` and then stays open.
+fn open_body(first: Bytes) -> http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> {
+    let frames = futures_util::stream::once(async move { Ok(http_body::Frame::data(first)) })
+        .chain(futures_util::stream::pending());
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
+
+#[tokio::test]
+async fn client_deadlines_end_calls_over_grpc_and_connect() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let h2: Client<_, http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>> =
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let thing = envelope(0, &pb::Thing::default().encode_to_vec());
+    // An upload whose client never finishes: only the deadline ends it.
+    for (content_type, deadline) in
+        [("application/grpc", ("grpc-timeout", "200m")), ("application/connect+proto", ("connect-timeout-ms", "200"))]
+    {
+        let request = http::Request::post(format!("http://127.0.0.1:{}/gatewaytest.v1.Lab/Upload", lab.port))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .header(deadline.0, deadline.1)
+            .body(open_body(thing.clone()))
+            .unwrap();
+        let bound = Duration::from_secs(10);
+        let response =
+            tokio::time::timeout(bound, h2.request(request)).await.expect("answered at the deadline").unwrap();
+        let headers = response.headers().clone();
+        let body = tokio::time::timeout(bound, response.into_body().collect()).await.expect("ends").unwrap();
+        if content_type == "application/grpc" {
+            let trailers = body.trailers().cloned().unwrap_or_default();
+            let status = headers.get("grpc-status").or_else(|| trailers.get("grpc-status"));
+            assert_eq!(status.map(|s| s.to_str().unwrap()), Some("4"), "{headers:?} {trailers:?}");
+        } else {
+            let frames = frames(body.to_bytes());
+            let end: Value = serde_json::from_slice(&frames.last().unwrap().1).unwrap();
+            assert_eq!(end["error"]["code"], "deadline_exceeded", "{end}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_web_with_the_json_codec_is_served_by_the_gateway() {
+    let lab = lab().await;
+    let headers = [("content-type", "application/grpc-web+json"), ("x-grpc-web", "1")];
+    let echo = lab.send("POST", "/gatewaytest.v1.Lab/Echo", &headers, envelope(0, br#"{"id":"w1","big":"7"}"#)).await;
+    assert_eq!((echo.status, echo.headers["content-type"].to_str().unwrap()), (200, "application/grpc-web+json"));
+    let echo = frames(echo.body);
+    assert_eq!(echo.iter().map(|(f, _)| *f).collect::<Vec<_>>(), [0, 0x80]);
+    let message: Value = serde_json::from_slice(&echo[0].1).unwrap();
+    assert_eq!((&message["id"], &message["big"]), (&json!("w1"), &json!("7")));
+    assert!(String::from_utf8_lossy(&echo[1].1).contains("grpc-status:0\r\n"));
+
+    let count =
+        lab.send("POST", "/gatewaytest.v1.Lab/Count", &headers, envelope(0, br#"{"to":3,"failAfter":2}"#)).await;
+    let count = frames(count.body);
+    let ns: Vec<Value> =
+        count[..2].iter().map(|(_, b)| serde_json::from_slice::<Value>(b).unwrap()["n"].clone()).collect();
+    assert_eq!(ns, [1, 2]);
+    let trailer = String::from_utf8_lossy(&count[2].1).into_owned();
+    assert_eq!(count[2].0, 0x80);
+    assert!(trailer.contains("grpc-status:9\r\n") && trailer.contains("grpc-message:stopped%20after%202"), "{trailer}");
+
+    // Failing before any message: trailers-only, the status in the headers.
+    let fail = lab.send("POST", "/gatewaytest.v1.Lab/Fail", &headers, envelope(0, br#"{"code":5}"#)).await;
+    assert_eq!((fail.status, fail.headers["grpc-status"].to_str().unwrap()), (200, "5"));
+    assert!(fail.body.is_empty());
+    // A body that is not one enveloped message.
+    let bad = lab.send("POST", "/gatewaytest.v1.Lab/Echo", &headers, "{}").await;
+    assert_eq!(bad.headers["grpc-status"].to_str().unwrap(), "3");
 }
 
 fn base64_std(bytes: &[u8]) -> String {

@@ -19,12 +19,6 @@ function fail(msg) {
   process.exit(1);
 }
 const install = "run `bash tests/clients/install.sh` first";
-// A known gap of the server is a note, or a failure with CLIENTS_STRICT=1.
-function gap(msg) {
-  if (process.env.CLIENTS_STRICT === "1") fail(`${msg} (CLIENTS_STRICT=1)`);
-  note(`KNOWN GAP: ${msg}`);
-}
-
 const api = (process.argv[2] ?? fail("usage: node browser.mjs BASE_URL")).replace(/\/$/, "");
 // The whole run is bounded, whatever hangs.
 setTimeout(() => fail("timed out after 180 s"), 180_000).unref();
@@ -131,14 +125,6 @@ for (const [transport, format, type] of [
   ["connect", "json", "application/json"],
 ]) {
   const p = `${transport}.${format}`;
-  // tonic-web, which serves gRPC-Web, knows only the protobuf codec: it
-  // answers application/grpc-web+json with HTTP 400.
-  const http400 = (c) => !c.ok && c.code === "Internal" && c.message === "[internal] HTTP 400";
-  if (p === "grpcweb.json" && ["listTags", "register", "notFound"].every((m) => http400(calls[`${p}.${m}`]))) {
-    if (!sent("POST", "/conduit.v1.Tags/ListTags", type)) fail(`${p}: no POST with content-type ${type} in ${JSON.stringify(requests)}`);
-    gap(`gRPC-Web with useBinaryFormat: false (${type}) is refused with HTTP 400`);
-    continue;
-  }
   if (!isTags(answer(`${p}.listTags`))) fail(show(`${p}.listTags`));
   const r = answer(`${p}.register`);
   if (!r.hasToken || r.me !== `${r.registered}@example.com`) fail(show(`${p}.register`));

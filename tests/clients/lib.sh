@@ -10,12 +10,6 @@ fail() {
   exit 1
 }
 
-# gap MSG: a known gap of the server; a failure with CLIENTS_STRICT=1.
-gap() {
-  [ "${CLIENTS_STRICT:-}" != 1 ] || fail "$* (CLIENTS_STRICT=1)"
-  note "KNOWN GAP: $*"
-}
-
 # need FILE: the tool must be installed.
 need() {
   [ -x "$1" ] || fail "$1 is missing: run \`bash tests/clients/install.sh\` first"
