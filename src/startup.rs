@@ -180,6 +180,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
         .methods(methods)
         .routes(crate::pb::conduit::v1::HTTP_ROUTES)
         .grpc_methods(INFRA_METHODS.iter().copied())
+        .any_types(crate::pb::conduit::v1::ANY_TYPES)
         .renderer(RealWorldErrors)
         .body_limit(settings.body_limit)
         .build()?;

@@ -130,6 +130,19 @@ fn rust_type(message: &MessageDescriptor, package: &str) -> Result<String, Build
     Ok(message.name().to_owned())
 }
 
+/// The Rust path of a message of the package being generated, from its
+/// module: `Outer`, `outer::Inner` (prost's nesting).
+fn nested_rust_path(message: &MessageDescriptor) -> String {
+    let mut parts = vec![message.name().to_owned()];
+    let mut parent = message.parent_message();
+    while let Some(outer) = parent {
+        parts.push(snake_case(outer.name()));
+        parent = outer.parent_message();
+    }
+    parts.reverse();
+    parts.join("::")
+}
+
 /// Generates the gateway tables of one package.
 pub(crate) fn package(pool: &DescriptorPool, package: &str, own_files: &HashSet<String>) -> Result<String, BuildError> {
     let http_ext =
@@ -281,6 +294,25 @@ pub(crate) fn package(pool: &DescriptorPool, package: &str, own_files: &HashSet<
         code,
         "/// Every HTTP binding of package `{package}`, in declaration order.\n\
          pub static HTTP_ROUTES: &[::gateway::RouteSpec] = &[\n{routes}];\n"
+    )?;
+    let mut any_types = String::new();
+    for message in pool.all_messages() {
+        if message.package_name() == package
+            && own_files.contains(message.parent_file().name())
+            && !message.is_map_entry()
+        {
+            writeln!(
+                any_types,
+                "    ::gateway::wkt::AnyType::of::<{}>(\"{}\"),",
+                nested_rust_path(&message),
+                message.full_name()
+            )?;
+        }
+    }
+    writeln!(
+        code,
+        "/// Every message of package `{package}`, for `google.protobuf.Any` in JSON.\n\
+         pub const ANY_TYPES: &[::gateway::wkt::AnyType] = &[\n{any_types}];\n"
     )?;
     code.push_str(&statics);
     for message in specs {

@@ -187,6 +187,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Makes message types known to `google.protobuf.Any` in JSON (a
+    /// package's generated `ANY_TYPES`); see [`wkt::register_any_types`].
+    pub fn any_types(self, types: &[wkt::AnyType]) -> Self {
+        wkt::register_any_types(types);
+        self
+    }
+
     /// Sets how JSON errors are written (default: `google.rpc.Status` JSON).
     pub fn renderer(mut self, renderer: impl ErrorRenderer) -> Self {
         self.renderer = Arc::new(renderer);

@@ -4,11 +4,11 @@
 //!
 //! [`Timestamp`] is the gateway's own: RFC 3339 in UTC with a `Z` and always
 //! a fractional part (3, 6 or 9 digits), which JavaScript clients and JSON
-//! Schema `date-time` validators read most safely. The others come from
-//! `pbjson-types`.
+//! Schema `date-time` validators read most safely. [`FieldMask`] and
+//! [`Any`] are its own too; the others come from `pbjson-types`.
 
 pub use pbjson_types::{
-    Any, BoolValue, BytesValue, DoubleValue, Duration, Empty, FloatValue, Int32Value, Int64Value, ListValue, NullValue,
+    BoolValue, BytesValue, DoubleValue, Duration, Empty, FloatValue, Int32Value, Int64Value, ListValue, NullValue,
     StringValue, Struct, UInt32Value, UInt64Value, Value,
 };
 
@@ -275,5 +275,154 @@ mod tests {
         ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
+    }
+}
+
+/// `google.protobuf.Any`: a message packed with its type URL.
+///
+/// In JSON it is the packed message's own JSON with an `"@type"` key, or
+/// `{"@type": …, "value": …}` when the packed type is a well-known type with
+/// a JSON form of its own (`Timestamp`, wrappers, `Struct`, …). Only types
+/// known to [`register_any_types`] can be written or read: the generated
+/// `ANY_TYPES` of a package, and the well-known types, which are always known.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct Any {
+    /// `type.googleapis.com/<full message name>`.
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    /// The packed message, in protobuf binary.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub value: bytes::Bytes,
+}
+
+/// How [`Any`] converts one message type to and from JSON.
+#[derive(Clone, Copy)]
+pub struct AnyType {
+    /// Full message name, `package.Message`.
+    pub name: &'static str,
+    to_json: fn(&[u8]) -> Result<serde_json::Value, String>,
+    from_json: fn(serde_json::Value) -> Result<Vec<u8>, String>,
+    /// Well-known types with their own JSON form nest it under `value`.
+    nested: bool,
+}
+
+impl std::fmt::Debug for AnyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyType").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl AnyType {
+    /// The converter of message `T`, whose full name is `name`.
+    pub const fn of<T>(name: &'static str) -> Self
+    where
+        T: prost::Message + Default + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Self { name, to_json: any_to_json::<T>, from_json: any_from_json::<T>, nested: false }
+    }
+
+    const fn well_known<T>(name: &'static str) -> Self
+    where
+        T: prost::Message + Default + serde::Serialize + serde::de::DeserializeOwned,
+    {
+        Self { nested: true, ..Self::of::<T>(name) }
+    }
+}
+
+fn any_to_json<T: prost::Message + Default + serde::Serialize>(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    let message = T::decode(bytes).map_err(|e| e.to_string())?;
+    serde_json::to_value(&message).map_err(|e| e.to_string())
+}
+
+fn any_from_json<T: prost::Message + serde::de::DeserializeOwned>(json: serde_json::Value) -> Result<Vec<u8>, String> {
+    let message: T = serde_json::from_value(json).map_err(|e| e.to_string())?;
+    Ok(message.encode_to_vec())
+}
+
+/// The well-known types [`Any`] always knows.
+const WELL_KNOWN: &[AnyType] = &[
+    AnyType::well_known::<Timestamp>("google.protobuf.Timestamp"),
+    AnyType::well_known::<Duration>("google.protobuf.Duration"),
+    AnyType::well_known::<FieldMask>("google.protobuf.FieldMask"),
+    AnyType::well_known::<Struct>("google.protobuf.Struct"),
+    AnyType::well_known::<Value>("google.protobuf.Value"),
+    AnyType::well_known::<ListValue>("google.protobuf.ListValue"),
+    AnyType::well_known::<Any>("google.protobuf.Any"),
+    AnyType::well_known::<BoolValue>("google.protobuf.BoolValue"),
+    AnyType::well_known::<BytesValue>("google.protobuf.BytesValue"),
+    AnyType::well_known::<DoubleValue>("google.protobuf.DoubleValue"),
+    AnyType::well_known::<FloatValue>("google.protobuf.FloatValue"),
+    AnyType::well_known::<Int32Value>("google.protobuf.Int32Value"),
+    AnyType::well_known::<Int64Value>("google.protobuf.Int64Value"),
+    AnyType::well_known::<StringValue>("google.protobuf.StringValue"),
+    AnyType::well_known::<UInt32Value>("google.protobuf.UInt32Value"),
+    AnyType::well_known::<UInt64Value>("google.protobuf.UInt64Value"),
+    AnyType::of::<Empty>("google.protobuf.Empty"),
+];
+
+type AnyRegistry = std::sync::RwLock<std::collections::HashMap<&'static str, AnyType>>;
+
+fn any_registry() -> &'static AnyRegistry {
+    static REGISTRY: std::sync::OnceLock<AnyRegistry> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(|| std::sync::RwLock::new(WELL_KNOWN.iter().map(|t| (t.name, *t)).collect()))
+}
+
+/// Makes message types known to [`Any`]'s JSON form, for the whole process
+/// (JSON conversion has no other context to look them up in).
+/// [`crate::GatewayBuilder::any_types`] calls it with a package's `ANY_TYPES`.
+pub fn register_any_types(types: &[AnyType]) {
+    let mut registry = any_registry().write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    registry.extend(types.iter().map(|t| (t.name, *t)));
+}
+
+fn any_type(type_url: &str) -> Option<AnyType> {
+    let name = type_url.rsplit('/').next().unwrap_or(type_url);
+    any_registry().read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied()
+}
+
+impl serde::Serialize for Any {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        if self.type_url.is_empty() && self.value.is_empty() {
+            return serializer.serialize_map(Some(0))?.end();
+        }
+        let kind = any_type(&self.type_url).ok_or_else(|| {
+            S::Error::custom(format!("Any of type {:?} cannot be written as JSON: the type is unknown", self.type_url))
+        })?;
+        let json =
+            (kind.to_json)(&self.value).map_err(|e| S::Error::custom(format!("Any of type {}: {e}", kind.name)))?;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("@type", &self.type_url)?;
+        match json {
+            serde_json::Value::Object(fields) if !kind.nested => {
+                for (key, value) in &fields {
+                    map.serialize_entry(key, value)?;
+                }
+            }
+            other => map.serialize_entry("value", &other)?,
+        }
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Any {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let type_url = match fields.remove("@type") {
+            Some(serde_json::Value::String(url)) => url,
+            Some(_) => return Err(D::Error::custom("Any's @type must be a string")),
+            None if fields.is_empty() => return Ok(Self::default()),
+            None => return Err(D::Error::custom("an Any needs an @type naming the packed message")),
+        };
+        let kind = any_type(&type_url)
+            .ok_or_else(|| D::Error::custom(format!("Any of type {type_url:?}: the type is unknown here")))?;
+        let json = if kind.nested {
+            fields.remove("value").unwrap_or(serde_json::Value::Null)
+        } else {
+            serde_json::Value::Object(fields)
+        };
+        let value = (kind.from_json)(json).map_err(|e| D::Error::custom(format!("Any of type {}: {e}", kind.name)))?;
+        Ok(Self { type_url, value: value.into() })
     }
 }

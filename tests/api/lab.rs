@@ -146,6 +146,7 @@ async fn lab() -> LabServer {
     let gateway = Gateway::builder()
         .methods(pb::lab_gateway_methods(service.clone()))
         .routes(pb::HTTP_ROUTES)
+        .any_types(pb::ANY_TYPES)
         .build()
         .expect("the lab's rules are valid");
     let grpc = tonic::service::Routes::new(pb::lab_server::LabServer::from_arc(service)).into_axum_router();
@@ -297,6 +298,42 @@ async fn json_bodies_follow_the_proto3_mapping_both_ways() {
     for absent in ["wrappedInt", "mask", "name"] {
         assert!(got.get(absent).is_none(), "{absent} should be absent: {got}");
     }
+    // Any: the packed message's fields beside "@type", or a well-known
+    // type's own JSON under "value"; 64-bit wrappers as strings.
+    let packed = json!([
+        {"@type": "type.googleapis.com/gatewaytest.v1.Inner", "label": "in", "size": 2},
+        {"@type": "type.googleapis.com/google.protobuf.Timestamp", "value": "2024-01-02T03:04:05.500Z"},
+        {"@type": "type.googleapis.com/google.protobuf.Int64Value", "value": "-9007199254740993"},
+    ]);
+    let sent = json!({"packed": packed, "wrappedBig": 9007199254740993u64, "list": [1, "a", null]});
+    let got = lab.post_json("/v1/things/any", sent).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let got = got.json();
+    assert_eq!(got["packed"], packed);
+    assert_eq!((&got["wrappedBig"], &got["list"]), (&json!("9007199254740993"), &json!([1.0, "a", null])));
+    // Over Connect's protobuf codec the same Any holds the Inner's bytes.
+    let proto = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Echo",
+            &[("content-type", "application/proto")],
+            prost::Message::encode_to_vec(&pb::Thing {
+                packed: vec![gateway::wkt::Any {
+                    type_url: "type.googleapis.com/gatewaytest.v1.Inner".into(),
+                    value: prost::Message::encode_to_vec(&pb::Inner { label: "p".into(), size: 1 }).into(),
+                }],
+                ..Default::default()
+            }),
+        )
+        .await;
+    let thing: pb::Thing = prost::Message::decode(proto.body).unwrap();
+    assert_eq!(thing.packed[0].type_url, "type.googleapis.com/gatewaytest.v1.Inner");
+    // An Any of a type the server does not know is a 400 naming it.
+    let unknown = json!({"packed": [{"@type": "type.googleapis.com/acme.Secret", "x": 1}]});
+    let refused = lab.post_json("/v1/things/any", unknown).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.text().contains("acme.Secret"), "{}", refused.text());
+
     // Empty as request and as response.
     let nothing = lab.post_json("/v1/nothing", json!({})).await;
     assert_eq!(nothing.status, 204);
