@@ -53,6 +53,7 @@ run() {
   local name=$1
   shift
   local log="$work/log" out
+  rm -f "$log" # h2load appends to an existing log
   out=$(h2load -c "$CONNECTIONS" -m 1 -D "$DURATION" --warm-up-time=2 --log-file="$log" "$@" 2>&1) ||
     { echo "$name: h2load failed: $out"; exit 1; }
   python3 - "$name" "$log" <<'EOF' >>"$results"

@@ -207,3 +207,35 @@ fn collect_protos(dir: &Path, into: &mut Vec<PathBuf>) -> Result<(), BuildError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicting_rules_fail_the_build_naming_both_methods() {
+        let dir = env::temp_dir().join(format!("gateway-build-conflict-{}", std::process::id()));
+        let package = dir.join("protos/clash/v1");
+        fs::create_dir_all(&package).unwrap();
+        fs::write(
+            package.join("clash.proto"),
+            r#"syntax = "proto3";
+package clash.v1;
+import "google/api/annotations.proto";
+message Req { string id = 1; string name = 2; }
+service Clash {
+  rpc GetById(Req) returns (Req) { option (google.api.http) = {get: "/v1/things/{id}"}; }
+  rpc GetByName(Req) returns (Req) { option (google.api.http) = {get: "/v1/things/{name}"}; }
+}
+"#,
+        )
+        .unwrap();
+        let result = Builder::new(dir.join("protos"))
+            .include(concat!(env!("CARGO_MANIFEST_DIR"), "/../proto"))
+            .out_dir(dir.join("out"))
+            .compile();
+        fs::remove_dir_all(&dir).ok();
+        let error = result.expect_err("two rules match GET /v1/things/x").to_string();
+        assert!(error.contains("clash.v1.Clash.GetById") && error.contains("clash.v1.Clash.GetByName"), "{error}");
+    }
+}

@@ -210,6 +210,11 @@ impl Router {
             .iter()
             .map(|v| {
                 let end = v.end.unwrap_or(segments.len()).min(segments.len());
+                // google/api/http.proto: a multi-segment variable keeps
+                // `%2F` as sent, so an encoded slash stays distinct from a
+                // separator; a single segment is decoded whole.
+                let multi = v.end.is_none_or(|e| e - v.start > 1);
+                let decode = if multi { decode_keeping_slashes } else { decode };
                 let decoded: Vec<String> = segments[v.start.min(end)..end].iter().map(|s| decode(s)).collect();
                 decoded.join("/")
             })
@@ -219,6 +224,20 @@ impl Router {
 
 fn decode(segment: &str) -> String {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+/// Decodes all but `%2F`/`%2f`, which stay as they are.
+fn decode_keeping_slashes(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    let mut rest = segment;
+    while let Some(at) = rest.as_bytes().windows(3).position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f')
+    {
+        out.push_str(&decode(&rest[..at]));
+        out.push_str(&rest[at..at + 3]);
+        rest = &rest[at + 3..];
+    }
+    out.push_str(&decode(rest));
+    out
 }
 
 #[cfg(test)]
@@ -262,6 +281,7 @@ mod tests {
             (Method::GET, "/v1/shelves/1/books/2", found(5, &["shelves/1/books/2"])),
             (Method::POST, "/v1/shelves/7:publish", found(6, &["shelves/7"])),
             (Method::GET, "/files/a/b/c.txt", found(7, &["a/b/c.txt"])),
+            (Method::GET, "/files/a%2Fb/c%20d%2f", found(7, &["a%2Fb/c d%2f"])),
             (Method::GET, "/files", found(7, &[""])),
             (Method::GET, "/v1/q/x", found(8, &["q"])),
             (Method::GET, "/api/nothing", Match::NotFound),
