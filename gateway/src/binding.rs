@@ -13,11 +13,14 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::spec::{FieldKind, FieldSpec, MessageSpec, RouteSpec};
 
-/// A `BadRequest` status for one field.
+/// A `BadRequest` status for one field (`""`: the request as a whole).
+/// `description` says what is wrong without naming the field; the status
+/// message is `<field>: <description>`.
 pub fn invalid_field(field: &str, description: String) -> Status {
+    let message = if field.is_empty() { description.clone() } else { format!("{field}: {description}") };
     Status::with_error_details(
         Code::InvalidArgument,
-        description.clone(),
+        message,
         ErrorDetails::with_bad_request(vec![FieldViolation::new(field, description)]),
     )
 }
@@ -117,7 +120,7 @@ fn from_json<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de, Error 
         if matches!(path.as_str(), "" | "." | "?") {
             invalid_field("", format!("malformed JSON request: {inner}"))
         } else {
-            invalid_field(&path, format!("{path}: {inner}"))
+            invalid_field(&path, inner.to_string())
         }
     })
 }
@@ -181,14 +184,13 @@ fn slot<'a>(
     let mut object = root;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let field =
-            spec.field(part).ok_or_else(|| invalid_field(path, format!("{path}: no such field in {}", spec.name)))?;
+        let field = spec.field(part).ok_or_else(|| invalid_field(path, format!("no such field in {}", spec.name)))?;
         if parts.peek().is_none() {
             return Ok((object, field));
         }
         let nested = match (field.message, field.repeated) {
             (Some(nested), false) => nested,
-            _ => return Err(invalid_field(path, format!("{path}: {} is not a message field", field.name))),
+            _ => return Err(invalid_field(path, format!("{} is not a message field", field.name))),
         };
         let entry = object.entry(field.json_name.to_owned()).or_insert_with(|| Value::Object(Map::new()));
         if !entry.is_object() {
@@ -216,7 +218,7 @@ fn set_text(
             other => *other = Value::Array(vec![value]),
         }
     } else if field.repeated {
-        return Err(invalid_field(path, format!("{path}: a repeated field cannot be a path variable")));
+        return Err(invalid_field(path, "a repeated field cannot be a path variable".into()));
     } else {
         object.insert(field.json_name.to_owned(), value);
     }
@@ -224,7 +226,7 @@ fn set_text(
 }
 
 fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
-    let bad = |what: &str| invalid_field(path, format!("{path}: {text:?} is not {what}"));
+    let bad = |what: &str| invalid_field(path, format!("{text:?} is not {what}"));
     Ok(match field.kind {
         FieldKind::String | FieldKind::Bytes | FieldKind::StringValued => Value::String(text.to_owned()),
         // Enums by name or by number.
@@ -252,7 +254,7 @@ fn typed(field: &FieldSpec, path: &str, text: &str) -> Result<Value, Status> {
             _ => return Err(bad("true or false")),
         },
         FieldKind::Message | FieldKind::Map => {
-            return Err(invalid_field(path, format!("{path}: a message or map field cannot be set from the URL")));
+            return Err(invalid_field(path, "a message or map field cannot be set from the URL".into()));
         }
     })
 }
@@ -418,7 +420,8 @@ mod tests {
             assert_eq!(status.code(), Code::InvalidArgument);
             let (got, description) = violation(&status);
             assert_eq!(&got, field, "{query:?} {text}: {description}");
-            assert!(!description.is_empty() && description.contains(field), "{description} names {field}");
+            assert!(!description.is_empty(), "{query:?} {text}: a description");
+            assert!(status.message().starts_with(field), "{} names {field}", status.message());
         }
     }
 }

@@ -86,29 +86,49 @@ impl Tokens {
 
     fn verify(&self, token: &str) -> ConduitResult<i64> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
-            .map_err(|_| ConduitError::Unauthenticated("the token is invalid or expired"))?;
-        data.claims.sub.parse().map_err(|_| ConduitError::Unauthenticated("the token is invalid or expired"))
+            .map_err(|_| token_invalid("the token is invalid or expired"))?;
+        data.claims.sub.parse().map_err(|_| token_invalid("the token is invalid or expired"))
     }
 
     /// The caller, if the request carries credentials; an error if they are bad.
     pub fn caller(&self, metadata: &MetadataMap) -> ConduitResult<Option<Caller>> {
         let Some(value) = metadata.get("authorization") else { return Ok(None) };
-        let text =
-            value.to_str().map_err(|_| ConduitError::Unauthenticated("the authorization header is malformed"))?;
+        let text = value.to_str().map_err(|_| token_invalid("the authorization header is malformed"))?;
         let token = match text.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") => {
                 token.trim()
             }
-            _ => return Err(ConduitError::Unauthenticated("use the Token or Bearer authorization scheme")),
+            _ => return Err(token_invalid("use the Token or Bearer authorization scheme")),
         };
         let user_id = self.verify(token)?;
         Ok(Some(Caller { user_id, token: token.to_owned() }))
     }
 
+    /// The caller where a token is optional: a bad or expired token counts
+    /// as none, so that a stale token never breaks public reads (RealWorld
+    /// clients log the user out on any 401).
+    pub fn viewer(&self, metadata: &MetadataMap) -> Option<i64> {
+        self.caller(metadata).ok().flatten().map(|c| c.user_id)
+    }
+
     /// The caller, who must be authenticated.
     pub fn require(&self, metadata: &MetadataMap) -> ConduitResult<Caller> {
-        self.caller(metadata)?.ok_or(ConduitError::Unauthenticated("this call requires a token"))
+        self.caller(metadata)?.ok_or(ConduitError::Unauthenticated {
+            key: "token",
+            problem: "is missing",
+            message: "this call requires a token",
+        })
     }
+}
+
+/// A token that cannot be used; `message` says why.
+fn token_invalid(message: &'static str) -> ConduitError {
+    ConduitError::Unauthenticated { key: "token", problem: "is invalid", message }
+}
+
+/// A token whose user no longer exists.
+pub fn user_gone() -> ConduitError {
+    token_invalid("the user of this token no longer exists")
 }
 
 /// Password hashing and checking with argon2id, on the blocking pool (a

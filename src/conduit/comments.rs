@@ -69,7 +69,7 @@ impl Comments {
 
     // GET /articles/{slug}/comments
     async fn list(&self, request: Request<ListCommentsRequest>) -> ConduitResult<MultipleCommentsResponse> {
-        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let viewer = self.ctx.tokens.viewer(request.metadata());
         let (article, _) = owner(&self.ctx.db, &request.get_ref().slug).await?;
         Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article, None).await? })
     }
@@ -111,7 +111,10 @@ impl Comments {
         .await?
         .ok_or(ConduitError::NotFound("comment"))?;
         if author != caller.user_id {
-            return Err(ConduitError::Forbidden("only the author may delete this comment"));
+            return Err(ConduitError::Forbidden {
+                resource: "comment",
+                message: "only the author may delete this comment",
+            });
         }
         sqlx::query!("DELETE FROM comments WHERE id = $1", r.id).execute(&self.ctx.db).await?;
         Ok(DeleteCommentResponse {})

@@ -6,6 +6,9 @@ use http::StatusCode;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+/// `ErrorInfo.domain` of Conduit's authentication errors.
+const AUTH_DOMAIN: &str = "conduit.realworld.io";
+
 use gateway::ErrorRenderer;
 
 /// A problem with one field of a request.
@@ -13,12 +16,12 @@ use gateway::ErrorRenderer;
 pub struct FieldError {
     /// Dotted path of the field in the request message (`user.email`).
     pub field: String,
-    /// What is wrong, as a sentence naming the field (`email can't be blank`).
+    /// What is wrong, without the field's name (`can't be blank`).
     pub message: String,
 }
 
 impl FieldError {
-    /// A problem with `field`; `message` names it for a reader.
+    /// A problem with `field`; `message` says what, after the field's name.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
@@ -27,12 +30,25 @@ impl FieldError {
 /// Everything a Conduit call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ConduitError {
-    /// No credentials, or bad ones.
-    #[error("{0}")]
-    Unauthenticated(&'static str),
-    /// The caller may not do this.
-    #[error("{0}")]
-    Forbidden(&'static str),
+    /// No credentials, or bad ones: `key` names what is wrong (`token`,
+    /// `credentials`), `problem` how (`is missing`), `message` says it whole.
+    #[error("{message}")]
+    Unauthenticated {
+        /// What is wrong.
+        key: &'static str,
+        /// How, after the key.
+        problem: &'static str,
+        /// The whole sentence.
+        message: &'static str,
+    },
+    /// The caller may not do this to `resource` (`article`, `comment`).
+    #[error("{message}")]
+    Forbidden {
+        /// The kind of resource refused.
+        resource: &'static str,
+        /// Why, as a sentence.
+        message: &'static str,
+    },
     /// The thing named does not exist.
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -60,7 +76,7 @@ impl From<sqlx::Error> for ConduitError {
                 // A NUL or unencodable character that validation did not
                 // catch (a lookup key, say): the client's text, not our fault.
                 Some("22021" | "22P05") => {
-                    return Self::Invalid(vec![FieldError::new("", "text must not contain NUL characters")]);
+                    return Self::Invalid(vec![FieldError::new("", "must not contain NUL characters")]);
                 }
                 // A row referred to vanished meanwhile (the article of a new
                 // comment, the user of a still-valid token).
@@ -75,8 +91,18 @@ impl From<sqlx::Error> for ConduitError {
     }
 }
 
+/// The JSON name of the last part of a field path (`article.tag_list` →
+/// `tagList`), or `body` for the request as a whole.
+fn field_key(path: &str) -> String {
+    match path.rsplit('.').next() {
+        Some(leaf) if !leaf.is_empty() => gateway::lower_camel(leaf),
+        _ => "body".to_owned(),
+    }
+}
+
 fn with_violations(code: Code, fields: Vec<FieldError>) -> Status {
-    let message = fields.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; ");
+    let message =
+        fields.iter().map(|f| format!("{} {}", field_key(&f.field), f.message)).collect::<Vec<_>>().join("; ");
     let violations: Vec<FieldViolation> = fields.into_iter().map(|f| FieldViolation::new(f.field, f.message)).collect();
     Status::with_error_details(code, message, ErrorDetails::with_bad_request(violations))
 }
@@ -84,9 +110,23 @@ fn with_violations(code: Code, fields: Vec<FieldError>) -> Status {
 impl From<ConduitError> for Status {
     fn from(e: ConduitError) -> Self {
         match e {
-            ConduitError::Unauthenticated(m) => Status::unauthenticated(m),
-            ConduitError::Forbidden(m) => Status::permission_denied(m),
-            ConduitError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            ConduitError::Unauthenticated { key, problem, message } => {
+                let reason = format!("{key}_{problem}").replace(' ', "_").to_uppercase();
+                let metadata = [("key".to_owned(), key.to_owned()), ("problem".to_owned(), problem.to_owned())];
+                let info =
+                    ErrorDetails::with_error_info(reason, AUTH_DOMAIN, std::collections::HashMap::from(metadata));
+                Status::with_error_details(Code::Unauthenticated, message, info)
+            }
+            ConduitError::Forbidden { resource, message } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                ErrorDetails::with_resource_info(resource, "", "", "forbidden"),
+            ),
+            ConduitError::NotFound(what) => Status::with_error_details(
+                Code::NotFound,
+                format!("{what} not found"),
+                ErrorDetails::with_resource_info(what, "", "", "not found"),
+            ),
             ConduitError::Invalid(fields) => with_violations(Code::InvalidArgument, fields),
             ConduitError::Taken(fields) => with_violations(Code::AlreadyExists, fields),
             ConduitError::Busy => Status::aborted("a concurrent change conflicted with this one; try again"),
@@ -99,18 +139,20 @@ impl From<ConduitError> for Status {
     }
 }
 
-/// Writes errors as the RealWorld spec wants:
-/// `{"errors": {"body": ["email has already been taken", ...]}}`, with 422 for
-/// invalid input and duplicates.
+/// Writes errors as RealWorld v2 wants them, keyed by what they concern,
+/// from the status' structured details (never its message): field
+/// violations by field (`{"errors": {"email": ["has already been taken"]}}`),
+/// `ResourceInfo` by resource (`{"errors": {"article": ["not found"]}}`),
+/// authentication `ErrorInfo` by its key (`{"errors": {"token": ["is
+/// missing"]}}`); anything else under `body`. Invalid input is 422; other
+/// codes follow the standard table (ALREADY_EXISTS is 409).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealWorldErrors;
 
 impl ErrorRenderer for RealWorldErrors {
     fn http_status(&self, code: Code) -> StatusCode {
         match code {
-            Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition | Code::OutOfRange => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::UNPROCESSABLE_ENTITY,
             other => gateway::http_status(other),
         }
     }
@@ -122,12 +164,25 @@ impl ErrorRenderer for RealWorldErrors {
     }
 
     fn body(&self, status: &Status) -> Vec<u8> {
-        let messages: Vec<String> = match status.get_details_bad_request() {
-            Some(bad) if !bad.field_violations.is_empty() => {
-                bad.field_violations.into_iter().map(|v| v.description).collect()
+        let details = status.get_error_details();
+        let mut errors: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        let mut add = |key: String, message: String| {
+            if let serde_json::Value::Array(list) = errors.entry(key).or_insert_with(|| serde_json::json!([])) {
+                list.push(message.into());
             }
-            _ => vec![status.message().to_owned()],
         };
-        serde_json::to_vec(&serde_json::json!({ "errors": { "body": messages } })).unwrap_or_default()
+        if let Some(bad) = details.bad_request().filter(|b| !b.field_violations.is_empty()) {
+            for violation in &bad.field_violations {
+                add(field_key(&violation.field), violation.description.clone());
+            }
+        } else if let Some(resource) = details.resource_info() {
+            add(resource.resource_type.clone(), resource.description.clone());
+        } else if let Some(info) = details.error_info().filter(|i| i.domain == AUTH_DOMAIN) {
+            let get = |name: &str| info.metadata.get(name).cloned().unwrap_or_default();
+            add(get("key"), get("problem"));
+        } else {
+            add("body".to_owned(), status.message().to_owned());
+        }
+        serde_json::to_vec(&serde_json::json!({ "errors": errors })).unwrap_or_default()
     }
 }

@@ -58,7 +58,7 @@ impl Profiles {
         let username = request.into_inner();
         let mut row = profile(&self.ctx.db, &username, Some(caller.user_id)).await?;
         if row.id == caller.user_id {
-            return Err(ConduitError::Invalid(vec![FieldError::new("username", "you cannot follow yourself")]));
+            return Err(ConduitError::Invalid(vec![FieldError::new("username", "cannot be followed by yourself")]));
         }
         if follow {
             sqlx::query!(
@@ -82,7 +82,7 @@ impl Profiles {
 impl profiles_server::Profiles for Profiles {
     // GET /profiles/{username}
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileResponse>, Status> {
-        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let viewer = self.ctx.tokens.viewer(request.metadata());
         let row = profile(&self.ctx.db, &request.get_ref().username, viewer).await?;
         Ok(Response::new(row.into()))
     }

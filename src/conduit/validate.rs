@@ -1,5 +1,6 @@
 //! Input rules shared by the services; limits are the ones documented in the
-//! proto files. Each check adds RealWorld-style messages naming the field.
+//! proto files. Each check records the field's path and what is wrong with it
+//! (`can't be blank`); the field's name is not repeated in the message.
 
 use super::error::{ConduitError, ConduitResult, FieldError};
 
@@ -50,7 +51,7 @@ impl Check {
     /// A required text: present, not blank, at most `max` characters.
     pub fn required(&mut self, field: &str, value: &str, max: usize) -> &mut Self {
         if value.trim().is_empty() {
-            self.fail(field, format!("{} can't be blank", leaf(field)));
+            self.fail(field, "can't be blank".into());
         } else {
             self.max(field, value, max);
         }
@@ -61,9 +62,9 @@ impl Check {
     /// (Postgres text cannot hold them).
     pub fn max(&mut self, field: &str, value: &str, max: usize) -> &mut Self {
         if value.contains('\0') {
-            self.fail(field, format!("{} must not contain NUL characters", leaf(field)));
+            self.fail(field, "must not contain NUL characters".into());
         } else if value.chars().count() > max {
-            self.fail(field, format!("{} is too long (maximum is {max} characters)", leaf(field)));
+            self.fail(field, format!("is too long (maximum is {max} characters)"));
         }
         self
     }
@@ -71,9 +72,9 @@ impl Check {
     /// A user name: required, short, no whitespace or '/' (it is a URL segment).
     pub fn username(&mut self, field: &str, value: &str) -> &mut Self {
         if value.trim().is_empty() {
-            self.fail(field, "username can't be blank".into());
+            self.fail(field, "can't be blank".into());
         } else if value.chars().any(|c| c.is_whitespace() || c == '/') {
-            self.fail(field, "username must not contain spaces or '/'".into());
+            self.fail(field, "must not contain spaces or '/'".into());
         } else {
             self.max(field, value, USERNAME_MAX);
         }
@@ -83,7 +84,7 @@ impl Check {
     /// An email address of the form `name@domain`.
     pub fn email(&mut self, field: &str, value: &str) -> &mut Self {
         if value.trim().is_empty() {
-            self.fail(field, "email can't be blank".into());
+            self.fail(field, "can't be blank".into());
             return self;
         }
         let valid = match value.split_once('@') {
@@ -100,7 +101,7 @@ impl Check {
         if valid {
             self.max(field, value, EMAIL_MAX);
         } else {
-            self.fail(field, "email is invalid".into());
+            self.fail(field, "is invalid".into());
         }
         self
     }
@@ -108,7 +109,7 @@ impl Check {
     /// A password: required, at most [`PASSWORD_MAX`] characters.
     pub fn password(&mut self, field: &str, value: &str) -> &mut Self {
         if value.is_empty() {
-            self.fail(field, "password can't be blank".into());
+            self.fail(field, "can't be blank".into());
         } else {
             self.max(field, value, PASSWORD_MAX);
         }
@@ -119,10 +120,6 @@ impl Check {
     pub fn finish(&mut self) -> ConduitResult<()> {
         if self.errors.is_empty() { Ok(()) } else { Err(ConduitError::Invalid(std::mem::take(&mut self.errors))) }
     }
-}
-
-fn leaf(field: &str) -> &str {
-    field.rsplit('.').next().unwrap_or(field)
 }
 
 /// Tags as stored: trimmed, blanks dropped, duplicates dropped, order kept.
@@ -137,13 +134,13 @@ pub fn tags(field: &str, given: &[String], check: &mut Check) -> Vec<String> {
             continue;
         }
         if out.len() == TAGS_MAX {
-            check.fail(field, format!("tagList has too many tags (maximum is {TAGS_MAX})"));
+            check.fail(field, format!("has too many tags (maximum is {TAGS_MAX})"));
             break;
         }
         if tag.contains('\0') {
-            check.fail(field, "tags must not contain NUL characters".into());
+            check.fail(field, "must not contain NUL characters".into());
         } else if tag.chars().count() > TAG_MAX {
-            check.fail(field, format!("tag {tag:?} is too long (maximum is {TAG_MAX} characters)"));
+            check.fail(field, format!("has a tag longer than {TAG_MAX} characters: {tag:?}"));
         }
         out.push(tag.to_owned());
     }
@@ -156,10 +153,10 @@ pub fn page(limit: Option<i32>, offset: Option<i32>) -> ConduitResult<(i64, i64)
     let limit = limit.unwrap_or(LIMIT_DEFAULT);
     let offset = offset.unwrap_or(0);
     if !(1..=LIMIT_MAX).contains(&limit) {
-        check.fail("limit", format!("limit must be between 1 and {LIMIT_MAX}"));
+        check.fail("limit", format!("must be between 1 and {LIMIT_MAX}"));
     }
     if offset < 0 {
-        check.fail("offset", "offset must be 0 or more".into());
+        check.fail("offset", "must be 0 or more".into());
     }
     check.finish()?;
     Ok((i64::from(limit), i64::from(offset)))

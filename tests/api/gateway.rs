@@ -19,7 +19,7 @@ async fn oversize_bodies_get_413_without_being_read() {
         .send("POST", "/api/articles", &[("authorization", &auth)], Bytes::from(serde_json::to_vec(&big).unwrap()))
         .await;
     assert_eq!(reply.status, 413);
-    assert_eq!(errors(&reply), ["the request body is larger than 1024 bytes"]);
+    assert_eq!(errors(&reply), ["body the request body is larger than 1024 bytes"]);
     // A declared length over the limit is answered at once: were the server
     // to read first, this request (which sends no body) would never finish.
     let declared = app.send("POST", "/api/articles", &[("content-length", "999999999")], Bytes::new());
@@ -49,20 +49,20 @@ async fn trailing_data_after_the_json_body_is_refused() {
     let body = r#"{"user": {"email": "a@b.c", "password": "x"}} garbage"#;
     let reply = app.send("POST", "/api/users/login", &[], Bytes::from(body)).await;
     assert_eq!(reply.status, 422);
-    assert_eq!(errors(&reply), ["malformed JSON request: trailing characters at line 1 column 47"]);
+    assert_eq!(errors(&reply), ["body malformed JSON request: trailing characters at line 1 column 47"]);
 }
 
 #[tokio::test]
 async fn malformed_json_and_wrong_types_get_422_naming_the_field() {
     let app = spawn_app().await;
     let cases: &[(&str, &str)] = &[
-        (r#"{"user": {"email": "a@b.c", "password": "#, "user.password: EOF while parsing a value at line 1 column 40"),
+        (r#"{"user": {"email": "a@b.c", "password": "#, "password EOF while parsing a value at line 1 column 40"),
         (
             r#"{"user": {"email": 5, "password": "x"}}"#,
-            "user.email: invalid type: integer `5`, expected a string at line 1 column 20",
+            "email invalid type: integer `5`, expected a string at line 1 column 20",
         ),
-        (r#"{"user": []}"#, "user: invalid type: sequence, expected struct conduit.v1.LoginUser at line 1 column 11"),
-        ("not json", "malformed JSON request: expected ident at line 1 column 2"),
+        (r#"{"user": []}"#, "user invalid type: sequence, expected struct conduit.v1.LoginUser at line 1 column 11"),
+        ("not json", "body malformed JSON request: expected ident at line 1 column 2"),
     ];
     for (body, message) in cases {
         let reply = app.send("POST", "/api/users/login", &[], Bytes::from(body.to_string())).await;
@@ -86,7 +86,7 @@ async fn unknown_routes_get_404_and_wrong_methods_405() {
     let app = spawn_app().await;
     let reply = app.get("/api/nothing/here", None).await;
     assert_eq!(reply.status, 404);
-    assert_eq!(errors(&reply), ["no route for GET /api/nothing/here"]);
+    assert_eq!(errors(&reply), ["body no route for GET /api/nothing/here"]);
     let reply = app.json("PATCH", "/api/articles/some-slug", None, None).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.headers["allow"], "GET, PUT, DELETE");

@@ -215,12 +215,19 @@ pub(crate) fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
     request
 }
 
-/// The messages of a RealWorld error body.
+/// The messages of a RealWorld v2 error body, each prefixed with its key
+/// (`{"errors":{"title":["can't be blank"]}}` → `title can't be blank`), in
+/// key order.
 pub(crate) fn errors(reply: &Reply) -> Vec<String> {
-    reply.body["errors"]["body"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not a RealWorld error body: {}", String::from_utf8_lossy(&reply.raw)))
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect()
+    let errors = reply.body["errors"]
+        .as_object()
+        .unwrap_or_else(|| panic!("not a RealWorld error body: {}", String::from_utf8_lossy(&reply.raw)));
+    let mut out = Vec::new();
+    for (key, messages) in errors {
+        for message in messages.as_array().expect("a list of messages per key") {
+            let message = message.as_str().expect("messages are strings");
+            out.push(format!("{key} {message}"));
+        }
+    }
+    out
 }

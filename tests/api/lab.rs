@@ -70,7 +70,7 @@ impl pb::lab_server::Lab for Lab {
     async fn fail(&self, request: tonic::Request<pb::FailRequest>) -> Result<tonic::Response<pb::Thing>, Status> {
         let code = Code::from_i32(request.into_inner().code);
         if code == Code::InvalidArgument {
-            return Err(gateway::invalid_field("name", "name: must not be blank".into()));
+            return Err(gateway::invalid_field("name", "must not be blank".into()));
         }
         Err(Status::new(code, "failed as asked"))
     }

@@ -47,7 +47,7 @@ async fn profile_errors_are_404_401_and_422() {
     assert_eq!(app.json("DELETE", "/api/profiles/jake/follow", None, None).await.status, 401);
     let reply = app.json("POST", "/api/profiles/jake/follow", Some(&jake), None).await;
     assert_eq!(reply.status, 422);
-    assert_eq!(errors(&reply), ["you cannot follow yourself"]);
+    assert_eq!(errors(&reply), ["username cannot be followed by yourself"]);
 }
 
 #[tokio::test]

@@ -27,12 +27,12 @@ async fn register_returns_201_with_the_user_and_a_token() {
 }
 
 #[tokio::test]
-async fn register_returns_422_when_username_or_email_is_taken() {
+async fn register_returns_409_when_username_or_email_is_taken() {
     let app = spawn_app().await;
     app.register("jake").await;
     let reply = app.json("POST", "/api/users", None, Some(new_user("jake", "JAKE@example.com", "x"))).await;
-    assert_eq!(reply.status, 422);
-    assert_eq!(errors(&reply), ["username has already been taken", "email has already been taken"]);
+    assert_eq!(reply.status, 409);
+    assert_eq!(errors(&reply), ["email has already been taken", "username has already been taken"]);
     let reply = app.json("POST", "/api/users", None, Some(new_user("other", "Jake@Example.COM", "x"))).await;
     assert_eq!(errors(&reply), ["email has already been taken"]);
 }
@@ -42,9 +42,9 @@ async fn register_returns_422_naming_each_invalid_field() {
     let app = spawn_app().await;
     let reply = app.json("POST", "/api/users", None, Some(json!({"user": {"username": "", "email": "nope"}}))).await;
     assert_eq!(reply.status, 422);
-    assert_eq!(errors(&reply), ["username can't be blank", "email is invalid", "password can't be blank"]);
+    assert_eq!(errors(&reply), ["email is invalid", "password can't be blank", "username can't be blank"]);
     let reply = app.json("POST", "/api/users", None, Some(json!({}))).await;
-    assert_eq!(errors(&reply), ["username can't be blank", "email can't be blank", "password can't be blank"]);
+    assert_eq!(errors(&reply), ["email can't be blank", "password can't be blank", "username can't be blank"]);
     let long = "x".repeat(65);
     let reply = app.json("POST", "/api/users", None, Some(new_user(&long, "a@b.c", "p"))).await;
     assert_eq!(errors(&reply), ["username is too long (maximum is 64 characters)"]);
@@ -66,7 +66,7 @@ async fn login_accepts_the_email_in_any_case_and_rejects_a_wrong_password() {
     ] {
         let reply = app.json("POST", "/api/users/login", None, Some(bad)).await;
         assert_eq!(reply.status, 401);
-        assert_eq!(errors(&reply), ["email or password is invalid"]);
+        assert_eq!(errors(&reply), ["credentials invalid"]);
         assert_eq!(reply.headers["www-authenticate"], "Token");
     }
     let reply = app.json("POST", "/api/users/login", None, Some(json!({"user": {"email": ""}}))).await;
@@ -99,10 +99,27 @@ async fn current_user_needs_a_valid_token() {
     for bad in [forged.as_str(), expired.as_str(), "garbage"] {
         let reply = app.get("/api/user", Some(bad)).await;
         assert_eq!(reply.status, 401, "{bad}");
-        assert_eq!(errors(&reply), ["the token is invalid or expired"]);
+        assert_eq!(errors(&reply), ["token is invalid"]);
     }
     let reply = app.send("GET", "/api/user", &[("authorization", "Basic abc")], Default::default()).await;
     assert_eq!(reply.status, 401);
+    let reply = app.get("/api/user", None).await;
+    assert_eq!(errors(&reply), ["token is missing"]);
+}
+
+#[tokio::test]
+async fn a_stale_token_on_a_public_read_counts_as_no_token() {
+    let app = spawn_app().await;
+    let (forged, expired) = bad_tokens();
+    for bad in [forged.as_str(), expired.as_str(), "garbage"] {
+        for path in ["/api/articles", "/api/tags", "/api/profiles/nobody-here"] {
+            let reply = app.get(path, Some(bad)).await;
+            assert_ne!(reply.status, 401, "{path} with {bad}");
+        }
+        assert_eq!(app.get("/api/articles", Some(bad)).await.status, 200);
+        // Where a token is required, a bad one is still refused.
+        assert_eq!(app.get("/api/articles/feed", Some(bad)).await.status, 401);
+    }
 }
 
 #[tokio::test]
@@ -124,7 +141,7 @@ async fn update_user_changes_only_the_fields_given() {
     assert_eq!(reply.body["user"]["email"], "jake@example.com");
 
     let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"username": "taken"}}))).await;
-    assert_eq!(reply.status, 422);
+    assert_eq!(reply.status, 409);
     assert_eq!(errors(&reply), ["username has already been taken"]);
     let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"email": "bad"}}))).await;
     assert_eq!(errors(&reply), ["email is invalid"]);
@@ -208,7 +225,7 @@ async fn concurrent_registrations_of_one_name_let_exactly_one_win() {
     let created = replies.iter().filter(|r| r.status == 201).count();
     assert_eq!(created, 1, "{:?}", replies.iter().map(|r| r.status).collect::<Vec<_>>());
     for reply in replies.iter().filter(|r| r.status != 201) {
-        assert_eq!(reply.status, 422);
+        assert_eq!(reply.status, 409);
         assert_eq!(errors(reply), ["username has already been taken"]);
     }
 }

@@ -96,7 +96,7 @@ impl Articles {
 
     // GET /articles
     async fn list(&self, request: Request<ListArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
-        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let viewer = self.ctx.tokens.viewer(request.metadata());
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset)?;
         let filter = Filter {
@@ -138,7 +138,10 @@ impl Articles {
     async fn own(&self, caller: i64, slug: &str) -> ConduitResult<i64> {
         let (id, author) = store::owner(&self.ctx.db, slug).await?;
         if author != caller {
-            return Err(ConduitError::Forbidden("only the author may change this article"));
+            return Err(ConduitError::Forbidden {
+                resource: "article",
+                message: "only the author may change this article",
+            });
         }
         Ok(id)
     }
@@ -209,7 +212,7 @@ impl articles_server::Articles for Articles {
         &self,
         request: Request<GetArticleRequest>,
     ) -> Result<Response<SingleArticleResponse>, Status> {
-        let viewer = self.ctx.tokens.caller(request.metadata())?.map(|c| c.user_id);
+        let viewer = self.ctx.tokens.viewer(request.metadata());
         Ok(Response::new(self.single(viewer, Key::Slug(&request.get_ref().slug)).await?))
     }
 

@@ -34,7 +34,11 @@ impl Users {
     async fn login(&self, request: LoginRequest) -> ConduitResult<UserResponse> {
         let user = request.user.unwrap_or_default();
         Check::new().email("user.email", &user.email).password("user.password", &user.password).finish()?;
-        let invalid = ConduitError::Unauthenticated("email or password is invalid");
+        let invalid = ConduitError::Unauthenticated {
+            key: "credentials",
+            problem: "invalid",
+            message: "email or password is invalid",
+        };
         let Some(row) = store::by_email(&self.ctx.db, &user.email).await? else {
             self.ctx.passwords.verify_nothing(user.password).await?;
             return Err(invalid);
@@ -64,9 +68,7 @@ impl Users {
     // GET /user
     async fn current(&self, request: Request<GetCurrentUserRequest>) -> ConduitResult<UserResponse> {
         let caller = self.ctx.tokens.require(request.metadata())?;
-        let row = store::by_id(&self.ctx.db, caller.user_id)
-            .await?
-            .ok_or(ConduitError::Unauthenticated("the user of this token no longer exists"))?;
+        let row = store::by_id(&self.ctx.db, caller.user_id).await?.ok_or_else(crate::conduit::auth::user_gone)?;
         Ok(Self::reply(row, caller.token))
     }
 
@@ -101,9 +103,8 @@ impl Users {
         };
         let changes =
             UserChanges { email: user.email, username: user.username, password_hash, bio: user.bio, image: user.image };
-        let row = store::update(&self.ctx.db, caller.user_id, changes)
-            .await?
-            .ok_or(ConduitError::Unauthenticated("the user of this token no longer exists"))?;
+        let row =
+            store::update(&self.ctx.db, caller.user_id, changes).await?.ok_or_else(crate::conduit::auth::user_gone)?;
         let token = self.ctx.tokens.issue(row.id)?;
         Ok(Self::reply(row, token))
     }

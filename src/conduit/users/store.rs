@@ -26,10 +26,10 @@ fn taken(e: sqlx::Error) -> ConduitError {
     if let sqlx::Error::Database(db) = &e {
         match db.constraint() {
             Some("users_username_key") => {
-                return ConduitError::Taken(vec![FieldError::new("user.username", "username has already been taken")]);
+                return ConduitError::Taken(vec![FieldError::new("user.username", "has already been taken")]);
             }
             Some("users_email_key") => {
-                return ConduitError::Taken(vec![FieldError::new("user.email", "email has already been taken")]);
+                return ConduitError::Taken(vec![FieldError::new("user.email", "has already been taken")]);
             }
             _ => {}
         }
@@ -74,10 +74,10 @@ pub(crate) async fn ensure_free(
     .await?;
     let mut errors = Vec::new();
     if row.username {
-        errors.push(FieldError::new("user.username", "username has already been taken"));
+        errors.push(FieldError::new("user.username", "has already been taken"));
     }
     if row.email {
-        errors.push(FieldError::new("user.email", "email has already been taken"));
+        errors.push(FieldError::new("user.email", "has already been taken"));
     }
     if errors.is_empty() { Ok(()) } else { Err(ConduitError::Taken(errors)) }
 }
