@@ -4,8 +4,9 @@
 //! gateway's method and route tables. See the `gateway-build` crate.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // RealWorld clients read every field, so defaults are written out.
-    gateway_build::Builder::new("proto").emit_defaults(true).compile()?;
+    // RealWorld clients read every field: defaults are written out, and
+    // nullable fields (bio, image) as null when unset.
+    gateway_build::Builder::new("proto").emit_defaults(true).null_for_unset(true).compile()?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("tests");
     gateway_build::Builder::new("tests/proto").include("proto").out_dir(out).compile()
 }

@@ -436,3 +436,64 @@ pub(crate) fn snake_case(name: &str) -> String {
     }
     out
 }
+
+/// Rewrites pbjson's serializers so that an unset field with presence is
+/// written as `null`: each `if let Some(v) = self.<field>.as_ref() { … }`
+/// that writes one JSON field gains an `else` writing that field as `null`.
+/// Oneofs (whose body matches on the variant) are left as they are.
+pub(crate) fn null_for_unset(code: &str) -> String {
+    let lines: Vec<&str> = code.lines().collect();
+    let mut out = String::with_capacity(code.len() + code.len() / 8);
+    let mut at = 0;
+    while at < lines.len() {
+        let line = lines[at];
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let close = format!("{indent}}}");
+        let opens_field = trimmed.starts_with("if let Some(v) = self.") && trimmed.ends_with(".as_ref() {");
+        if let Some(end) = (at + 1..lines.len()).find(|&j| lines[j] == close).filter(|_| opens_field) {
+            let body = &lines[at + 1..end];
+            let names: Vec<&str> = body
+                .iter()
+                .filter_map(|l| l.trim_start().strip_prefix("struct_ser.serialize_field(\""))
+                .filter_map(|rest| rest.split('"').next())
+                .collect();
+            let oneof = body.iter().any(|l| l.trim_start().starts_with("match v"));
+            if let [name] = names.as_slice()
+                && !oneof
+            {
+                for kept in &lines[at..end] {
+                    out.push_str(kept);
+                    out.push('\n');
+                }
+                out.push_str(&format!(
+                    "{indent}}} else {{\n{indent}    struct_ser.serialize_field(\"{name}\", &None::<()>)?;\n{close}\n"
+                ));
+                at = end + 1;
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+        at += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod null_tests {
+    use super::null_for_unset;
+
+    #[test]
+    fn unset_fields_with_presence_become_null_and_oneofs_stay_out() {
+        let code = "        if let Some(v) = self.bio.as_ref() {\n            struct_ser.serialize_field(\"bio\", v)?;\n        }\n        if let Some(v) = self.choice.as_ref() {\n            match v {\n                A(v) => {\n                    struct_ser.serialize_field(\"a\", v)?;\n                }\n            }\n        }\n";
+        let out = null_for_unset(code);
+        assert!(
+            out.contains(
+                "        } else {\n            struct_ser.serialize_field(\"bio\", &None::<()>)?;\n        }\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("else").count(), 1, "{out}");
+    }
+}

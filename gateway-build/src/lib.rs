@@ -59,6 +59,7 @@ pub struct Builder {
     out_dir: Option<PathBuf>,
     descriptor_name: String,
     emit_defaults: bool,
+    null_for_unset: bool,
     proto_names: bool,
     clients: bool,
 }
@@ -73,6 +74,7 @@ impl Builder {
             out_dir: None,
             descriptor_name: "descriptor.bin".to_owned(),
             emit_defaults: false,
+            null_for_unset: false,
             proto_names: false,
             clients: true,
         }
@@ -100,6 +102,15 @@ impl Builder {
     /// `false`, `[]`), which proto3 JSON leaves out by default.
     pub fn emit_defaults(mut self, on: bool) -> Self {
         self.emit_defaults = on;
+        self
+    }
+
+    /// JSON output writes unset fields that have presence (`optional`
+    /// scalars, messages, wrappers) as `null` instead of leaving them out,
+    /// for APIs whose contract declares such fields nullable and always
+    /// present. Oneof members stay out when unset.
+    pub fn null_for_unset(mut self, on: bool) -> Self {
+        self.null_for_unset = on;
         self
     }
 
@@ -186,6 +197,12 @@ impl Builder {
             json.preserve_proto_field_names();
         }
         json.build(&prefixes)?;
+        if self.null_for_unset {
+            for package in &packages {
+                let path = out.join(format!("{package}.serde.rs"));
+                fs::write(&path, generate::null_for_unset(&fs::read_to_string(&path)?))?;
+            }
+        }
 
         for (package, code) in tables {
             fs::write(out.join(format!("{package}.gateway.rs")), code)?;

@@ -10,7 +10,7 @@ use super::error::{ConduitError, ConduitResult};
 use super::validate::{COMMENT_MAX, Check};
 use crate::pb::conduit::v1::{
     Comment, CreateCommentRequest, DeleteCommentRequest, DeleteCommentResponse, ListCommentsRequest,
-    MultipleCommentsResponse, Profile, SingleCommentResponse, comments_server,
+    MultipleCommentsResponse, SingleCommentResponse, comments_server,
 };
 
 /// The Comments service.
@@ -37,7 +37,7 @@ impl From<CommentRow> for Comment {
             created_at: Some(r.created_at.into()),
             updated_at: Some(r.updated_at.into()),
             body: r.body,
-            author: Some(Profile { username: r.username, bio: r.bio, image: r.image, following: r.following }),
+            author: Some(super::profiles::profile_of(r.username, r.bio, r.image, r.following)),
         }
     }
 }

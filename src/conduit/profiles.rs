@@ -23,11 +23,20 @@ struct ProfileRow {
     following: bool,
 }
 
+/// An optional text as the API shows it: none is stored as `''` (so that a
+/// user's `""` and `null` are one value) and shown as `null`.
+pub(crate) fn nullable(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+/// A profile from its stored columns.
+pub(crate) fn profile_of(username: String, bio: String, image: String, following: bool) -> Profile {
+    Profile { username, bio: nullable(bio), image: nullable(image), following }
+}
+
 impl From<ProfileRow> for ProfileResponse {
     fn from(r: ProfileRow) -> Self {
-        ProfileResponse {
-            profile: Some(Profile { username: r.username, bio: r.bio, image: r.image, following: r.following }),
-        }
+        ProfileResponse { profile: Some(profile_of(r.username, r.bio, r.image, r.following)) }
     }
 }
 

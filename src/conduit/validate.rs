@@ -10,6 +10,8 @@ pub const USERNAME_MAX: usize = 64;
 pub const EMAIL_MAX: usize = 254;
 /// Longest password; argon2 would accept more, but there is no use in it.
 pub const PASSWORD_MAX: usize = 128;
+/// Shortest new password.
+pub const PASSWORD_MIN: usize = 8;
 /// Longest biography.
 pub const BIO_MAX: usize = 4096;
 /// Longest image URL.
@@ -114,6 +116,15 @@ impl Check {
             self.max(field, value, PASSWORD_MAX);
         }
         self
+    }
+
+    /// A new password: [`PASSWORD_MIN`] to [`PASSWORD_MAX`] characters.
+    pub fn new_password(&mut self, field: &str, value: &str) -> &mut Self {
+        if !value.is_empty() && value.chars().count() < PASSWORD_MIN {
+            self.fail(field, format!("is too short (minimum is {PASSWORD_MIN} characters)"));
+            return self;
+        }
+        self.password(field, value)
     }
 
     /// Fails with all recorded errors, if any.

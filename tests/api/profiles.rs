@@ -15,7 +15,7 @@ async fn profiles_show_following_for_the_caller_only() {
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.body["profile"],
-        serde_json::json!({"username": "celeb", "bio": "", "image": "", "following": false})
+        serde_json::json!({"username": "celeb", "bio": null, "image": null, "following": false})
     );
 
     let reply = app.json("POST", "/api/profiles/celeb/follow", Some(&jake), None).await;

@@ -1,7 +1,7 @@
 //! Users: registration, login, the current user.
 
 use conduit::pb::conduit::v1 as pb;
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::helpers::{JWT_SECRET, authed, errors, spawn_app};
@@ -18,8 +18,7 @@ async fn register_returns_201_with_the_user_and_a_token() {
     let user = &reply.body["user"];
     assert_eq!(user["username"], "jake");
     assert_eq!(user["email"], "jake@jake.jake");
-    assert_eq!(user["bio"], "");
-    assert_eq!(user["image"], "");
+    assert_eq!((&user["bio"], &user["image"]), (&Value::Null, &Value::Null), "nullable, present: {user}");
     assert!(user["token"].as_str().unwrap().split('.').count() == 3);
     assert!(user.get("password").is_none());
     let stored: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&app.db).await.unwrap();
@@ -30,10 +29,10 @@ async fn register_returns_201_with_the_user_and_a_token() {
 async fn register_returns_409_when_username_or_email_is_taken() {
     let app = spawn_app().await;
     app.register("jake").await;
-    let reply = app.json("POST", "/api/users", None, Some(new_user("jake", "JAKE@example.com", "x"))).await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("jake", "JAKE@example.com", "password"))).await;
     assert_eq!(reply.status, 409);
     assert_eq!(errors(&reply), ["email has already been taken", "username has already been taken"]);
-    let reply = app.json("POST", "/api/users", None, Some(new_user("other", "Jake@Example.COM", "x"))).await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("other", "Jake@Example.COM", "password"))).await;
     assert_eq!(errors(&reply), ["email has already been taken"]);
 }
 
@@ -46,10 +45,35 @@ async fn register_returns_422_naming_each_invalid_field() {
     let reply = app.json("POST", "/api/users", None, Some(json!({}))).await;
     assert_eq!(errors(&reply), ["email can't be blank", "password can't be blank", "username can't be blank"]);
     let long = "x".repeat(65);
-    let reply = app.json("POST", "/api/users", None, Some(new_user(&long, "a@b.c", "p"))).await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user(&long, "a@b.c", "password"))).await;
     assert_eq!(errors(&reply), ["username is too long (maximum is 64 characters)"]);
-    let reply = app.json("POST", "/api/users", None, Some(new_user("a b", "a@b.c", "p"))).await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("a b", "a@b.c", "password"))).await;
     assert_eq!(reply.status, 422);
+    let reply = app.json("POST", "/api/users", None, Some(new_user("short", "s@b.c", "seven77"))).await;
+    assert_eq!(errors(&reply), ["password is too short (minimum is 8 characters)"]);
+}
+
+#[tokio::test]
+async fn update_tells_null_empty_and_absent_apart() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let put = |user: Value| app.json("PUT", "/api/user", Some(&token), Some(json!({ "user": user })));
+    let reply = put(json!({"bio": "I fly", "image": "https://example.com/j.png"})).await;
+    assert_eq!(reply.body["user"]["bio"], "I fly");
+    // Left out keeps; "" and null clear, to null.
+    assert_eq!(put(json!({"email": "jake2@example.com"})).await.body["user"]["bio"], "I fly");
+    assert_eq!(put(json!({"bio": ""})).await.body["user"]["bio"], Value::Null);
+    let reply = put(json!({"image": null})).await;
+    assert_eq!((reply.status, &reply.body["user"]["image"]), (200, &Value::Null));
+    let stored: (String, String) = sqlx::query_as("SELECT bio, image FROM users").fetch_one(&app.db).await.unwrap();
+    assert_eq!(stored, (String::new(), String::new()), "none is one stored value");
+    // Required fields cannot be nulled or emptied; passwords have a minimum.
+    for (field, value) in [("email", Value::Null), ("username", json!("")), ("password", Value::Null)] {
+        let reply = put(json!({ field: value })).await;
+        assert_eq!(reply.status, 422, "{field}: {value}");
+        assert_eq!(errors(&reply), [format!("{field} can't be blank")]);
+    }
+    assert_eq!(put(json!({"password": "short"})).await.status, 422);
 }
 
 #[tokio::test]
@@ -185,10 +209,12 @@ async fn users_service_works_over_grpc() {
     let me = users.get_current_user(authed(pb::GetCurrentUserRequest {}, &token)).await.unwrap().into_inner();
     assert_eq!(me.user.unwrap().email, "jake@jake.jake");
 
-    let update =
-        pb::UpdateCurrentUserRequest { user: Some(pb::UpdateUser { bio: Some("hi".into()), ..Default::default() }) };
+    let update = pb::UpdateCurrentUserRequest {
+        user: Some(pb::UpdateUser { bio: Some("hi".into()), ..Default::default() }),
+        update_mask: None,
+    };
     let updated = users.update_current_user(authed(update, &token)).await.unwrap().into_inner().user.unwrap();
-    assert_eq!(updated.bio, "hi");
+    assert_eq!(updated.bio.as_deref(), Some("hi"));
 
     let status = users.get_current_user(pb::GetCurrentUserRequest {}).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -198,7 +224,7 @@ async fn users_service_works_over_grpc() {
         assert_eq!(status.code(), Code::Unauthenticated, "{bad}");
     }
     let dup = pb::RegisterRequest {
-        user: Some(pb::NewUser { username: "jake".into(), email: "x@y.z".into(), password: "p".into() }),
+        user: Some(pb::NewUser { username: "jake".into(), email: "x@y.z".into(), password: "password".into() }),
     };
     let status = users.register(dup).await.unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);

@@ -23,12 +23,12 @@ pub struct Articles {
 }
 
 fn author(row: &mut ArticleRow) -> Profile {
-    Profile {
-        username: std::mem::take(&mut row.username),
-        bio: std::mem::take(&mut row.bio),
-        image: std::mem::take(&mut row.image),
-        following: row.following,
-    }
+    super::profiles::profile_of(
+        std::mem::take(&mut row.username),
+        std::mem::take(&mut row.bio),
+        std::mem::take(&mut row.image),
+        row.following,
+    )
 }
 
 impl From<ArticleRow> for Article {

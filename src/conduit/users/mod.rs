@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::Ctx;
 use super::error::{ConduitError, ConduitResult};
+use super::profiles::nullable;
 use super::validate::{BIO_MAX, Check, IMAGE_MAX};
 use crate::pb::conduit::v1::{
     GetCurrentUserRequest, LoginRequest, RegisterRequest, UpdateCurrentUserRequest, User, UserResponse, users_server,
@@ -26,7 +27,13 @@ impl Users {
 
     fn reply(row: UserRow, token: String) -> UserResponse {
         UserResponse {
-            user: Some(User { email: row.email, token, username: row.username, bio: row.bio, image: row.image }),
+            user: Some(User {
+                email: row.email,
+                token,
+                username: row.username,
+                bio: nullable(row.bio),
+                image: nullable(row.image),
+            }),
         }
     }
 
@@ -56,7 +63,7 @@ impl Users {
         Check::new()
             .username("user.username", &user.username)
             .email("user.email", &user.email)
-            .password("user.password", &user.password)
+            .new_password("user.password", &user.password)
             .finish()?;
         store::ensure_free(&self.ctx.db, Some(&user.username), Some(&user.email), None).await?;
         let hash = self.ctx.passwords.hash(user.password).await?;
@@ -75,8 +82,17 @@ impl Users {
     // PUT /user
     async fn update(&self, request: Request<UpdateCurrentUserRequest>) -> ConduitResult<UserResponse> {
         let caller = self.ctx.tokens.require(request.metadata())?;
-        let user = request.into_inner().user.unwrap_or_default();
+        let request = request.into_inner();
+        let user = request.user.unwrap_or_default();
+        // A field named by the update mask but unset was sent as null.
+        let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        let nulled = |field: &str| paths.iter().any(|p| p.strip_prefix("user.") == Some(field));
         let mut check = Check::new();
+        for (field, value) in [("username", &user.username), ("email", &user.email), ("password", &user.password)] {
+            if value.is_none() && nulled(field) {
+                check.fail(&format!("user.{field}"), "can't be blank".into());
+            }
+        }
         if let Some(username) = &user.username {
             check.username("user.username", username);
         }
@@ -84,7 +100,7 @@ impl Users {
             check.email("user.email", email);
         }
         if let Some(password) = &user.password {
-            check.password("user.password", password);
+            check.new_password("user.password", password);
         }
         if let Some(bio) = &user.bio {
             check.max("user.bio", bio, BIO_MAX);
@@ -101,8 +117,15 @@ impl Users {
             Some(password) => Some(self.ctx.passwords.hash(password).await?),
             None => None,
         };
-        let changes =
-            UserChanges { email: user.email, username: user.username, password_hash, bio: user.bio, image: user.image };
+        // null and "" both clear (stored as ''); left out keeps.
+        let clear_or = |value: Option<String>, field: &str| value.or_else(|| nulled(field).then(String::new));
+        let changes = UserChanges {
+            email: user.email,
+            username: user.username,
+            password_hash,
+            bio: clear_or(user.bio, "bio"),
+            image: clear_or(user.image, "image"),
+        };
         let row =
             store::update(&self.ctx.db, caller.user_id, changes).await?.ok_or_else(crate::conduit::auth::user_gone)?;
         let token = self.ctx.tokens.issue(row.id)?;
