@@ -74,8 +74,8 @@ fn article() -> pb::SingleArticleResponse {
             favorites_count: 42,
             author: Some(pb::Profile {
                 username: "jake".into(),
-                bio: "I work at statefarm".into(),
-                image: "https://i.stack.imgur.com/xHWG8.jpg".into(),
+                bio: Some("I work at statefarm".into()),
+                image: Some("https://i.stack.imgur.com/xHWG8.jpg".into()),
                 following: false,
             }),
         }),
