@@ -102,13 +102,16 @@ impl Comments {
     async fn delete(&self, request: Request<DeleteCommentRequest>) -> ConduitResult<DeleteCommentResponse> {
         let caller = self.ctx.tokens.require(request.metadata())?;
         let r = request.into_inner();
+        // No row: no such article; a row without an author: no such comment on it.
         let author = sqlx::query_scalar!(
-            "SELECT c.author_id FROM comments c JOIN articles a ON a.id = c.article_id WHERE c.id = $1 AND a.slug = $2",
+            r#"SELECT c.author_id AS "author_id?" FROM articles a
+               LEFT JOIN comments c ON c.article_id = a.id AND c.id = $1 WHERE a.slug = $2"#,
             r.id,
             r.slug
         )
         .fetch_optional(&self.ctx.db)
         .await?
+        .ok_or(ConduitError::NotFound("article"))?
         .ok_or(ConduitError::NotFound("comment"))?;
         if author != caller.user_id {
             return Err(ConduitError::Forbidden {

@@ -1,7 +1,7 @@
 //! Articles, the feed, favorites and tags.
 
 use conduit::pb::conduit::v1 as pb;
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::helpers::{authed, errors, spawn_app};
@@ -112,6 +112,35 @@ async fn only_the_author_may_update_or_delete_an_article() {
     assert_eq!(app.get(&path, None).await.status, 404);
     // Its tag is no longer listed.
     assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": []}));
+}
+
+#[tokio::test]
+async fn tag_list_on_update_is_kept_when_left_out_replaced_cleared_by_empty_and_never_null() {
+    let app = spawn_app().await;
+    let jake = app.register("jake").await;
+    let slug = app.article(&jake, "Tagged", &["a", "b"]).await;
+    let path = format!("/api/articles/{slug}");
+    let put = |article: Value| app.json("PUT", &path, Some(&jake), Some(json!({ "article": article })));
+    let created = app.get(&path, None).await.body["article"].clone();
+
+    let kept = put(json!({"description": "new"})).await;
+    assert_eq!(kept.body["article"]["tagList"], json!(["a", "b"]));
+    let replaced = put(json!({"tagList": ["c", "a", "c"]})).await;
+    assert_eq!(replaced.body["article"]["tagList"], json!(["c", "a"]));
+    assert_eq!(app.get("/api/tags", None).await.body["tags"].as_array().unwrap().len(), 2, "b is gone, c came");
+    assert_eq!(app.get("/api/articles?tag=c", None).await.body["articlesCount"], 1);
+    assert_eq!(app.get("/api/articles?tag=b", None).await.body["articlesCount"], 0);
+    let cleared = put(json!({"tagList": []})).await;
+    assert_eq!(cleared.body["article"]["tagList"], json!([]));
+    assert_eq!(app.get("/api/tags", None).await.body, json!({"tags": []}));
+    let null = put(json!({"tagList": null})).await;
+    assert_eq!(null.status, 422, "{:?}", null.body);
+    assert!(null.body["errors"]["tagList"].is_array(), "{:?}", null.body);
+
+    // createdAt never moves; updatedAt moves on every change.
+    let last = app.get(&path, None).await.body["article"].clone();
+    assert_eq!(last["createdAt"], created["createdAt"]);
+    assert!(last["updatedAt"].as_str().unwrap() > created["updatedAt"].as_str().unwrap());
 }
 
 #[tokio::test]
@@ -384,6 +413,7 @@ async fn articles_service_works_over_grpc() {
     let update = pb::UpdateArticleRequest {
         slug: "over-grpc".into(),
         article: Some(pb::UpdateArticle { title: Some("Renamed".into()), ..Default::default() }),
+        update_mask: None,
     };
     let denied = articles.update_article(authed(update.clone(), &fan)).await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);

@@ -60,7 +60,10 @@ async fn comment_errors_are_401_404_and_422() {
     let reply = app.json("POST", &path, Some(&jake), Some(json!({"comment": {"body": ""}}))).await;
     assert_eq!(reply.status, 422);
     assert_eq!(errors(&reply), ["body can't be blank"]);
-    assert_eq!(app.json("DELETE", &format!("{path}/999"), Some(&jake), None).await.status, 404);
+    let reply = app.json("DELETE", &format!("{path}/999"), Some(&jake), None).await;
+    assert_eq!((reply.status, errors(&reply)), (404, vec!["comment not found".to_owned()]));
+    let reply = app.json("DELETE", "/api/articles/nope/comments/999", Some(&jake), None).await;
+    assert_eq!((reply.status, errors(&reply)), (404, vec!["article not found".to_owned()]));
     assert_eq!(app.json("DELETE", &format!("{path}/1"), None, None).await.status, 401);
     let reply = app.json("DELETE", &format!("{path}/abc"), Some(&jake), None).await;
     assert_eq!(reply.status, 422);

@@ -151,6 +151,10 @@ impl Articles {
         let caller = self.ctx.tokens.require(request.metadata())?;
         let r = request.into_inner();
         let changes = r.article.unwrap_or_default();
+        let tags_meant = match &r.update_mask {
+            Some(mask) => mask.paths.iter().any(|p| p == "article.tag_list"),
+            None => !changes.tag_list.is_empty(),
+        };
         let mut check = Check::new();
         if let Some(title) = &changes.title {
             check.required("article.title", title, TITLE_MAX);
@@ -161,6 +165,7 @@ impl Articles {
         if let Some(body) = &changes.body {
             check.required("article.body", body, BODY_MAX);
         }
+        let tags = tags_meant.then(|| validate::tags("article.tagList", &changes.tag_list, &mut check));
         check.finish()?;
         let id = self.own(caller.user_id, &r.slug).await?;
         let changes = ArticleChanges {
@@ -170,6 +175,7 @@ impl Articles {
             }),
             description: changes.description,
             body: changes.body,
+            tags,
         };
         store::update(&self.ctx.db, id, &changes).await?;
         self.single(Some(caller.user_id), Key::Ids(&[id])).await

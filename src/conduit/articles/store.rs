@@ -270,25 +270,38 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
             Err(e) if is_slug_race(&e) => continue,
             Err(e) => return Err(e.into()),
         };
-        if !article.tags.is_empty() {
-            // DO UPDATE (not DO NOTHING) so that existing tags return their id
-            // too; sorted so that concurrent writers lock tag rows in one order.
-            sqlx::query!(
-                "WITH t AS (
-                     INSERT INTO tags (name) SELECT t FROM unnest($1::text[]) AS t ORDER BY t
-                     ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id)
-                 INSERT INTO article_tags (tag_id, article_id, created_at) SELECT id, $2, $3 FROM t",
-                &article.tags,
-                id,
-                created_at
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
+        link_tags(&mut tx, id, created_at, &article.tags).await?;
         tx.commit().await?;
         return Ok(id);
     }
     Err(ConduitError::Internal("could not find a free slug".into()))
+}
+
+/// Links an article (created at `created_at`) to its tags, creating those
+/// that are new.
+async fn link_tags(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: i64,
+    created_at: time::OffsetDateTime,
+    tags: &[String],
+) -> ConduitResult<()> {
+    if tags.is_empty() {
+        return Ok(());
+    }
+    // DO UPDATE (not DO NOTHING) so that existing tags return their id too;
+    // sorted so that concurrent writers lock tag rows in one order.
+    sqlx::query!(
+        "WITH t AS (
+             INSERT INTO tags (name) SELECT t FROM unnest($1::text[]) AS t ORDER BY t
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id)
+         INSERT INTO article_tags (tag_id, article_id, created_at) SELECT id, $2, $3 FROM t",
+        tags,
+        id,
+        created_at
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Who wrote the article with this slug, and its id.
@@ -309,6 +322,8 @@ pub(crate) struct ArticleChanges {
     pub(crate) description: Option<String>,
     /// New body.
     pub(crate) body: Option<String>,
+    /// New tags, de-duplicated; `Some([])` removes them all.
+    pub(crate) tags: Option<Vec<String>>,
 }
 
 /// Applies changes; a new title moves the slug.
@@ -325,18 +340,24 @@ pub(crate) async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> Co
                  slug = COALESCE($3, slug),
                  description = COALESCE($4, description),
                  body = COALESCE($5, body),
+                 tag_list = COALESCE($6, tag_list),
                  updated_at = now()
-             WHERE id = $1",
+             WHERE id = $1 RETURNING created_at",
             id,
             title,
             slug,
             changes.description,
-            changes.body
+            changes.body,
+            changes.tags.as_deref()
         )
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await;
         match updated {
-            Ok(_) => {
+            Ok(row) => {
+                if let Some(tags) = &changes.tags {
+                    sqlx::query!("DELETE FROM article_tags WHERE article_id = $1", id).execute(&mut *tx).await?;
+                    link_tags(&mut tx, id, row.created_at, tags).await?;
+                }
                 tx.commit().await?;
                 return Ok(());
             }
