@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::conduit::auth::{Passwords, Tokens};
-use crate::conduit::{self, Ctx, error::RealWorldErrors};
+use crate::conduit::{self, Ctx, auth::AuthLayer, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::health::Health;
 use gateway::{ClassifyLayer, Dispatch, Gateway};
@@ -175,6 +175,7 @@ const INFRA_METHODS: &[&str] = &[
 /// every protocol alike), then split gRPC and gRPC-Web (tonic) from Connect
 /// and JSON (the gateway).
 fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), StartupError> {
+    let tokens = ctx.tokens.clone();
     let (grpc, methods) = conduit::services(ctx);
     let gateway = Gateway::builder()
         .methods(methods)
@@ -207,6 +208,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
+        .layer(AuthLayer::new(gateway.clone(), tokens))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))
 }

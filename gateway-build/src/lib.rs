@@ -37,6 +37,7 @@ mod template;
 mod router;
 
 mod generate;
+mod validation;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -146,7 +147,8 @@ impl Builder {
         let sources: Vec<PathBuf> = sources
             .into_iter()
             .filter_map(|p| p.strip_prefix(&self.root).ok().map(Path::to_path_buf))
-            .filter(|p| !p.starts_with("google"))
+            // Vendored imports (google.api, buf.validate) are not compiled as the API's own.
+            .filter(|p| !p.starts_with("google") && !p.starts_with("buf"))
             .collect();
 
         let mut includes = vec![self.root.clone()];
@@ -179,6 +181,8 @@ impl Builder {
             .out_dir(&out)
             .build_client(self.clients)
             .compile_well_known_types(true)
+            // Requests are validated as they are decoded (gateway::validate).
+            .codec_path("::gateway::validate::ValidatingCodec")
             .extern_path(".google.protobuf", "::gateway::wkt")
             .extern_path(".google.protobuf.Timestamp", "::gateway::wkt::Timestamp")
             .compile_fds(fds)?;
@@ -229,14 +233,24 @@ fn collect_protos(dir: &Path, into: &mut Vec<PathBuf>) -> Result<(), BuildError>
 mod tests {
     use super::*;
 
+    /// Compiles one scratch proto (as `<package path>/<file>`) with the
+    /// repository's vendored imports, then removes it.
+    fn compile_scratch(name: &str, file: &str, proto: &str) -> Result<(), BuildError> {
+        let dir = env::temp_dir().join(format!("gateway-build-{name}-{}", std::process::id()));
+        let path = dir.join("protos").join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, proto).unwrap();
+        let result = Builder::new(dir.join("protos"))
+            .include(concat!(env!("CARGO_MANIFEST_DIR"), "/../proto"))
+            .out_dir(dir.join("out"))
+            .compile();
+        fs::remove_dir_all(&dir).ok();
+        result
+    }
+
     #[test]
     fn conflicting_rules_fail_the_build_naming_both_methods() {
-        let dir = env::temp_dir().join(format!("gateway-build-conflict-{}", std::process::id()));
-        let package = dir.join("protos/clash/v1");
-        fs::create_dir_all(&package).unwrap();
-        fs::write(
-            package.join("clash.proto"),
-            r#"syntax = "proto3";
+        let proto = r#"syntax = "proto3";
 package clash.v1;
 import "google/api/annotations.proto";
 message Req { string id = 1; string name = 2; }
@@ -244,15 +258,19 @@ service Clash {
   rpc GetById(Req) returns (Req) { option (google.api.http) = {get: "/v1/things/{id}"}; }
   rpc GetByName(Req) returns (Req) { option (google.api.http) = {get: "/v1/things/{name}"}; }
 }
-"#,
-        )
-        .unwrap();
-        let result = Builder::new(dir.join("protos"))
-            .include(concat!(env!("CARGO_MANIFEST_DIR"), "/../proto"))
-            .out_dir(dir.join("out"))
-            .compile();
-        fs::remove_dir_all(&dir).ok();
-        let error = result.expect_err("two rules match GET /v1/things/x").to_string();
+"#;
+        let error = compile_scratch("clash", "clash/v1/clash.proto", proto).expect_err("two rules match").to_string();
         assert!(error.contains("clash.v1.Clash.GetById") && error.contains("clash.v1.Clash.GetByName"), "{error}");
+    }
+
+    #[test]
+    fn an_unsupported_validation_rule_fails_the_build_naming_field_and_rule() {
+        let proto = r#"syntax = "proto3";
+package strict.v1;
+import "buf/validate/validate.proto";
+message Req { string code = 1 [(buf.validate.field).string.pattern = "^[A-Z]+$"]; }
+"#;
+        let error = compile_scratch("rules", "strict/v1/strict.proto", proto).expect_err("unsupported").to_string();
+        assert!(error.contains("strict.v1.Req.code") && error.contains("string.pattern"), "{error}");
     }
 }

@@ -60,6 +60,7 @@ mod serve;
 mod spec;
 mod status;
 mod template;
+pub mod validate;
 pub mod wkt;
 
 use std::collections::{HashMap, HashSet};
@@ -70,6 +71,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
+use tonic::Status;
 
 pub use binding::invalid_field;
 pub use deadline::Deadline;
@@ -242,6 +244,33 @@ impl Gateway {
     /// The specs of the methods it serves.
     pub fn methods(&self) -> impl Iterator<Item = &'static MethodSpec> + '_ {
         self.inner.methods.values().map(|m| m.spec)
+    }
+
+    /// The spec of a method it serves, by gRPC path (`/pkg.Service/Method`).
+    pub fn method(&self, rpc: &str) -> Option<&'static MethodSpec> {
+        self.inner.methods.get(rpc).map(|m| m.spec)
+    }
+
+    /// A failed answer to `req` in the request's own protocol (classified by
+    /// [`ClassifyLayer`]): trailers-only gRPC or gRPC-Web, the Connect error
+    /// JSON, or the JSON error of the installed renderer. For layers that
+    /// refuse a call before it reaches a service (authentication, limits).
+    pub fn reject<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
+        match req.extensions().get::<Protocol>() {
+            Some(Protocol::Grpc) => status.clone().into_http(),
+            Some(Protocol::GrpcWeb) => {
+                let mut response: Response<Body> = status.clone().into_http();
+                let content_type = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or(http::HeaderValue::from_static("application/grpc-web+proto"));
+                response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+                response
+            }
+            Some(Protocol::Connect) => connect::error(status),
+            _ => self.error_response(None, status),
+        }
     }
 
     /// Whether a typed handler serves `path` to Connect clients (unary and

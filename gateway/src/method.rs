@@ -17,6 +17,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::binding;
 use crate::spec::{MethodKind, MethodSpec, RouteSpec, lower_camel};
+use crate::validate::Validate;
 
 /// How the request message arrives.
 #[derive(Debug)]
@@ -99,7 +100,7 @@ impl Method {
     /// A unary method: `call` is the service method itself.
     pub fn unary<I, O, F, Fut>(spec: &'static MethodSpec, call: F) -> Self
     where
-        I: prost::Message + Default + DeserializeOwned + Send + 'static,
+        I: prost::Message + Default + DeserializeOwned + Validate + Send + 'static,
         O: prost::Message + Serialize + Send + 'static,
         F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<O>, Status>> + Send + 'static,
@@ -110,7 +111,7 @@ impl Method {
     /// A server-streaming method: `call` is the service method itself.
     pub fn server_streaming<I, O, S, F, Fut>(spec: &'static MethodSpec, call: F) -> Self
     where
-        I: prost::Message + Default + DeserializeOwned + Send + 'static,
+        I: prost::Message + Default + DeserializeOwned + Validate + Send + 'static,
         O: prost::Message + Serialize + Send + 'static,
         S: Stream<Item = Result<O, Status>> + Send + 'static,
         F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
@@ -129,7 +130,7 @@ impl Method {
         output: fn(R, Encoding) -> Result<Output, Status>,
     ) -> Self
     where
-        I: prost::Message + Default + DeserializeOwned + Send + 'static,
+        I: prost::Message + Default + DeserializeOwned + Validate + Send + 'static,
         R: Send + 'static,
         F: Fn(tonic::Request<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<tonic::Response<R>, Status>> + Send + 'static,
@@ -172,13 +173,14 @@ impl Method {
     }
 }
 
-fn request<I: prost::Message + Default + DeserializeOwned>(call: Call) -> Result<tonic::Request<I>, Status> {
+fn request<I: prost::Message + Default + DeserializeOwned + Validate>(call: Call) -> Result<tonic::Request<I>, Status> {
     let message = match call.payload {
         Payload::Http { route, params, query, body } => binding::decode_http(route, &params, query.as_deref(), &body)?,
         Payload::Json(body) => binding::decode_json(&body)?,
         Payload::Proto(body) => I::decode(body)
             .map_err(|e| binding::invalid_field("", format!("cannot decode the request message: {e}")))?,
     };
+    message.validate()?;
     Ok(tonic::Request::from_parts(call.metadata, call.extensions, message))
 }
 

@@ -30,6 +30,9 @@ pub struct MethodSpec {
     /// JSON name of the response field marked `(gateway.v1.event_id)`, or
     /// `""`: Server-Sent Events send its value as the event `id:`.
     pub event_id: &'static str,
+    /// `(gateway.v1.access).authenticated`: callers must present valid
+    /// credentials (an API's authentication layer enforces it).
+    pub authenticated: bool,
 }
 
 /// An HTTP rule of one method, as read from its descriptor.

@@ -1,9 +1,11 @@
 //! Who is calling: tokens (JWT, HS256) and passwords (argon2id).
 //!
-//! Transport-neutral: the token is read from the `authorization` metadata,
-//! which gRPC clients send directly and the JSON gateway copies from the HTTP
-//! header, so one path authenticates both protocols. Both the RealWorld
-//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted.
+//! Transport-neutral: the token is the `authorization` header (gRPC
+//! metadata), whichever protocol carried it. Both the RealWorld
+//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted. [`AuthLayer`] checks
+//! it once per request, above the protocol split, for every method declared
+//! `(gateway.v1.access).authenticated` in the protos — before the request is
+//! decoded or validated — and hands the [`Caller`] to the service.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -92,8 +94,13 @@ impl Tokens {
 
     /// The caller, if the request carries credentials; an error if they are bad.
     pub fn caller(&self, metadata: &MetadataMap) -> ConduitResult<Option<Caller>> {
-        let Some(value) = metadata.get("authorization") else { return Ok(None) };
-        let text = value.to_str().map_err(|_| token_invalid("the authorization header is malformed"))?;
+        self.caller_of(metadata.get("authorization").map(|v| v.as_bytes()))
+    }
+
+    /// The caller of an `authorization` value, if there is one.
+    fn caller_of(&self, value: Option<&[u8]>) -> ConduitResult<Option<Caller>> {
+        let Some(value) = value else { return Ok(None) };
+        let text = std::str::from_utf8(value).map_err(|_| token_invalid("the authorization header is malformed"))?;
         let token = match text.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer") => {
                 token.trim()
@@ -107,18 +114,25 @@ impl Tokens {
     /// The caller where a token is optional: a bad or expired token counts
     /// as none, so that a stale token never breaks public reads (RealWorld
     /// clients log the user out on any 401).
-    pub fn viewer(&self, metadata: &MetadataMap) -> Option<i64> {
-        self.caller(metadata).ok().flatten().map(|c| c.user_id)
+    pub fn viewer<T>(&self, request: &tonic::Request<T>) -> Option<i64> {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return Some(caller.user_id);
+        }
+        self.caller(request.metadata()).ok().flatten().map(|c| c.user_id)
     }
 
-    /// The caller, who must be authenticated.
-    pub fn require(&self, metadata: &MetadataMap) -> ConduitResult<Caller> {
-        self.caller(metadata)?.ok_or(ConduitError::Unauthenticated {
-            key: "token",
-            problem: "is missing",
-            message: "this call requires a token",
-        })
+    /// The caller, who must be authenticated: the one [`AuthLayer`] found,
+    /// or (when the service is used without it) read from the metadata.
+    pub fn require<T>(&self, request: &tonic::Request<T>) -> ConduitResult<Caller> {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        self.caller(request.metadata())?.ok_or_else(token_missing)
     }
+}
+
+fn token_missing() -> ConduitError {
+    ConduitError::Unauthenticated { key: "token", problem: "is missing", message: "this call requires a token" }
 }
 
 /// A token that cannot be used; `message` says why.
@@ -197,3 +211,77 @@ impl Passwords {
 
 /// A hash of nothing in particular, made once, for [`Passwords::verify_nothing`].
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Authenticates every request once, above the protocol split: a method
+/// declared `(gateway.v1.access).authenticated` without valid credentials is
+/// refused with UNAUTHENTICATED in the request's own protocol before it is
+/// decoded or validated; valid credentials become a [`Caller`] in the
+/// request's extensions, which services read instead of checking again. On
+/// other methods a bad token counts as none.
+#[derive(Clone)]
+pub struct AuthLayer {
+    gateway: gateway::Gateway,
+    tokens: Tokens,
+}
+
+impl AuthLayer {
+    /// Reads each method's requirement from `gateway`, checks with `tokens`.
+    pub fn new(gateway: gateway::Gateway, tokens: Tokens) -> Self {
+        Self { gateway, tokens }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate { layer: self.clone(), inner }
+    }
+}
+
+/// The service of [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    layer: AuthLayer,
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<axum::body::Body>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<axum::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<S::Future, std::future::Ready<Result<http::Response<axum::body::Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<axum::body::Body>) -> Self::Future {
+        use futures_util::future::Either;
+        let required = req
+            .extensions()
+            .get::<gateway::RpcMethod>()
+            .and_then(|rpc| self.layer.gateway.method(rpc.0))
+            .is_some_and(|spec| spec.authenticated);
+        let value = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let refusal = match (self.layer.tokens.caller_of(value), required) {
+            (Ok(Some(caller)), _) => {
+                req.extensions_mut().insert(caller);
+                None
+            }
+            (Ok(None), true) => Some(token_missing()),
+            (Err(error), true) => Some(error),
+            (_, false) => None,
+        };
+        match refusal {
+            Some(error) => {
+                let status = tonic::Status::from(error);
+                Either::Right(std::future::ready(Ok(self.layer.gateway.reject(&req, &status))))
+            }
+            None => Either::Left(self.inner.call(req)),
+        }
+    }
+}

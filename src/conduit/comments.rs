@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Ctx;
 use super::articles::store::owner;
 use super::error::{ConduitError, ConduitResult};
-use super::validate::{COMMENT_MAX, Check};
+use super::validate::Check;
 use crate::pb::conduit::v1::{
     Comment, CreateCommentRequest, DeleteCommentRequest, DeleteCommentResponse, ListCommentsRequest,
     MultipleCommentsResponse, SingleCommentResponse, comments_server,
@@ -69,17 +69,17 @@ impl Comments {
 
     // GET /articles/{slug}/comments
     async fn list(&self, request: Request<ListCommentsRequest>) -> ConduitResult<MultipleCommentsResponse> {
-        let viewer = self.ctx.tokens.viewer(request.metadata());
+        let viewer = self.ctx.tokens.viewer(&request);
         let (article, _) = owner(&self.ctx.db, &request.get_ref().slug).await?;
         Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article, None).await? })
     }
 
     // POST /articles/{slug}/comments
     async fn create(&self, request: Request<CreateCommentRequest>) -> ConduitResult<SingleCommentResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let r = request.into_inner();
         let comment = r.comment.unwrap_or_default();
-        Check::new().required("comment.body", &comment.body, COMMENT_MAX).finish()?;
+        Check::new().required("comment.body", &comment.body).finish()?;
         // One statement finds the article and adds the comment, so a
         // concurrent delete of the article reads as "not found".
         let row = sqlx::query!(
@@ -100,7 +100,7 @@ impl Comments {
 
     // DELETE /articles/{slug}/comments/{id}
     async fn delete(&self, request: Request<DeleteCommentRequest>) -> ConduitResult<DeleteCommentResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let r = request.into_inner();
         // No row: no such article; a row without an author: no such comment on it.
         let author = sqlx::query_scalar!(

@@ -63,7 +63,7 @@ impl Profiles {
 
     // POST and DELETE /profiles/{username}/follow
     async fn set_following(&self, request: Request<String>, follow: bool) -> ConduitResult<ProfileResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let username = request.into_inner();
         let mut row = profile(&self.ctx.db, &username, Some(caller.user_id)).await?;
         if row.id == caller.user_id {
@@ -91,7 +91,7 @@ impl Profiles {
 impl profiles_server::Profiles for Profiles {
     // GET /profiles/{username}
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileResponse>, Status> {
-        let viewer = self.ctx.tokens.viewer(request.metadata());
+        let viewer = self.ctx.tokens.viewer(&request);
         let row = profile(&self.ctx.db, &request.get_ref().username, viewer).await?;
         Ok(Response::new(row.into()))
     }

@@ -22,7 +22,8 @@ async fn oversize_bodies_get_413_without_being_read() {
     assert_eq!(errors(&reply), ["body the request body is larger than 1024 bytes"]);
     // A declared length over the limit is answered at once: were the server
     // to read first, this request (which sends no body) would never finish.
-    let declared = app.send("POST", "/api/articles", &[("content-length", "999999999")], Bytes::new());
+    let headers = [("authorization", auth.as_str()), ("content-length", "999999999")];
+    let declared = app.send("POST", "/api/articles", &headers, Bytes::new());
     let reply = tokio::time::timeout(std::time::Duration::from_secs(10), declared).await.expect("answered at once");
     assert_eq!(reply.status, 413);
     // Without a declared length (chunked), reading stops at the limit.
@@ -143,6 +144,7 @@ async fn generated_json_types_report_out_of_range_numbers_by_field() {
         no_side_effects: true,
         input: &pb::MESSAGE_CONDUIT_V1_LIST_ARTICLES_REQUEST,
         event_id: "",
+        authenticated: false,
     };
     static ROUTES: [RouteSpec; 1] = [RouteSpec {
         rpc: "/conduit.v1.Articles/ListArticles",

@@ -42,8 +42,21 @@ async fn register_returns_422_naming_each_invalid_field() {
     let reply = app.json("POST", "/api/users", None, Some(json!({"user": {"username": "", "email": "nope"}}))).await;
     assert_eq!(reply.status, 422);
     assert_eq!(errors(&reply), ["email is invalid", "password can't be blank", "username can't be blank"]);
-    let reply = app.json("POST", "/api/users", None, Some(json!({}))).await;
+    let reply = app.json("POST", "/api/users", None, Some(json!({"user": {}}))).await;
     assert_eq!(errors(&reply), ["email can't be blank", "password can't be blank", "username can't be blank"]);
+    let reply = app.json("POST", "/api/users", None, Some(json!({}))).await;
+    assert_eq!(errors(&reply), ["user can't be blank"]);
+    // The same rules over Connect: invalid_argument with the field violations.
+    let connect = app
+        .send(
+            "POST",
+            "/conduit.v1.Users/Register",
+            &[("content-type", "application/json")],
+            r#"{"user":{"username":"x","email":"x@y.z","password":"short"}}"#.into(),
+        )
+        .await;
+    assert_eq!((connect.status, &connect.body["code"]), (400, &json!("invalid_argument")));
+    assert_eq!(connect.body["message"], "user.password is too short (minimum is 8 characters)");
     let long = "x".repeat(65);
     let reply = app.json("POST", "/api/users", None, Some(new_user(&long, "a@b.c", "password"))).await;
     assert_eq!(errors(&reply), ["username is too long (maximum is 64 characters)"]);
@@ -231,13 +244,28 @@ async fn users_service_works_over_grpc() {
     let bad =
         pb::LoginRequest { user: Some(pb::LoginUser { email: "jake@jake.jake".into(), password: "nope".into() }) };
     assert_eq!(users.login(bad).await.unwrap_err().code(), Code::Unauthenticated);
-    let invalid = pb::RegisterRequest { user: None };
-    let status = users.register(invalid).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+    // The proto's rules hold over gRPC too, before the service runs: field
+    // paths, the rule broken, and a description.
     use tonic_types::StatusExt;
-    let fields: Vec<String> =
-        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
-    assert_eq!(fields, ["user.username", "user.email", "user.password"]);
+    let violations = |status: tonic::Status| -> Vec<(String, String)> {
+        assert_eq!(status.code(), Code::InvalidArgument);
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| (v.field, v.reason)).collect()
+    };
+    let empty = pb::RegisterRequest { user: Some(pb::NewUser::default()) };
+    assert_eq!(
+        violations(users.register(empty).await.unwrap_err()),
+        [("user.username", "REQUIRED"), ("user.email", "REQUIRED"), ("user.password", "REQUIRED")]
+            .map(|(f, r)| (f.to_owned(), r.to_owned()))
+    );
+    let short = pb::RegisterRequest {
+        user: Some(pb::NewUser { username: "x".into(), email: "x@y.z".into(), password: "short".into() }),
+    };
+    assert_eq!(
+        violations(users.register(short).await.unwrap_err()),
+        [("user.password".to_owned(), "STRING_MIN_LEN".to_owned())]
+    );
+    let missing = pb::RegisterRequest { user: None };
+    assert_eq!(violations(users.register(missing).await.unwrap_err()), [("user".to_owned(), "REQUIRED".to_owned())]);
 }
 
 #[tokio::test]

@@ -36,7 +36,7 @@ def generate(out):
     """Runs protoc (from grpcio-tools) on every file the conduit.v1 stubs import."""
     wkt = Path(protoc.__file__).parent / "_proto"  # google/protobuf/*.proto
     files = sorted(str(p.relative_to(ROOT / "proto")) for p in (ROOT / "proto/conduit/v1").glob("*.proto"))
-    files += ["google/api/annotations.proto", "google/api/http.proto", "gateway/v1/options.proto"]
+    files += ["google/api/annotations.proto", "google/api/http.proto", "gateway/v1/options.proto", "buf/validate/validate.proto"]
     args = [
         "grpc_tools.protoc",
         f"-I{ROOT / 'proto'}",

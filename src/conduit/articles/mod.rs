@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::Ctx;
 use super::error::{ConduitError, ConduitResult};
-use super::validate::{self, BODY_MAX, Check, DESCRIPTION_MAX, TITLE_MAX};
+use super::validate::{self, Check};
 use crate::pb::conduit::v1::{
     Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, FavoriteArticleRequest,
     FeedArticlesRequest, GetArticleRequest, ListArticlesRequest, ListTagsRequest, MultipleArticlesResponse, Profile,
@@ -96,9 +96,9 @@ impl Articles {
 
     // GET /articles
     async fn list(&self, request: Request<ListArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
-        let viewer = self.ctx.tokens.viewer(request.metadata());
+        let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
-        let (limit, offset) = validate::page(r.limit, r.offset)?;
+        let (limit, offset) = validate::page(r.limit, r.offset);
         let filter = Filter {
             tag: filter_value(&r.tag),
             author: filter_value(&r.author),
@@ -110,22 +110,22 @@ impl Articles {
 
     // GET /articles/feed
     async fn feed(&self, request: Request<FeedArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let r = request.into_inner();
-        let (limit, offset) = validate::page(r.limit, r.offset)?;
+        let (limit, offset) = validate::page(r.limit, r.offset);
         let page = store::feed(&self.ctx.db, caller.user_id, limit, offset).await?;
         self.page(Some(caller.user_id), page).await
     }
 
     // POST /articles
     async fn create(&self, request: Request<CreateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let article = request.into_inner().article.unwrap_or_default();
         let mut check = Check::new();
         check
-            .required("article.title", &article.title, TITLE_MAX)
-            .required("article.description", &article.description, DESCRIPTION_MAX)
-            .required("article.body", &article.body, BODY_MAX);
+            .required("article.title", &article.title)
+            .required("article.description", &article.description)
+            .required("article.body", &article.body);
         let tags = validate::tags("article.tagList", &article.tag_list, &mut check);
         check.finish()?;
         let base = validate::slugify(&article.title);
@@ -148,7 +148,7 @@ impl Articles {
 
     // PUT /articles/{slug}
     async fn update(&self, request: Request<UpdateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let r = request.into_inner();
         let changes = r.article.unwrap_or_default();
         let tags_meant = match &r.update_mask {
@@ -157,13 +157,13 @@ impl Articles {
         };
         let mut check = Check::new();
         if let Some(title) = &changes.title {
-            check.required("article.title", title, TITLE_MAX);
+            check.required("article.title", title);
         }
         if let Some(description) = &changes.description {
-            check.required("article.description", description, DESCRIPTION_MAX);
+            check.required("article.description", description);
         }
         if let Some(body) = &changes.body {
-            check.required("article.body", body, BODY_MAX);
+            check.required("article.body", body);
         }
         let tags = tags_meant.then(|| validate::tags("article.tagList", &changes.tag_list, &mut check));
         check.finish()?;
@@ -183,7 +183,7 @@ impl Articles {
 
     // DELETE /articles/{slug}
     async fn delete(&self, request: Request<DeleteArticleRequest>) -> ConduitResult<DeleteArticleResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let id = self.own(caller.user_id, &request.get_ref().slug).await?;
         store::delete(&self.ctx.db, id).await?;
         Ok(DeleteArticleResponse {})
@@ -191,7 +191,7 @@ impl Articles {
 
     // POST and DELETE /articles/{slug}/favorite
     async fn favorite(&self, request: Request<String>, favorite: bool) -> ConduitResult<SingleArticleResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let id = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
         self.single(Some(caller.user_id), Key::Ids(&[id])).await
     }
@@ -218,7 +218,7 @@ impl articles_server::Articles for Articles {
         &self,
         request: Request<GetArticleRequest>,
     ) -> Result<Response<SingleArticleResponse>, Status> {
-        let viewer = self.ctx.tokens.viewer(request.metadata());
+        let viewer = self.ctx.tokens.viewer(&request);
         Ok(Response::new(self.single(viewer, Key::Slug(&request.get_ref().slug)).await?))
     }
 

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::profiles::nullable;
-use super::validate::{BIO_MAX, Check, IMAGE_MAX};
+use super::validate::Check;
 use crate::pb::conduit::v1::{
     GetCurrentUserRequest, LoginRequest, RegisterRequest, UpdateCurrentUserRequest, User, UserResponse, users_server,
 };
@@ -40,7 +40,7 @@ impl Users {
     // POST /users/login
     async fn login(&self, request: LoginRequest) -> ConduitResult<UserResponse> {
         let user = request.user.unwrap_or_default();
-        Check::new().email("user.email", &user.email).password("user.password", &user.password).finish()?;
+        Check::new().text("user.email", &user.email).text("user.password", &user.password).finish()?;
         let invalid = ConduitError::Unauthenticated {
             key: "credentials",
             problem: "invalid",
@@ -62,8 +62,8 @@ impl Users {
         let user = request.user.unwrap_or_default();
         Check::new()
             .username("user.username", &user.username)
-            .email("user.email", &user.email)
-            .new_password("user.password", &user.password)
+            .text("user.email", &user.email)
+            .text("user.password", &user.password)
             .finish()?;
         store::ensure_free(&self.ctx.db, Some(&user.username), Some(&user.email), None).await?;
         let hash = self.ctx.passwords.hash(user.password).await?;
@@ -74,14 +74,14 @@ impl Users {
 
     // GET /user
     async fn current(&self, request: Request<GetCurrentUserRequest>) -> ConduitResult<UserResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let row = store::by_id(&self.ctx.db, caller.user_id).await?.ok_or_else(crate::conduit::auth::user_gone)?;
         Ok(Self::reply(row, caller.token))
     }
 
     // PUT /user
     async fn update(&self, request: Request<UpdateCurrentUserRequest>) -> ConduitResult<UserResponse> {
-        let caller = self.ctx.tokens.require(request.metadata())?;
+        let caller = self.ctx.tokens.require(&request)?;
         let request = request.into_inner();
         let user = request.user.unwrap_or_default();
         // A field named by the update mask but unset was sent as null.
@@ -96,17 +96,14 @@ impl Users {
         if let Some(username) = &user.username {
             check.username("user.username", username);
         }
-        if let Some(email) = &user.email {
-            check.email("user.email", email);
-        }
-        if let Some(password) = &user.password {
-            check.new_password("user.password", password);
-        }
-        if let Some(bio) = &user.bio {
-            check.max("user.bio", bio, BIO_MAX);
+        for (field, value) in [("user.email", &user.email), ("user.password", &user.password), ("user.bio", &user.bio)]
+        {
+            if let Some(value) = value {
+                check.text(field, value);
+            }
         }
         if let Some(image) = &user.image {
-            check.max("user.image", image, IMAGE_MAX);
+            check.text("user.image", image);
         }
         check.finish()?;
         if user.username.is_some() || user.email.is_some() {
