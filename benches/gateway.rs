@@ -2,7 +2,7 @@
 //! rules, then 10 and 1,000 synthetic rules), proto3 JSON decode and encode
 //! of Conduit-sized messages, and whole requests through the gateway to a
 //! stub service that answers a canned article, beside the same call through
-//! tonic's own gRPC path. `cargo bench --bench gateway`.
+//! tonic's own gRPC path; and the cost of the generated validation. `cargo bench --bench gateway`.
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::convert::Infallible;
@@ -123,6 +123,10 @@ fn json(c: &mut Criterion) {
     let mut group = c.benchmark_group("json");
     group.bench_function(format!("decode CreateArticleRequest ({} B)", body.len()), |b| {
         b.iter(|| serde_json::from_slice::<pb::CreateArticleRequest>(black_box(&body)).unwrap())
+    });
+    let request: pb::CreateArticleRequest = serde_json::from_slice(&body).unwrap();
+    group.bench_function("validate CreateArticleRequest (buf.validate rules, generated)", |b| {
+        b.iter(|| gateway::validate::Validate::validate(black_box(&request)).unwrap())
     });
     let size = serde_json::to_vec(&answer).unwrap().len();
     group.bench_function(format!("encode SingleArticleResponse ({size} B)"), |b| {

@@ -195,7 +195,7 @@ fn check_body(pool: &DescriptorPool, message: &MessageDescriptor, package: &str)
         if let Some(items) = &rules.items {
             writeln!(
                 body,
-                "        for (i, v) in self.{access}.iter().enumerate() {{ ::gateway::validate::string(out, prefix, &format!(\"{name}[{{i}}]\"), v, &{items}); }}"
+                "        for (i, v) in self.{access}.iter().enumerate() {{ ::gateway::validate::string_item(out, prefix, {name:?}, i, v, &{items}); }}"
             )?;
         }
         if let Kind::Message(nested) = field.kind() {

@@ -76,19 +76,37 @@ pub struct StringRules {
 
 /// Checks one string against its rules.
 pub fn string(out: &mut Violations, prefix: &str, field: &str, value: &str, rules: &StringRules) {
-    if value.is_empty() {
-        if rules.required || rules.min_len.is_some_and(|n| n > 0) {
-            out.add(prefix, field, "REQUIRED", "can't be blank".into());
-        }
-        return;
+    if let Some((reason, description)) = string_problem(value, rules) {
+        out.add(prefix, field, reason, description);
     }
-    let chars = value.chars().count() as u64;
+}
+
+/// Checks item `index` of a repeated string field; its path
+/// (`tag_list[2]`) is only written when it breaks a rule.
+pub fn string_item(out: &mut Violations, prefix: &str, field: &str, index: usize, value: &str, rules: &StringRules) {
+    if let Some((reason, description)) = string_problem(value, rules) {
+        out.add(prefix, &format!("{field}[{index}]"), reason, description);
+    }
+}
+
+fn string_problem(value: &str, rules: &StringRules) -> Option<(&'static str, String)> {
+    if value.is_empty() {
+        let required = rules.required || rules.min_len.is_some_and(|n| n > 0);
+        return required.then(|| ("REQUIRED", "can't be blank".into()));
+    }
+    // Counting characters walks the text; bytes bound them (1 to 4 per
+    // character), so most values are decided without counting.
+    let bytes = value.len() as u64;
+    let count = rules.max_len.is_some_and(|max| bytes > max) || rules.min_len.is_some_and(|min| bytes < min * 4);
+    let chars = if count { value.chars().count() as u64 } else { bytes };
     if let Some(min) = rules.min_len.filter(|min| chars < *min) {
-        out.add(prefix, field, "STRING_MIN_LEN", format!("is too short (minimum is {min} characters)"));
+        Some(("STRING_MIN_LEN", format!("is too short (minimum is {min} characters)")))
     } else if let Some(max) = rules.max_len.filter(|max| chars > *max) {
-        out.add(prefix, field, "STRING_MAX_LEN", format!("is too long (maximum is {max} characters)"));
+        Some(("STRING_MAX_LEN", format!("is too long (maximum is {max} characters)")))
     } else if rules.email && !is_email(value) {
-        out.add(prefix, field, "STRING_EMAIL", "is invalid".into());
+        Some(("STRING_EMAIL", "is invalid".into()))
+    } else {
+        None
     }
 }
 
