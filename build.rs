@@ -6,7 +6,21 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // RealWorld clients read every field: defaults are written out, and
     // nullable fields (bio, image) as null when unset.
-    gateway_build::Builder::new("proto").emit_defaults(true).null_for_unset(true).compile()?;
+    let openapi = gateway_build::OpenApi {
+        title: "Conduit API".into(),
+        version: "2.0.0".into(),
+        description: "The RealWorld Conduit API, generated from the protos in `proto/conduit/v1`.".into(),
+        security: Some((
+            "Token".into(),
+            serde_json::json!({
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <jwt>` (or `Bearer <jwt>`), the token that registering or logging in returns.",
+            }),
+        )),
+    };
+    gateway_build::Builder::new("proto").emit_defaults(true).null_for_unset(true).openapi(openapi).compile()?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("tests");
     gateway_build::Builder::new("tests/proto").include("proto").out_dir(out).compile()
 }

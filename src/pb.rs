@@ -14,3 +14,6 @@ pub mod conduit {
 /// Encoded descriptors of every proto file, custom options included (for
 /// reflection and documentation).
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// The OpenAPI 3.1 document of the JSON API, generated from the protos.
+pub const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.json"));

@@ -183,6 +183,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
         .grpc_methods(INFRA_METHODS.iter().copied())
         .any_types(crate::pb::conduit::v1::ANY_TYPES)
         .renderer(RealWorldErrors)
+        .openapi(crate::pb::OPENAPI)
         .body_limit(settings.body_limit)
         .build()?;
 

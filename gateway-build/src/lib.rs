@@ -37,7 +37,10 @@ mod template;
 mod router;
 
 mod generate;
+mod openapi;
 mod validation;
+
+pub use openapi::OpenApi;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -63,6 +66,7 @@ pub struct Builder {
     null_for_unset: bool,
     proto_names: bool,
     clients: bool,
+    openapi: Option<OpenApi>,
 }
 
 impl Builder {
@@ -78,6 +82,7 @@ impl Builder {
             null_for_unset: false,
             proto_names: false,
             clients: true,
+            openapi: None,
         }
     }
 
@@ -119,6 +124,13 @@ impl Builder {
     /// lowerCamelCase (`tagList`). Input accepts both either way.
     pub fn proto_names(mut self, on: bool) -> Self {
         self.proto_names = on;
+        self
+    }
+
+    /// Also writes `openapi.json` into the output directory: an OpenAPI 3.1
+    /// document of the JSON API of every package compiled (see [`OpenApi`]).
+    pub fn openapi(mut self, document: OpenApi) -> Self {
+        self.openapi = Some(document);
         self
     }
 
@@ -170,10 +182,19 @@ impl Builder {
 
         let pool = prost_reflect::DescriptorPool::decode(encoded.as_slice())?;
         // Check every rule before generating anything: a conflict names both methods.
+        let mut operations = Vec::new();
         let tables: Vec<(String, String)> = packages
             .iter()
-            .map(|p| generate::package(&pool, p, &own_files).map(|code| (p.clone(), code)))
+            .map(|p| generate::package(&pool, p, &own_files, &mut operations).map(|code| (p.clone(), code)))
             .collect::<Result<_, _>>()?;
+        if let Some(document) = &self.openapi {
+            let settings = openapi::JsonSettings {
+                proto_names: self.proto_names,
+                emit_defaults: self.emit_defaults,
+                null_for_unset: self.null_for_unset,
+            };
+            fs::write(out.join("openapi.json"), openapi::document(&pool, document, settings, &operations)?)?;
+        }
 
         // prost needs the imported files too (to know the types it refers
         // to); the Rust it writes for them is simply not included.

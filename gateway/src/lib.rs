@@ -55,6 +55,7 @@ mod deadline;
 mod grpc_web;
 mod json;
 mod method;
+mod openapi;
 mod router;
 mod serve;
 mod spec;
@@ -129,6 +130,7 @@ struct Inner {
     grpc_methods: HashSet<&'static str>,
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
+    openapi: Option<bytes::Bytes>,
 }
 
 /// The in-process server of Connect and JSON requests.
@@ -153,6 +155,7 @@ pub struct GatewayBuilder {
     grpc_methods: Vec<&'static str>,
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
+    openapi: Option<&'static str>,
 }
 
 impl Default for GatewayBuilder {
@@ -163,6 +166,7 @@ impl Default for GatewayBuilder {
             grpc_methods: Vec::new(),
             renderer: Arc::new(RpcStatusRenderer),
             body_limit: DEFAULT_BODY_LIMIT,
+            openapi: None,
         }
     }
 }
@@ -202,6 +206,14 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves the OpenAPI document `gateway-build` wrote (`openapi.json`) at
+    /// `GET /openapi.json`, completed with the error responses of the
+    /// installed renderer.
+    pub fn openapi(mut self, document: &'static str) -> Self {
+        self.openapi = Some(document);
+        self
+    }
+
     /// Sets the largest request body accepted, in bytes.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
@@ -222,6 +234,13 @@ impl GatewayBuilder {
         }
         let mut grpc_methods: HashSet<&'static str> = self.grpc_methods.into_iter().collect();
         grpc_methods.extend(methods.keys().copied());
+        let openapi = match self.openapi {
+            Some(text) => Some(
+                openapi::complete(text, self.renderer.as_ref())
+                    .map_err(|reason| TemplateError { template: "openapi.json".to_owned(), reason })?,
+            ),
+            None => None,
+        };
         Ok(Gateway {
             inner: Arc::new(Inner {
                 router,
@@ -230,6 +249,7 @@ impl GatewayBuilder {
                 grpc_methods,
                 renderer: self.renderer,
                 body_limit: self.body_limit,
+                openapi,
             }),
         })
     }
@@ -329,6 +349,12 @@ impl tower::Service<Request<Body>> for Gateway {
         let gateway = self.clone();
         Box::pin(async move {
             Ok(match req.extensions().get::<Protocol>() {
+                _ if req.method() == http::Method::GET && req.uri().path() == "/openapi.json" => {
+                    match &gateway.inner.openapi {
+                        Some(document) => openapi::response(document.clone()),
+                        None => serve::json(&gateway, req).await,
+                    }
+                }
                 Some(Protocol::Connect) => connect::serve(&gateway, req).await,
                 Some(Protocol::GrpcWeb) if grpc_web::is_json(&req) => grpc_web::serve(&gateway, req).await,
                 _ => serve::json(&gateway, req).await,

@@ -61,6 +61,20 @@ pub trait ErrorRenderer: Send + Sync + 'static {
 
     /// JSON body for an error.
     fn body(&self, status: &Status) -> Vec<u8>;
+
+    /// JSON Schema of [`ErrorRenderer::body`], for the OpenAPI document.
+    fn schema(&self) -> serde_json::Value {
+        json!({
+            "type": "object",
+            "description": "A google.rpc.Status: the gRPC code, a message and details.",
+            "properties": {
+                "code": { "type": "integer" },
+                "message": { "type": "string" },
+                "details": { "type": "array", "items": { "type": "object" } },
+            },
+            "required": ["code", "message"],
+        })
+    }
 }
 
 /// The default renderer: the `google.rpc.Status` JSON form, with

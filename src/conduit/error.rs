@@ -163,6 +163,20 @@ impl ErrorRenderer for RealWorldErrors {
         }
     }
 
+    fn schema(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "description": "RealWorld errors, keyed by the field, resource or credential they concern.",
+            "required": ["errors"],
+            "properties": {
+                "errors": {
+                    "type": "object",
+                    "additionalProperties": { "type": "array", "items": { "type": "string" } },
+                },
+            },
+        })
+    }
+
     fn body(&self, status: &Status) -> Vec<u8> {
         let details = status.get_error_details();
         let mut errors: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();

@@ -53,6 +53,11 @@ async fn python_grpcio_client_generated_from_the_protos_writes_reads_and_sees_st
 }
 
 #[tokio::test]
+async fn the_served_openapi_document_passes_a_third_party_openapi_3_1_validator() {
+    run_client(&[".venv/bin/python"], ".venv/bin/python", "openapi-validate.py", 120).await;
+}
+
+#[tokio::test]
 async fn chromium_calls_json_grpc_web_and_connect_from_another_origin() {
     let tools = ["node_modules/playwright-core", "node_modules/esbuild", "node_modules/.bin/buf", "/usr/bin/chromium"];
     run_client(&tools, "node", "browser.mjs", 300).await;

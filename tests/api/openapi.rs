@@ -229,3 +229,87 @@ fn the_validator_rejects_what_the_spec_forbids() {
     check(&spec, &schema, &json!({"username": "a", "bio": "", "following": "no", "extra": 1}), "bad", &mut problems);
     assert_eq!(problems.len(), 3, "{problems:?}");
 }
+
+/// A schema reduced to what the contract fixes: types (with nullability),
+/// properties, required properties, items and additional properties, with
+/// references resolved. Descriptions, formats and bounds are left out.
+fn shape(doc: &Value, schema: &Value) -> Value {
+    let schema = resolve(doc, schema);
+    if let Some(Value::Array(options)) = schema.get("anyOf") {
+        let (nulls, others): (Vec<&Value>, Vec<&Value>) = options.iter().partition(|o| o["type"] == "null");
+        if let ([_], [inner]) = (nulls.as_slice(), others.as_slice()) {
+            let mut inner = shape(doc, inner);
+            inner["nullable"] = json!(true);
+            return inner;
+        }
+    }
+    let (kind, nullable) = match &schema["type"] {
+        Value::Array(kinds) => {
+            let kind = kinds.iter().find(|k| *k != "null").cloned().unwrap_or(Value::Null);
+            (kind, kinds.iter().any(|k| k == "null"))
+        }
+        kind => (kind.clone(), false),
+    };
+    let mut out = json!({ "type": kind, "nullable": nullable });
+    if let Some(properties) = schema["properties"].as_object() {
+        let shaped: serde_json::Map<String, Value> =
+            properties.iter().map(|(name, sub)| (name.clone(), shape(doc, sub))).collect();
+        out["properties"] = Value::Object(shaped);
+        let mut required: Vec<&str> =
+            schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        required.sort_unstable();
+        out["required"] = json!(required);
+    }
+    if schema.get("items").is_some() {
+        out["items"] = shape(doc, &schema["items"]);
+    }
+    if schema["additionalProperties"].is_object() {
+        out["additionalProperties"] = shape(doc, &schema["additionalProperties"]);
+    }
+    out
+}
+
+/// The schema of a response (itself possibly a `$ref` to `components/responses`).
+fn response_schema<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
+    &resolve(doc, response)["content"]["application/json"]["schema"]
+}
+
+#[tokio::test]
+async fn the_generated_document_agrees_with_the_realworld_contract() {
+    let app = spawn_app().await;
+    let reply = app.get("/openapi.json", None).await;
+    assert_eq!(reply.status, 200);
+    let ours = reply.body;
+    assert_eq!(ours["openapi"], "3.1.0");
+    let theirs = spec();
+    let mut problems = Vec::new();
+    let mut operations = 0;
+    for (path, item) in theirs["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap().iter().filter(|(m, _)| *m != "parameters") {
+            operations += 1;
+            let at = format!("{} /api{path}", method.to_uppercase());
+            let Some(mine) = ours["paths"].get(format!("/api{path}")).and_then(|p| p.get(method)) else {
+                problems.push(format!("{at}: missing"));
+                continue;
+            };
+            let wanted: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let got: Vec<&String> = mine["responses"].as_object().unwrap().keys().collect();
+            if wanted != got {
+                problems.push(format!("{at}: statuses {got:?}, the contract has {wanted:?}"));
+            }
+            for status in wanted.iter().filter(|s| got.contains(s)) {
+                let contract = shape(&theirs, response_schema(&theirs, &op["responses"][status.as_str()]));
+                let generated = shape(&ours, response_schema(&ours, &mine["responses"][status.as_str()]));
+                if contract != generated {
+                    problems.push(format!("{at} {status}: schema\n  generated {generated}\n  contract  {contract}"));
+                }
+            }
+            let secured = |op: &Value| op.get("security").is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+            if secured(op) != secured(mine) {
+                problems.push(format!("{at}: security differs"));
+            }
+        }
+    }
+    assert_eq!(operations, 19);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
