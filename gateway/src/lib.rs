@@ -130,7 +130,8 @@ struct Inner {
     grpc_methods: HashSet<&'static str>,
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
-    openapi: Option<bytes::Bytes>,
+    /// The OpenAPI document as JSON and as YAML.
+    openapi: Option<(bytes::Bytes, bytes::Bytes)>,
 }
 
 /// The in-process server of Connect and JSON requests.
@@ -207,8 +208,8 @@ impl GatewayBuilder {
     }
 
     /// Serves the OpenAPI document `gateway-build` wrote (`openapi.json`) at
-    /// `GET /openapi.json`, completed with the error responses of the
-    /// installed renderer.
+    /// `GET /openapi.json` and `GET /openapi.yaml`, completed with the error
+    /// responses of the installed renderer.
     pub fn openapi(mut self, document: &'static str) -> Self {
         self.openapi = Some(document);
         self
@@ -235,10 +236,12 @@ impl GatewayBuilder {
         let mut grpc_methods: HashSet<&'static str> = self.grpc_methods.into_iter().collect();
         grpc_methods.extend(methods.keys().copied());
         let openapi = match self.openapi {
-            Some(text) => Some(
-                openapi::complete(text, self.renderer.as_ref())
-                    .map_err(|reason| TemplateError { template: "openapi.json".to_owned(), reason })?,
-            ),
+            Some(text) => {
+                let invalid = |reason| TemplateError { template: "openapi.json".to_owned(), reason };
+                let json = openapi::complete(text, self.renderer.as_ref()).map_err(invalid)?;
+                let yaml = openapi::yaml(&json).map_err(invalid)?;
+                Some((json, yaml))
+            }
             None => None,
         };
         Ok(Gateway {
@@ -349,10 +352,14 @@ impl tower::Service<Request<Body>> for Gateway {
         let gateway = self.clone();
         Box::pin(async move {
             Ok(match req.extensions().get::<Protocol>() {
-                _ if req.method() == http::Method::GET && req.uri().path() == "/openapi.json" => {
-                    match &gateway.inner.openapi {
-                        Some(document) => openapi::response(document.clone()),
-                        None => serve::json(&gateway, req).await,
+                _ if req.method() == http::Method::GET
+                    && gateway.inner.openapi.is_some()
+                    && matches!(req.uri().path(), "/openapi.json" | "/openapi.yaml") =>
+                {
+                    let (json, yaml) = gateway.inner.openapi.clone().unwrap_or_default();
+                    match req.uri().path() {
+                        "/openapi.json" => openapi::response(json, "application/json"),
+                        _ => openapi::response(yaml, "application/yaml"),
                     }
                 }
                 Some(Protocol::Connect) => connect::serve(&gateway, req).await,

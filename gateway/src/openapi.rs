@@ -54,11 +54,84 @@ pub(crate) fn complete(text: &str, renderer: &dyn ErrorRenderer) -> Result<Bytes
     serde_json::to_vec_pretty(&document).map(Bytes::from).map_err(|_| "the OpenAPI document cannot be written")
 }
 
-/// `GET /openapi.json`.
-pub(crate) fn response(document: Bytes) -> Response<Body> {
+/// `GET /openapi.json` or, as YAML, `GET /openapi.yaml`.
+pub(crate) fn response(document: Bytes, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::from(document));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// The document as block-style YAML (strings in JSON's double-quoted form,
+/// which YAML reads the same way).
+pub(crate) fn yaml(document: &[u8]) -> Result<Bytes, &'static str> {
+    let value: Value = serde_json::from_slice(document).map_err(|_| "the OpenAPI document is not valid JSON")?;
+    let mut out = String::with_capacity(document.len());
+    write_yaml(&value, 0, &mut out);
+    Ok(Bytes::from(out))
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => serde_json::to_string(text).unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+fn write_yaml(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                out.push_str(&pad);
+                out.push_str(&scalar(&Value::String(key.clone())));
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        out.push_str(":\n");
+                        write_yaml(item, indent + 2, out);
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push_str(":\n");
+                        write_yaml(item, indent, out);
+                    }
+                    _ => {
+                        out.push_str(": ");
+                        out.push_str(&inline(item));
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&pad);
+                out.push_str("- ");
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        let mut nested = String::new();
+                        write_yaml(item, indent + 2, &mut nested);
+                        out.push_str(nested.trim_start());
+                    }
+                    _ => {
+                        out.push_str(&inline(item));
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        other => {
+            out.push_str(&pad);
+            out.push_str(&inline(other));
+            out.push('\n');
+        }
+    }
+}
+
+/// Empty collections and scalars, written on one line.
+fn inline(value: &Value) -> String {
+    match value {
+        Value::Object(_) | Value::Array(_) => value.to_string(),
+        other => scalar(other),
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +150,12 @@ mod tests {
         assert_eq!(statuses, ["200", "400", "401", "403", "404"]);
         assert_eq!(responses["404"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error");
         assert!(document["components"]["schemas"]["Error"]["properties"]["code"].is_object());
+    }
+
+    #[test]
+    fn yaml_is_block_style() {
+        let text = br#"{"a":{"b":[1,{"c":"x: y","d":[]}],"e":{}},"f":"g"}"#;
+        let yaml = String::from_utf8(yaml(text).unwrap().to_vec()).unwrap();
+        assert_eq!(yaml, "\"a\":\n  \"b\":\n  - 1\n  - \"c\": \"x: y\"\n    \"d\": []\n  \"e\": {}\n\"f\": \"g\"\n");
     }
 }

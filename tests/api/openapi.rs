@@ -281,6 +281,10 @@ async fn the_generated_document_agrees_with_the_realworld_contract() {
     assert_eq!(reply.status, 200);
     let ours = reply.body;
     assert_eq!(ours["openapi"], "3.1.0");
+    // The same document as YAML.
+    let yaml = app.get("/openapi.yaml", None).await;
+    let parsed: serde_yaml::Value = serde_yaml::from_slice(&yaml.raw).expect("YAML");
+    assert_eq!(serde_json::to_value(parsed).unwrap(), ours);
     let theirs = spec();
     let mut problems = Vec::new();
     let mut operations = 0;
