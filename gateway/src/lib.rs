@@ -52,6 +52,7 @@ mod binding;
 mod bridge;
 mod connect;
 mod deadline;
+mod docs;
 mod grpc_web;
 mod json;
 mod method;
@@ -209,7 +210,8 @@ impl GatewayBuilder {
 
     /// Serves the OpenAPI document `gateway-build` wrote (`openapi.json`) at
     /// `GET /openapi.json` and `GET /openapi.yaml`, completed with the error
-    /// responses of the installed renderer.
+    /// responses of the installed renderer, and interactive documentation
+    /// of it at `GET /docs` (Swagger UI, compiled in: it works offline).
     pub fn openapi(mut self, document: &'static str) -> Self {
         self.openapi = Some(document);
         self
@@ -360,6 +362,15 @@ impl tower::Service<Request<Body>> for Gateway {
                     match req.uri().path() {
                         "/openapi.json" => openapi::response(json, "application/json"),
                         _ => openapi::response(yaml, "application/yaml"),
+                    }
+                }
+                _ if req.method() == http::Method::GET
+                    && gateway.inner.openapi.is_some()
+                    && req.uri().path().starts_with("/docs") =>
+                {
+                    match docs::serve(req.uri().path()) {
+                        Some(response) => response,
+                        None => serve::json(&gateway, req).await,
                     }
                 }
                 Some(Protocol::Connect) => connect::serve(&gateway, req).await,

@@ -58,6 +58,11 @@ async fn the_served_openapi_document_passes_a_third_party_openapi_3_1_validator(
 }
 
 #[tokio::test]
+async fn the_docs_page_works_offline_in_chromium_and_calls_the_api_with_a_token() {
+    run_client(&["node_modules/playwright-core"], "node", "docs.mjs", 180).await;
+}
+
+#[tokio::test]
 async fn chromium_calls_json_grpc_web_and_connect_from_another_origin() {
     let tools = ["node_modules/playwright-core", "node_modules/esbuild", "node_modules/.bin/buf", "/usr/bin/chromium"];
     run_client(&tools, "node", "browser.mjs", 300).await;
