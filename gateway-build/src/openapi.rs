@@ -149,11 +149,14 @@ fn string_keywords(schema: &mut Map<String, Json>, string: &DynamicMessage) {
     }
 }
 
-/// Whether a rule makes the field required on input.
-fn required_by_rules(rules: Option<&DynamicMessage>) -> bool {
+/// Whether a rule makes the field required on input: `required`, or a
+/// minimum length on a field without presence (an `optional` field's rules
+/// apply only when it is sent).
+fn required_by_rules(field: &FieldDescriptor, rules: Option<&DynamicMessage>) -> bool {
     let Some(rules) = rules else { return false };
     number(rules, "required") == Some(json!(true))
-        || sub(rules, "string").and_then(|s| number(&s, "min_len")).is_some_and(|n| n.as_u64().unwrap_or(0) > 0)
+        || (!field.field_descriptor_proto().proto3_optional()
+            && sub(rules, "string").and_then(|s| number(&s, "min_len")).is_some_and(|n| n.as_u64().unwrap_or(0) > 0))
 }
 
 impl Writer<'_> {
@@ -198,12 +201,12 @@ impl Writer<'_> {
             }
             let name = self.json_name(&field);
             let nullable = is_nullable(&field);
-            if required_by_rules(rules.as_ref()) {
+            if required_by_rules(&field, rules.as_ref()) {
                 // A required field is never null, whatever its presence.
                 schema = strip_null(schema);
             }
             let always = output && self.settings.emit_defaults && (!nullable || self.settings.null_for_unset);
-            if required_by_rules(rules.as_ref()) || always {
+            if required_by_rules(&field, rules.as_ref()) || always {
                 required.push(json!(name));
             }
             properties.insert(name, schema);
@@ -370,7 +373,7 @@ pub(crate) fn document(
                 if let Some(text) = writer.comments.get(&field.parent_file(), field.path()) {
                     parameter["description"] = json!(text);
                 }
-                if required_by_rules(rules.as_ref()) {
+                if required_by_rules(&field, rules.as_ref()) {
                     parameter["required"] = json!(true);
                 }
                 parameters.push(parameter);

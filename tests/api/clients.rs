@@ -58,6 +58,11 @@ async fn the_served_openapi_document_passes_a_third_party_openapi_3_1_validator(
 }
 
 #[tokio::test]
+async fn schemathesis_finds_no_server_error_undocumented_status_schema_break_or_accepted_invalid_input() {
+    run_client(&[".venv/bin/schemathesis"], "bash", "schemathesis.sh", 300).await;
+}
+
+#[tokio::test]
 async fn the_docs_page_works_offline_in_chromium_and_calls_the_api_with_a_token() {
     run_client(&["node_modules/playwright-core"], "node", "docs.mjs", 180).await;
 }

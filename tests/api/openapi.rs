@@ -230,6 +230,11 @@ fn the_validator_rejects_what_the_spec_forbids() {
     assert_eq!(problems.len(), 3, "{problems:?}");
 }
 
+/// Statuses the service documents beyond `openapi-v2.yml`: changing the
+/// email or user name to one already taken is 409, as on registration (the
+/// contract lists no 409 for `PUT /user`).
+const CONTRACT_GAPS: &[(&str, &str, &str)] = &[("put", "/user", "409")];
+
 /// A schema reduced to what the contract fixes: types (with nullability),
 /// properties, required properties, items and additional properties, with
 /// references resolved. Descriptions, formats and bounds are left out.
@@ -296,12 +301,24 @@ async fn the_generated_document_agrees_with_the_realworld_contract() {
                 problems.push(format!("{at}: missing"));
                 continue;
             };
-            let wanted: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
+            let mut wanted: Vec<&String> = op["responses"].as_object().unwrap().keys().collect();
             let got: Vec<&String> = mine["responses"].as_object().unwrap().keys().collect();
+            // Known gaps of the contract, documented rather than hidden: the
+            // service answers them and its document says so.
+            for (gap_method, gap_path, status) in CONTRACT_GAPS {
+                if *gap_method == method.as_str() && *gap_path == path.as_str() {
+                    wanted.push(got.iter().find(|s| s.as_str() == *status).copied().unwrap_or_else(|| {
+                        panic!("{at}: the waived status {status} is not documented any more: drop the waiver")
+                    }));
+                }
+            }
+            wanted.sort();
             if wanted != got {
                 problems.push(format!("{at}: statuses {got:?}, the contract has {wanted:?}"));
             }
-            for status in wanted.iter().filter(|s| got.contains(s)) {
+            let waived =
+                |status: &str| CONTRACT_GAPS.iter().any(|(m, p, s)| *m == method && *p == path && *s == status);
+            for status in wanted.iter().filter(|s| got.contains(s) && !waived(s)) {
                 let contract = shape(&theirs, response_schema(&theirs, &op["responses"][status.as_str()]));
                 let generated = shape(&ours, response_schema(&ours, &mine["responses"][status.as_str()]));
                 if contract != generated {

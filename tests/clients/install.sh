@@ -26,7 +26,7 @@ if [ "$(cat node_modules/.install-stamp 2>/dev/null)" != "$(stamp package-lock.j
   stamp package-lock.json >node_modules/.install-stamp
 fi
 
-# The Python venv: grpcurl (binary wrapper), grpcio, grpcio-tools, openapi-spec-validator.
+# The Python venv: grpcurl (binary wrapper), grpcio, grpcio-tools, openapi-spec-validator, schemathesis.
 if [ "$(cat .venv/.install-stamp 2>/dev/null)" != "$(stamp requirements.txt)" ]; then
   echo "install.sh: python venv"
   [ -x .venv/bin/python ] || python3 -m venv .venv
