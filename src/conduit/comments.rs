@@ -25,8 +25,8 @@ struct CommentRow {
     updated_at: OffsetDateTime,
     body: String,
     username: String,
-    bio: String,
-    image: String,
+    bio: Option<String>,
+    image: Option<String>,
     following: bool,
 }
 

@@ -18,20 +18,14 @@ pub struct Profiles {
 struct ProfileRow {
     id: i64,
     username: String,
-    bio: String,
-    image: String,
+    bio: Option<String>,
+    image: Option<String>,
     following: bool,
 }
 
-/// An optional text as the API shows it: none is stored as `''` (so that a
-/// user's `""` and `null` are one value) and shown as `null`.
-pub(crate) fn nullable(text: String) -> Option<String> {
-    Some(text).filter(|t| !t.is_empty())
-}
-
 /// A profile from its stored columns.
-pub(crate) fn profile_of(username: String, bio: String, image: String, following: bool) -> Profile {
-    Profile { username, bio: nullable(bio), image: nullable(image), following }
+pub(crate) fn profile_of(username: String, bio: Option<String>, image: Option<String>, following: bool) -> Profile {
+    Profile { username, bio, image, following }
 }
 
 impl From<ProfileRow> for ProfileResponse {

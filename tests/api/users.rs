@@ -78,8 +78,9 @@ async fn update_tells_null_empty_and_absent_apart() {
     assert_eq!(put(json!({"bio": ""})).await.body["user"]["bio"], Value::Null);
     let reply = put(json!({"image": null})).await;
     assert_eq!((reply.status, &reply.body["user"]["image"]), (200, &Value::Null));
-    let stored: (String, String) = sqlx::query_as("SELECT bio, image FROM users").fetch_one(&app.db).await.unwrap();
-    assert_eq!(stored, (String::new(), String::new()), "none is one stored value");
+    let stored: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT bio, image FROM users").fetch_one(&app.db).await.unwrap();
+    assert_eq!(stored, (None, None), "none is stored as NULL");
     // Required fields cannot be nulled or emptied; passwords have a minimum.
     for (field, value) in [("email", Value::Null), ("username", json!("")), ("password", Value::Null)] {
         let reply = put(json!({ field: value })).await;

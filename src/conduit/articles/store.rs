@@ -31,9 +31,9 @@ pub(crate) struct ArticleRow {
     /// Author's user name.
     pub(crate) username: String,
     /// Author's biography.
-    pub(crate) bio: String,
+    pub(crate) bio: Option<String>,
     /// Author's picture.
-    pub(crate) image: String,
+    pub(crate) image: Option<String>,
     /// Whether the viewer favorited it.
     pub(crate) favorited: bool,
     /// Whether the viewer follows the author.

@@ -6,7 +6,6 @@ use tonic::{Request, Response, Status};
 
 use super::Ctx;
 use super::error::{ConduitError, ConduitResult};
-use super::profiles::nullable;
 use super::validate::Check;
 use crate::pb::conduit::v1::{
     GetCurrentUserRequest, LoginRequest, RegisterRequest, UpdateCurrentUserRequest, User, UserResponse, users_server,
@@ -27,13 +26,7 @@ impl Users {
 
     fn reply(row: UserRow, token: String) -> UserResponse {
         UserResponse {
-            user: Some(User {
-                email: row.email,
-                token,
-                username: row.username,
-                bio: nullable(row.bio),
-                image: nullable(row.image),
-            }),
+            user: Some(User { email: row.email, token, username: row.username, bio: row.bio, image: row.image }),
         }
     }
 
@@ -114,7 +107,7 @@ impl Users {
             Some(password) => Some(self.ctx.passwords.hash(password).await?),
             None => None,
         };
-        // null and "" both clear (stored as ''); left out keeps.
+        // null and "" both clear (stored as NULL); left out keeps.
         let clear_or = |value: Option<String>, field: &str| value.or_else(|| nulled(field).then(String::new));
         let changes = UserChanges {
             email: user.email,

@@ -16,9 +16,9 @@ pub(crate) struct UserRow {
     /// argon2id PHC string.
     pub(crate) password_hash: String,
     /// Biography.
-    pub(crate) bio: String,
+    pub(crate) bio: Option<String>,
     /// Picture URL.
-    pub(crate) image: String,
+    pub(crate) image: Option<String>,
 }
 
 /// Turns a unique violation into the field error of the value taken.
@@ -107,9 +107,9 @@ pub(crate) struct UserChanges {
     pub(crate) username: Option<String>,
     /// New password hash.
     pub(crate) password_hash: Option<String>,
-    /// New biography.
+    /// New biography; `Some("")` clears it.
     pub(crate) bio: Option<String>,
-    /// New picture URL.
+    /// New picture URL; `Some("")` clears it.
     pub(crate) image: Option<String>,
 }
 
@@ -121,8 +121,8 @@ pub(crate) async fn update(db: &PgPool, id: i64, changes: UserChanges) -> Condui
              email = COALESCE($2, email),
              username = COALESCE($3, username),
              password_hash = COALESCE($4, password_hash),
-             bio = COALESCE($5, bio),
-             image = COALESCE($6, image),
+             bio = CASE WHEN $5::text IS NULL THEN bio ELSE NULLIF($5, '') END,
+             image = CASE WHEN $6::text IS NULL THEN image ELSE NULLIF($6, '') END,
              updated_at = now()
          WHERE id = $1
          RETURNING id, username, email, password_hash, bio, image",
