@@ -50,6 +50,11 @@ pub struct Settings {
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
     pub body_limit: usize,
 
+    /// Most requests served at once; more are refused at once with 503 /
+    /// UNAVAILABLE and `Retry-After` rather than queued without bound.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
+    pub max_concurrent_requests: usize,
+
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
@@ -142,6 +147,8 @@ pub struct ServeSettings {
     pub jwt_ttl: Duration,
     /// Body limit in bytes.
     pub body_limit: usize,
+    /// Most requests served at once.
+    pub max_concurrent_requests: usize,
     /// Pool size.
     pub db_max_connections: u32,
     /// Pool acquire timeout.
@@ -186,6 +193,9 @@ impl Settings {
         if self.body_limit == 0 {
             return Err("BODY_LIMIT must be at least 1 byte".into());
         }
+        if self.max_concurrent_requests == 0 {
+            return Err("MAX_CONCURRENT_REQUESTS must be at least 1".into());
+        }
         let cors_allowed_origins = match self.cors_allowed_origins.trim() {
             "*" => None,
             list => Some(
@@ -220,6 +230,7 @@ impl Settings {
             jwt_secret,
             jwt_ttl: self.jwt_ttl,
             body_limit: self.body_limit,
+            max_concurrent_requests: self.max_concurrent_requests,
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             password_hash_concurrency: match self.password_hash_concurrency {

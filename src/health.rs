@@ -17,6 +17,7 @@ pub struct Health {
     reporter: HealthReporter,
     services: Arc<Vec<String>>,
     draining: Arc<AtomicBool>,
+    database_down: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Health {
@@ -30,7 +31,17 @@ impl Health {
     pub fn new(reporter: HealthReporter, services: impl IntoIterator<Item = String>) -> Self {
         let mut services: Vec<String> = services.into_iter().collect();
         services.push(String::new());
-        Self { reporter, services: Arc::new(services), draining: Arc::new(AtomicBool::new(false)) }
+        Self {
+            reporter,
+            services: Arc::new(services),
+            draining: Arc::new(AtomicBool::new(false)),
+            database_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether the last check found the database unreachable.
+    pub fn database_down(&self) -> bool {
+        self.database_down.load(Ordering::Relaxed)
     }
 
     async fn set_all(&self, status: ServingStatus) {
@@ -58,6 +69,7 @@ impl Health {
             }
             let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db);
             let up = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), check).await, Ok(Ok(_)));
+            self.database_down.store(!up, Ordering::Relaxed);
             // Statuses change only when the answer does; a drain that began
             // during the check wins.
             if last == Some(up) || self.draining.load(Ordering::SeqCst) {
@@ -71,5 +83,106 @@ impl Health {
             last = Some(up);
             self.set_all(if up { ServingStatus::Serving } else { ServingStatus::NotServing }).await;
         }
+    }
+}
+
+/// Fails calls fast while the database is known to be down (used as
+/// `gateway::GateLayer::new(Availability::new(…))`): UNAVAILABLE (503 over
+/// HTTP) with `Retry-After` and a `google.rpc.RetryInfo`, in the request's
+/// own protocol, instead of waiting for a pooled connection that will not
+/// come. Health and reflection keep answering; calls flow again as soon as a
+/// check finds the database back.
+#[derive(Clone)]
+pub struct Availability {
+    health: Health,
+    gateway: gateway::Gateway,
+    retry_after: Duration,
+}
+
+impl Availability {
+    /// Refuses the gateway's methods while `health` sees the database down;
+    /// clients are told to retry after `retry_after`.
+    pub fn new(health: Health, gateway: gateway::Gateway, retry_after: Duration) -> Self {
+        Self { health, gateway, retry_after }
+    }
+}
+
+impl gateway::Admission for Availability {
+    fn refuse(&self, req: &mut http::Request<axum::body::Body>) -> Option<http::Response<axum::body::Body>> {
+        if !self.health.database_down() {
+            return None;
+        }
+        self.gateway.method(req.extensions().get::<gateway::RpcMethod>()?.0)?;
+        let status =
+            crate::conduit::error::unavailable("the database is unavailable; try again shortly", self.retry_after);
+        let mut response = self.gateway.reject(req, &status);
+        gateway::retry_after(&status, response.headers_mut());
+        Some(response)
+    }
+}
+
+/// Sheds load: at most `limit` requests are served at once; one more is
+/// refused at once with UNAVAILABLE (503 over HTTP) and `Retry-After: 1`, in
+/// its own protocol, instead of waiting in an unbounded queue. A request
+/// holds its place until its answer starts (a stream, once started, is not
+/// counted).
+#[derive(Clone)]
+pub struct ShedLayer {
+    permits: Arc<tokio::sync::Semaphore>,
+    gateway: gateway::Gateway,
+}
+
+impl ShedLayer {
+    /// Serves at most `limit` requests at once.
+    pub fn new(limit: usize, gateway: gateway::Gateway) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(limit)), gateway }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed { layer: self.clone(), inner }
+    }
+}
+
+/// The service of [`ShedLayer`].
+#[derive(Clone)]
+pub struct Shed<S> {
+    layer: ShedLayer,
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<axum::body::Body>> for Shed<S>
+where
+    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<axum::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<http::Response<axum::body::Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            let status = crate::conduit::error::unavailable(
+                "the server is at capacity; try again shortly",
+                Duration::from_secs(1),
+            );
+            let mut response = self.layer.gateway.reject(&req, &status);
+            gateway::retry_after(&status, response.headers_mut());
+            return Box::pin(std::future::ready(Ok(response)));
+        };
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let response = answer.await;
+            drop(permit);
+            response
+        })
     }
 }

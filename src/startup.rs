@@ -10,10 +10,10 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::conduit::auth::{Passwords, Tokens};
-use crate::conduit::{self, Ctx, auth::AuthLayer, error::RealWorldErrors};
+use crate::conduit::{self, Ctx, auth::Authenticate, error::RealWorldErrors};
 use crate::config::ServeSettings;
-use crate::health::Health;
-use gateway::{ClassifyLayer, Dispatch, Gateway};
+use crate::health::{Availability, Health, ShedLayer};
+use gateway::{ClassifyLayer, Dispatch, GateLayer, Gateway};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +209,9 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
-        .layer(AuthLayer::new(gateway.clone(), tokens))
+        .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
+        .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
+        .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))
 }

@@ -353,6 +353,7 @@ pub(crate) fn error(status: &Status) -> Response<Body> {
     let mut response = Response::new(Body::from(serde_json::to_vec(&error_json(status)).unwrap_or_default()));
     *response.status_mut() = http_status(status.code());
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    crate::status::retry_after(status, response.headers_mut());
     let mut trailers = status.metadata().clone().into_headers();
     for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
         trailers.remove(name);

@@ -53,6 +53,7 @@ mod bridge;
 mod connect;
 mod deadline;
 mod docs;
+mod gate;
 mod grpc_web;
 mod json;
 mod method;
@@ -77,10 +78,11 @@ use tonic::Status;
 
 pub use binding::invalid_field;
 pub use deadline::Deadline;
+pub use gate::{Admission, Gate, GateLayer};
 pub use method::Method;
 pub use router::{Match, Router};
 pub use spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};
-pub use status::{ErrorRenderer, RpcStatusRenderer, connect_code, http_status};
+pub use status::{ErrorRenderer, RpcStatusRenderer, connect_code, http_status, retry_after};
 pub use template::{PathTemplate, TemplateError};
 
 /// Default largest request body: 1 MiB.

@@ -20,6 +20,7 @@ impl Gateway {
         *response.status_mut() = http_status.unwrap_or_else(|| renderer.http_status(status.code()));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        crate::status::retry_after(status, headers);
         renderer.headers(status, headers);
         response
     }

@@ -2,7 +2,7 @@
 //!
 //! Transport-neutral: the token is the `authorization` header (gRPC
 //! metadata), whichever protocol carried it. Both the RealWorld
-//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted. [`AuthLayer`] checks
+//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted. [`Authenticate`] checks
 //! it once per request, above the protocol split, for every method declared
 //! `(gateway.v1.access).authenticated` in the protos — before the request is
 //! decoded or validated — and hands the [`Caller`] to the service.
@@ -121,7 +121,7 @@ impl Tokens {
         self.caller(request.metadata()).ok().flatten().map(|c| c.user_id)
     }
 
-    /// The caller, who must be authenticated: the one [`AuthLayer`] found,
+    /// The caller, who must be authenticated: the one [`Authenticate`] found,
     /// or (when the service is used without it) read from the metadata.
     pub fn require<T>(&self, request: &tonic::Request<T>) -> ConduitResult<Caller> {
         if let Some(caller) = request.extensions().get::<Caller>() {
@@ -212,62 +212,35 @@ impl Passwords {
 /// A hash of nothing in particular, made once, for [`Passwords::verify_nothing`].
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Authenticates every request once, above the protocol split: a method
-/// declared `(gateway.v1.access).authenticated` without valid credentials is
-/// refused with UNAUTHENTICATED in the request's own protocol before it is
-/// decoded or validated; valid credentials become a [`Caller`] in the
-/// request's extensions, which services read instead of checking again. On
-/// other methods a bad token counts as none.
+/// Authenticates every request once, above the protocol split (used as
+/// `gateway::GateLayer::new(Authenticate::new(…))`): a method declared
+/// `(gateway.v1.access).authenticated` without valid credentials is refused
+/// with UNAUTHENTICATED in the request's own protocol before it is decoded or
+/// validated; valid credentials become a [`Caller`] in the request's
+/// extensions, which services read instead of checking again. On other
+/// methods a bad token counts as none.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct Authenticate {
     gateway: gateway::Gateway,
     tokens: Tokens,
 }
 
-impl AuthLayer {
+impl Authenticate {
     /// Reads each method's requirement from `gateway`, checks with `tokens`.
     pub fn new(gateway: gateway::Gateway, tokens: Tokens) -> Self {
         Self { gateway, tokens }
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Authenticate<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Authenticate { layer: self.clone(), inner }
-    }
-}
-
-/// The service of [`AuthLayer`].
-#[derive(Clone)]
-pub struct Authenticate<S> {
-    layer: AuthLayer,
-    inner: S,
-}
-
-impl<S> tower::Service<http::Request<axum::body::Body>> for Authenticate<S>
-where
-    S: tower::Service<http::Request<axum::body::Body>, Response = http::Response<axum::body::Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future =
-        futures_util::future::Either<S::Future, std::future::Ready<Result<http::Response<axum::body::Body>, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<axum::body::Body>) -> Self::Future {
-        use futures_util::future::Either;
+impl gateway::Admission for Authenticate {
+    fn refuse(&self, req: &mut http::Request<axum::body::Body>) -> Option<http::Response<axum::body::Body>> {
         let required = req
             .extensions()
             .get::<gateway::RpcMethod>()
-            .and_then(|rpc| self.layer.gateway.method(rpc.0))
+            .and_then(|rpc| self.gateway.method(rpc.0))
             .is_some_and(|spec| spec.authenticated);
         let value = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let refusal = match (self.layer.tokens.caller_of(value), required) {
+        let refusal = match (self.tokens.caller_of(value), required) {
             (Ok(Some(caller)), _) => {
                 req.extensions_mut().insert(caller);
                 None
@@ -276,12 +249,6 @@ where
             (Err(error), true) => Some(error),
             (_, false) => None,
         };
-        match refusal {
-            Some(error) => {
-                let status = tonic::Status::from(error);
-                Either::Right(std::future::ready(Ok(self.layer.gateway.reject(&req, &status))))
-            }
-            None => Either::Left(self.inner.call(req)),
-        }
+        refusal.map(|error| self.gateway.reject(req, &tonic::Status::from(error)))
     }
 }

@@ -6,6 +6,14 @@ use http::StatusCode;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+/// How long clients are told to wait when the database is unavailable.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// UNAVAILABLE with a `google.rpc.RetryInfo` saying when to try again.
+pub fn unavailable(message: &str, retry_after: std::time::Duration) -> Status {
+    Status::with_error_details(Code::Unavailable, message, ErrorDetails::with_retry_info(Some(retry_after)))
+}
+
 /// `ErrorInfo.domain` of Conduit's authentication errors.
 const AUTH_DOMAIN: &str = "conduit.realworld.io";
 
@@ -61,6 +69,9 @@ pub enum ConduitError {
     /// The database gave up on a conflicting write; retrying may succeed.
     #[error("conflicting concurrent write")]
     Busy,
+    /// The database cannot be reached now; retrying later may succeed.
+    #[error("the database is unavailable")]
+    Unavailable,
     /// Anything else: logged, never shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +97,10 @@ impl From<sqlx::Error> for ConduitError {
                 Some("40P01" | "40001") => return Self::Busy,
                 _ => {}
             }
+        }
+        // No connection to be had: a condition to retry, not a bug.
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) {
+            return Self::Unavailable;
         }
         Self::Internal(format!("database: {e}"))
     }
@@ -130,6 +145,7 @@ impl From<ConduitError> for Status {
             ConduitError::Invalid(fields) => with_violations(Code::InvalidArgument, fields),
             ConduitError::Taken(fields) => with_violations(Code::AlreadyExists, fields),
             ConduitError::Busy => Status::aborted("a concurrent change conflicted with this one; try again"),
+            ConduitError::Unavailable => unavailable("the database is unavailable; try again shortly", RETRY_AFTER),
             ConduitError::Internal(cause) => {
                 // The cause stays in the log; clients learn only that it failed.
                 tracing::error!(%cause, "internal error");

@@ -303,6 +303,18 @@ async fn grpc_health_reports_serving_then_not_serving_when_the_database_goes_awa
     crate::helpers::drop_database(&app.db_name).await;
     wait_for("", ServingStatus::NotServing).await;
     wait_for("conduit.v1.Users", ServingStatus::NotServing).await;
+
+    // Calls now fail fast, in every protocol, saying when to retry.
+    let started = std::time::Instant::now();
+    let reply = app.get("/api/articles", None).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "no wait for a pooled connection");
+    assert_eq!(reply.status, 503, "{:?}", reply.body);
+    assert!(reply.headers.get("retry-after").is_some(), "{:?}", reply.headers);
+    let mut tags = app.tags().await;
+    let status = tags.list_tags(conduit::pb::conduit::v1::ListTagsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    use tonic_types::StatusExt;
+    assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some(), "RetryInfo: {status:?}");
 }
 
 /// Every accepted socket of the service's listener has `TCP_NODELAY` set.
@@ -315,4 +327,35 @@ async fn accepted_sockets_send_without_delay() {
     let _client = tokio::net::TcpStream::connect(address).await.unwrap();
     let (socket, _) = listener.accept().await;
     assert!(socket.nodelay().unwrap(), "TCP_NODELAY is set on accepted sockets");
+}
+
+/// Past the concurrency limit a request is refused at once (503, UNAVAILABLE
+/// over gRPC) with `Retry-After`, not queued; capacity comes back when the
+/// request holding it ends.
+#[tokio::test]
+async fn requests_past_the_concurrency_limit_are_shed_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|s| s.max_concurrent_requests = 1).await;
+    // A request that holds the only place: its body is declared and stalls.
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head =
+        "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(b"5\r\n{\"use\r\n").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let started = std::time::Instant::now();
+    let reply = app.get("/api/tags", None).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused at once, not queued");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let status = app.tags().await.list_tags(conduit::pb::conduit::v1::ListTagsRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    // The slow request ends (malformed JSON); the place is free again.
+    slow.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 422"));
+    assert_eq!(app.get("/api/tags", None).await.status, 200);
 }

@@ -86,6 +86,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         jwt_secret: Secret::from(JWT_SECRET.to_owned()),
         jwt_ttl: Duration::from_secs(3600),
         body_limit: 1024 * 1024,
+        max_concurrent_requests: 64,
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
         password_hash_concurrency: 2,
