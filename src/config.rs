@@ -79,8 +79,8 @@ pub struct Settings {
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 
-    /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    /// Log format: auto (JSON lines unless stderr is a terminal), text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = ["auto", "text", "json"], global = true)]
     pub log_format: String,
 
     /// Most database connections in the pool.

@@ -34,7 +34,7 @@ fn main() {
             refuse(line.collect::<Vec<_>>().join(" ").trim_start_matches("error: "))
         }
     };
-    if let Err(e) = conduit::telemetry::init(&cli.settings.log_level, cli.settings.log_format == "json") {
+    if let Err(e) = conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format) {
         refuse(e);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| refuse(e));

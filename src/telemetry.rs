@@ -1,11 +1,125 @@
-//! Logging set-up: human-readable text or JSON lines, filtered by level.
+//! Logging: the global subscriber (human-readable text or JSON lines,
+//! filtered by level) and one structured line per request.
+//!
+//! Never logged: request or response bodies, headers other than the request
+//! id, and so no password, token or `authorization` value.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::{HeaderValue, Request, Response};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; `filter` is an env-filter directive.
-pub fn init(filter: &str, json: bool) -> Result<(), String> {
+/// Installs the global subscriber; `filter` is an env-filter directive,
+/// `format` is `text`, `json` or `auto` (JSON unless stderr is a terminal).
+pub fn init(filter: &str, format: &str) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("LOG_LEVEL is invalid: {e}"))?;
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if json { builder.json().try_init() } else { builder.try_init() };
     result.map_err(|e| format!("cannot install the logger: {e}"))
+}
+
+/// Where the authentication layer leaves the caller's id for the request
+/// log (the log wraps it, so it would not see the request's extensions).
+#[derive(Debug, Clone, Default)]
+pub struct UserSlot(pub Arc<OnceLock<i64>>);
+
+/// The request id header, accepted from the client or generated, and echoed.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request id the client may send: 1 to 128 visible ASCII characters.
+fn acceptable(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A new request id: unique within the process and across restarts.
+fn generate() -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: OnceLock<u64> = OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos());
+        (nanos.unwrap_or_default() as u64) ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{start:016x}{n:08x}")).expect("hex digits are a valid header value")
+}
+
+/// Logs one line per request, after its answer starts: method, RPC or route
+/// template, protocol, HTTP status (and gRPC status when the answer carries
+/// it in its headers), latency, request id and user id.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLogLayer;
+
+impl<S> tower::Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog { inner }
+    }
+}
+
+/// The service of [`RequestLogLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestLog<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for RequestLog<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let id = match req.headers().get(REQUEST_ID) {
+            Some(value) if acceptable(value) => value.clone(),
+            _ => generate(),
+        };
+        req.headers_mut().insert(REQUEST_ID, id.clone());
+        let user = UserSlot::default();
+        req.extensions_mut().insert(user.clone());
+        let method = req.method().clone();
+        let protocol = req.extensions().get::<gateway::Protocol>().map_or("unknown", |p| p.as_str());
+        let rpc = req.extensions().get::<gateway::RpcMethod>().map(|r| r.0);
+        let route = req.extensions().get::<gateway::RouteTemplate>().map(|r| r.0);
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            tracing::info!(
+                target: "conduit::request",
+                method = %method,
+                rpc = rpc.unwrap_or("-"),
+                route = route.unwrap_or("-"),
+                protocol,
+                status = response.status().as_u16(),
+                grpc_status = grpc_status.as_deref().unwrap_or("-"),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                request_id = id.to_str().unwrap_or_default(),
+                user_id = user.0.get().copied(),
+                "request"
+            );
+            response.headers_mut().insert(REQUEST_ID, id);
+            Ok(response)
+        })
+    }
 }

@@ -93,6 +93,12 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RpcMethod(pub &'static str);
 
+/// The path template of the HTTP rule a JSON request matched
+/// (`/api/articles/{slug}`); set by [`ClassifyLayer`]. A label for logs and
+/// metrics that, unlike the raw path, has few values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteTemplate(pub &'static str);
+
 /// The protocol a request speaks; set by [`ClassifyLayer`] on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -326,6 +332,7 @@ impl Gateway {
             Protocol::Json => match self.inner.router.find(req.method(), path) {
                 Match::Found { route, params } => {
                     let rpc = self.inner.routes[route].rpc;
+                    req.extensions_mut().insert(RouteTemplate(self.inner.routes[route].template));
                     req.extensions_mut().insert(Matched { route, params });
                     Some(rpc)
                 }

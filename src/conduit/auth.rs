@@ -242,6 +242,9 @@ impl gateway::Admission for Authenticate {
         let value = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
         let refusal = match (self.tokens.caller_of(value), required) {
             (Ok(Some(caller)), _) => {
+                if let Some(slot) = req.extensions().get::<crate::telemetry::UserSlot>() {
+                    let _ = slot.0.set(caller.user_id);
+                }
                 req.extensions_mut().insert(caller);
                 None
             }

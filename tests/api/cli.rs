@@ -84,3 +84,91 @@ async fn migrate_applies_the_schema_and_exits() {
     db.close().await.unwrap();
     drop_database(&name).await;
 }
+
+/// One HTTP/1.1 exchange on a new connection: (status, head, body).
+fn exchange(port: u16, request: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn json_request(method: &str, path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A full run of the binary with JSON logs: one line per request with its
+/// route, status, request id and user, and no password, token or
+/// `authorization` anywhere in the output.
+#[tokio::test]
+async fn request_logs_are_structured_and_never_hold_secrets() {
+    let (url, name) = {
+        let name = format!("conduit_logs_{}", std::process::id());
+        (create_database(&name).await, name)
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("DATABASE_URL", url.as_str()),
+            ("JWT_SECRET", "logs-secret-logs-secret-logs-secret-0"),
+            ("CONDUIT_LISTEN", &format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "json"),
+            ("LOG_LEVEL", "info,conduit=debug"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let password = "correct-horse-battery-staple";
+    let body = format!(r#"{{"user":{{"username":"logger","email":"logger@example.com","password":"{password}"}}}}"#);
+    let (status, _, answer) = exchange(port, &json_request("POST", "/api/users", "", &body));
+    assert_eq!(status, 201, "{answer}");
+    let token =
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["user"]["token"].as_str().unwrap().to_owned();
+    let login = format!(r#"{{"user":{{"email":"logger@example.com","password":"{password}"}}}}"#);
+    assert_eq!(exchange(port, &json_request("POST", "/api/users/login", "", &login)).0, 200);
+    let auth = format!("authorization: Token {token}\r\nx-request-id: trace-me-42\r\n");
+    let (status, head, _) = exchange(port, &json_request("GET", "/api/user", &auth, ""));
+    assert_eq!(status, 200);
+    assert!(head.to_lowercase().contains("x-request-id: trace-me-42"), "the request id is echoed: {head}");
+    let connect = format!("authorization: Token {token}\r\n");
+    assert_eq!(exchange(port, &json_request("POST", "/conduit.v1.Users/GetCurrentUser", &connect, "{}")).0, 200);
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    drop_database(&name).await;
+    let logs = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    for secret in [password, token.as_str(), "authorization", "Authorization"] {
+        assert!(!logs.contains(secret), "{secret:?} appears in the logs:\n{logs}");
+    }
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["fields"]["message"] == "request")
+        .collect();
+    let me = lines.iter().find(|l| l["fields"]["request_id"] == "trace-me-42").expect("a line for GET /api/user");
+    assert_eq!(me["fields"]["route"], "/api/user");
+    assert_eq!(me["fields"]["rpc"], "/conduit.v1.Users/GetCurrentUser");
+    assert_eq!((me["fields"]["protocol"].as_str(), me["fields"]["status"].as_u64()), (Some("json"), Some(200)));
+    assert!(me["fields"]["user_id"].as_i64().is_some(), "{me}");
+    assert!(me["fields"]["latency_ms"].as_f64().is_some(), "{me}");
+    let connect = lines.iter().find(|l| l["fields"]["protocol"] == "connect").expect("a Connect line");
+    assert!(connect["fields"]["request_id"].as_str().is_some_and(|id| id.len() >= 16), "{connect}");
+    assert_eq!(lines.len(), 4, "one line per request: {lines:?}");
+}
