@@ -15,7 +15,7 @@ command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1
 cargo build --release --quiet
 
 psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-DATABASE_URL="$PGURL/$DB" JWT_SECRET="bench-secret-bench-secret-bench-secret" CONDUIT_LISTEN="127.0.0.1:$PORT" \
+DATABASE_URL="$PGURL/$DB" JWT_SECRET="bench-secret-bench-secret-bench-secret" CONDUIT_LISTEN="127.0.0.1:$PORT" CONDUIT_ADMIN_LISTEN=127.0.0.1:0 \
   LOG_LEVEL=warn ./target/release/conduit serve &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT

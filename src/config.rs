@@ -38,6 +38,10 @@ pub struct Settings {
     #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true)]
     pub listen: SocketAddr,
 
+    /// Address of the admin listener: the probes `/healthz` and `/readyz`.
+    #[arg(long, env = "CONDUIT_ADMIN_LISTEN", default_value = "0.0.0.0:9090", global = true)]
+    pub admin_listen: SocketAddr,
+
     /// Secret that signs and checks tokens (HS256), at least 32 bytes.
     #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
@@ -141,6 +145,8 @@ pub struct ServeSettings {
     pub database_url: Secret,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Admin listen address (probes).
+    pub admin_listen: SocketAddr,
     /// Token signing secret.
     pub jwt_secret: Secret,
     /// Token lifetime.
@@ -227,6 +233,7 @@ impl Settings {
         Ok(ServeSettings {
             database_url,
             listen: self.listen,
+            admin_listen: self.admin_listen,
             jwt_secret,
             jwt_ttl: self.jwt_ttl,
             body_limit: self.body_limit,

@@ -44,6 +44,12 @@ impl Health {
         self.database_down.load(Ordering::Relaxed)
     }
 
+    /// Ready for traffic: the database answers (with every migration
+    /// applied, which the start-up checks) and the process is not draining.
+    pub fn ready(&self) -> bool {
+        !self.database_down() && !self.draining.load(Ordering::SeqCst)
+    }
+
     async fn set_all(&self, status: ServingStatus) {
         for service in self.services.iter() {
             self.reporter.set_service_status(service.as_str(), status).await;
@@ -185,4 +191,22 @@ where
             response
         })
     }
+}
+
+/// The admin listener's routes: `/healthz` answers 200 while the process
+/// serves; `/readyz` answers 200 when [`Health::ready`], 503 otherwise (the
+/// database is down or the process drains), as `grpc.health.v1` reports.
+pub fn admin_routes(health: Health) -> axum::Router {
+    use axum::routing::get;
+    let probe = |ok: bool| {
+        let status = if ok { http::StatusCode::OK } else { http::StatusCode::SERVICE_UNAVAILABLE };
+        (status, [(http::header::CACHE_CONTROL, "no-store")], if ok { "ok\n" } else { "not ready\n" })
+    };
+    axum::Router::new().route("/healthz", get(move || async move { probe(true) })).route(
+        "/readyz",
+        get(move || {
+            let ready = health.ready();
+            async move { probe(ready) }
+        }),
+    )
 }

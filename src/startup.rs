@@ -51,6 +51,7 @@ pub async fn connect(
 /// A built application, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
+    admin: TcpListener,
     app: axum::Router,
     db: PgPool,
     health: Health,
@@ -73,12 +74,20 @@ impl Application {
         let (app, health) = stack(ctx, settings)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
-        Ok(Self { listener, app, db, health, health_check_interval: settings.health_check_interval })
+        let admin = TcpListener::bind(settings.admin_listen)
+            .await
+            .map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
+        Ok(Self { listener, admin, app, db, health, health_check_interval: settings.health_check_interval })
     }
 
     /// The port it listens on (useful with port 0).
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// The port of the admin listener (probes).
+    pub fn admin_port(&self) -> u16 {
+        self.admin.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
     /// The database pool.
@@ -95,7 +104,10 @@ impl Application {
             shutdown.await;
             health.drain().await;
         };
+        let admin =
+            tokio::spawn(axum::serve(self.admin, crate::health::admin_routes(self.health.clone())).into_future());
         axum::serve(nodelay(self.listener), self.app).with_graceful_shutdown(drain).await?;
+        admin.abort();
         watcher.abort();
         self.db.close().await;
         Ok(())

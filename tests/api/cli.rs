@@ -123,6 +123,7 @@ async fn request_logs_are_structured_and_never_hold_secrets() {
             ("DATABASE_URL", url.as_str()),
             ("JWT_SECRET", "logs-secret-logs-secret-logs-secret-0"),
             ("CONDUIT_LISTEN", &format!("127.0.0.1:{port}")),
+            ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
             ("LOG_FORMAT", "json"),
             ("LOG_LEVEL", "info,conduit=debug"),
         ])

@@ -298,11 +298,21 @@ async fn grpc_health_reports_serving_then_not_serving_when_the_database_goes_awa
     };
     wait_for("", ServingStatus::Serving).await;
     wait_for("conduit.v1.Articles", ServingStatus::Serving).await;
+    // The HTTP probes on the admin listener agree.
+    let probe = |path: &'static str| {
+        let url = format!("http://127.0.0.1:{}{path}", app.admin_port);
+        async move {
+            let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            client.get(url.parse().unwrap()).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!((probe("/healthz").await, probe("/readyz").await), (200, 200));
     let unknown = health.clone().check(HealthCheckRequest { service: "no.such.Service".into() }).await.unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     crate::helpers::drop_database(&app.db_name).await;
     wait_for("", ServingStatus::NotServing).await;
     wait_for("conduit.v1.Users", ServingStatus::NotServing).await;
+    assert_eq!((probe("/healthz").await, probe("/readyz").await), (200, 503), "alive, not ready");
 
     // Calls now fail fast, in every protocol, saying when to retry.
     let started = std::time::Instant::now();

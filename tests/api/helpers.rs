@@ -49,6 +49,8 @@ pub(crate) async fn drop_database(name: &str) {
 /// A running application and what tests need to talk to it.
 pub(crate) struct TestApp {
     pub(crate) port: u16,
+    /// The admin listener's port (probes).
+    pub(crate) admin_port: u16,
     pub(crate) db_name: String,
     pub(crate) db: sqlx::PgPool,
     http: Client<HttpConnector, Full<Bytes>>,
@@ -83,6 +85,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
     let mut settings = ServeSettings {
         database_url: Secret::from(url),
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
         jwt_secret: Secret::from(JWT_SECRET.to_owned()),
         jwt_ttl: Duration::from_secs(3600),
         body_limit: 1024 * 1024,
@@ -99,12 +102,20 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");
     let port = app.port();
+    let admin_port = app.admin_port();
     let db = app.db().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    TestApp { port, db_name, db, http: Client::builder(TokioExecutor::new()).build_http(), shutdown: Some(tx) }
+    TestApp {
+        port,
+        admin_port,
+        db_name,
+        db,
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        shutdown: Some(tx),
+    }
 }
 
 impl Drop for TestApp {
