@@ -8,9 +8,11 @@
 //!   protocol adapters (gRPC-Web, Connect, JSON/HTTP); it knows nothing of
 //!   Conduit, and `gateway-build` generates its tables at build time;
 //! - [`conduit`]: the domain services on Postgres; they know nothing of HTTP;
-//! - [`config`], [`startup`], [`health`], [`shutdown`], [`telemetry`]:
-//!   settings, wiring, probes and process life.
+//! - [`config`], [`startup`], [`health`], [`shutdown`], [`telemetry`],
+//!   [`conditional`]: settings, wiring, probes, process life, logs and
+//!   conditional responses.
 
+pub mod conditional;
 pub mod conduit;
 pub mod config;
 pub mod health;

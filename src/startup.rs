@@ -13,8 +13,8 @@ use crate::conduit::auth::{Passwords, Tokens};
 use crate::conduit::{self, Ctx, auth::Authenticate, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::health::{Availability, Health, ShedLayer};
-use crate::telemetry::RequestLogLayer;
-use gateway::{ClassifyLayer, Dispatch, GateLayer, Gateway};
+use crate::telemetry::RequestLog;
+use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +222,8 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
-        .layer(RequestLogLayer)
+        .layer(AroundLayer::new(RequestLog))
+        .layer(AroundLayer::new(crate::conditional::Conditional))
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
         .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))

@@ -7,7 +7,6 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -55,41 +54,28 @@ fn generate() -> HeaderValue {
     HeaderValue::from_str(&format!("{start:016x}{n:08x}")).expect("hex digits are a valid header value")
 }
 
-/// Logs one line per request, after its answer starts: method, RPC or route
-/// template, protocol, HTTP status (and gRPC status when the answer carries
-/// it in its headers), latency, request id and user id.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLogLayer;
+/// Logs one line per request, after its answer starts (used as
+/// `gateway::AroundLayer::new(RequestLog)`): method, RPC or route template,
+/// protocol, HTTP status (and gRPC status when the answer carries it in its
+/// headers), latency, request id and user id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestLog;
 
-impl<S> tower::Layer<S> for RequestLogLayer {
-    type Service = RequestLog<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestLog { inner }
-    }
+/// What the log line needs from the request.
+pub struct Logged {
+    started: Instant,
+    id: HeaderValue,
+    user: UserSlot,
+    method: http::Method,
+    protocol: &'static str,
+    rpc: Option<&'static str>,
+    route: Option<&'static str>,
 }
 
-/// The service of [`RequestLogLayer`].
-#[derive(Debug, Clone)]
-pub struct RequestLog<S> {
-    inner: S,
-}
+impl gateway::Around for RequestLog {
+    type State = Logged;
 
-impl<S> tower::Service<Request<Body>> for RequestLog<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let started = Instant::now();
+    fn before(&self, req: &mut Request<Body>) -> Logged {
         let id = match req.headers().get(REQUEST_ID) {
             Some(value) if acceptable(value) => value.clone(),
             _ => generate(),
@@ -97,29 +83,33 @@ where
         req.headers_mut().insert(REQUEST_ID, id.clone());
         let user = UserSlot::default();
         req.extensions_mut().insert(user.clone());
-        let method = req.method().clone();
-        let protocol = req.extensions().get::<gateway::Protocol>().map_or("unknown", |p| p.as_str());
-        let rpc = req.extensions().get::<gateway::RpcMethod>().map(|r| r.0);
-        let route = req.extensions().get::<gateway::RouteTemplate>().map(|r| r.0);
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
-            tracing::info!(
-                target: "conduit::request",
-                method = %method,
-                rpc = rpc.unwrap_or("-"),
-                route = route.unwrap_or("-"),
-                protocol,
-                status = response.status().as_u16(),
-                grpc_status = grpc_status.as_deref().unwrap_or("-"),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                request_id = id.to_str().unwrap_or_default(),
-                user_id = user.0.get().copied(),
-                "request"
-            );
-            response.headers_mut().insert(REQUEST_ID, id);
-            Ok(response)
-        })
+        Logged {
+            started: Instant::now(),
+            id,
+            user,
+            method: req.method().clone(),
+            protocol: req.extensions().get::<gateway::Protocol>().map_or("unknown", |p| p.as_str()),
+            rpc: req.extensions().get::<gateway::RpcMethod>().map(|r| r.0),
+            route: req.extensions().get::<gateway::RouteTemplate>().map(|r| r.0),
+        }
+    }
+
+    fn after(logged: Logged, mut response: Response<Body>) -> BoxFuture<'static, Response<Body>> {
+        let grpc_status = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        tracing::info!(
+            target: "conduit::request",
+            method = %logged.method,
+            rpc = logged.rpc.unwrap_or("-"),
+            route = logged.route.unwrap_or("-"),
+            protocol = logged.protocol,
+            status = response.status().as_u16(),
+            grpc_status = grpc_status.as_deref().unwrap_or("-"),
+            latency_ms = logged.started.elapsed().as_secs_f64() * 1000.0,
+            request_id = logged.id.to_str().unwrap_or_default(),
+            user_id = logged.user.0.get().copied(),
+            "request"
+        );
+        response.headers_mut().insert(REQUEST_ID, logged.id);
+        Box::pin(std::future::ready(response))
     }
 }

@@ -78,7 +78,7 @@ use tonic::Status;
 
 pub use binding::invalid_field;
 pub use deadline::Deadline;
-pub use gate::{Admission, Gate, GateLayer};
+pub use gate::{Admission, Around, AroundLayer, AroundService, Gate, GateLayer};
 pub use method::Method;
 pub use router::{Match, Router};
 pub use spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};

@@ -369,3 +369,38 @@ async fn requests_past_the_concurrency_limit_are_shed_with_retry_after() {
     assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 422"));
     assert_eq!(app.get("/api/tags", None).await.status, 200);
 }
+
+/// GETs carry a strong ETag and answer If-None-Match with 304 and no body,
+/// over JSON and Connect GET; a change makes a new tag; answers with
+/// credentials are never stored, answers to a caller are private.
+#[tokio::test]
+async fn gets_are_conditional_and_say_how_they_may_be_cached() {
+    let app = spawn_app().await;
+    let first = app.get("/api/tags", None).await;
+    assert_eq!(first.status, 200);
+    let tag = first.headers["etag"].to_str().unwrap().to_owned();
+    assert!(tag.starts_with('"'), "a strong tag: {tag}");
+    let again = app.send("GET", "/api/tags", &[("if-none-match", &tag)], Bytes::new()).await;
+    assert_eq!((again.status, again.raw.len()), (304, 0));
+    assert_eq!(again.headers["etag"].to_str().unwrap(), tag);
+
+    let token = app.register("jake").await;
+    app.article(&token, "Tagged", &["dragons"]).await;
+    let changed = app.send("GET", "/api/tags", &[("if-none-match", &tag)], Bytes::new()).await;
+    assert_eq!(changed.status, 200, "a new tag list is a new representation");
+    assert_ne!(changed.headers["etag"].to_str().unwrap(), tag);
+
+    // Connect GET too.
+    let path = "/conduit.v1.Tags/ListTags?encoding=json&message=%7B%7D";
+    let connect = app.get(path, None).await;
+    let connect_tag = connect.headers["etag"].to_str().unwrap().to_owned();
+    assert_eq!(app.send("GET", path, &[("if-none-match", &connect_tag)], Bytes::new()).await.status, 304);
+
+    // Caching directives.
+    assert_eq!(app.get("/api/user", Some(&token)).await.headers["cache-control"], "no-store");
+    assert_eq!(app.get("/api/articles", Some(&token)).await.headers["cache-control"], "private, no-cache");
+    assert_eq!(app.get("/api/articles", None).await.headers["cache-control"], "no-cache");
+    let login = json!({"user": {"email": "jake@example.com", "password": "secret-password"}});
+    let reply = app.json("POST", "/api/users/login", None, Some(login)).await;
+    assert_eq!((reply.status, reply.headers["cache-control"].to_str().unwrap()), (200, "no-store"));
+}
