@@ -54,6 +54,11 @@ pub struct Settings {
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
     pub body_limit: usize,
 
+    /// Longest a call may take before its answer starts; longer ones get
+    /// 504 / DEADLINE_EXCEEDED (client deadlines that are shorter win).
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub request_timeout: Duration,
+
     /// Most requests served at once; more are refused at once with 503 /
     /// UNAVAILABLE and `Retry-After` rather than queued without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
@@ -155,6 +160,8 @@ pub struct ServeSettings {
     pub body_limit: usize,
     /// Most requests served at once.
     pub max_concurrent_requests: usize,
+    /// Server-side bound of a call.
+    pub request_timeout: Duration,
     /// Pool size.
     pub db_max_connections: u32,
     /// Pool acquire timeout.
@@ -199,6 +206,9 @@ impl Settings {
         if self.body_limit == 0 {
             return Err("BODY_LIMIT must be at least 1 byte".into());
         }
+        if self.request_timeout.is_zero() {
+            return Err("REQUEST_TIMEOUT must be longer than zero".into());
+        }
         if self.max_concurrent_requests == 0 {
             return Err("MAX_CONCURRENT_REQUESTS must be at least 1".into());
         }
@@ -238,6 +248,7 @@ impl Settings {
             jwt_ttl: self.jwt_ttl,
             body_limit: self.body_limit,
             max_concurrent_requests: self.max_concurrent_requests,
+            request_timeout: self.request_timeout,
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             password_hash_concurrency: match self.password_hash_concurrency {

@@ -14,7 +14,7 @@ use crate::conduit::{self, Ctx, auth::Authenticate, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::health::{Availability, Health, ShedLayer};
 use crate::telemetry::RequestLog;
-use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway};
+use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +227,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
         .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
+        .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))
 }

@@ -160,3 +160,73 @@ mod tests {
         );
     }
 }
+
+/// The server's own bound on every call, whatever deadline the client set:
+/// a call without an answer after `limit` gets DEADLINE_EXCEEDED (504 over
+/// HTTP) in its own protocol. Like [`Deadline`], it bounds the wait for the
+/// answer to start; a started stream is the service's to end.
+#[derive(Clone, Debug)]
+pub struct TimeoutLayer {
+    gateway: crate::Gateway,
+    limit: Duration,
+}
+
+impl TimeoutLayer {
+    /// Answers calls still pending after `limit`.
+    pub fn new(gateway: crate::Gateway, limit: Duration) -> Self {
+        Self { gateway, limit }
+    }
+}
+
+impl<S> tower::Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout { layer: self.clone(), inner }
+    }
+}
+
+/// The service of [`TimeoutLayer`].
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    layer: TimeoutLayer,
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for Timeout<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // What the refusal needs of the request, kept before it moves on.
+        let mut shadow = Request::new(());
+        *shadow.extensions_mut() = req.extensions().clone();
+        if let Some(content_type) = req.headers().get(http::header::CONTENT_TYPE) {
+            shadow.headers_mut().insert(http::header::CONTENT_TYPE, content_type.clone());
+        }
+        let (gateway, limit) = (self.layer.gateway.clone(), self.layer.limit);
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, answer).await {
+                Ok(response) => response,
+                Err(_) => {
+                    let status = Status::deadline_exceeded(format!(
+                        "the call did not finish within the server's limit of {} ms",
+                        limit.as_millis()
+                    ));
+                    Ok(gateway.reject(&shadow, &status))
+                }
+            }
+        })
+    }
+}

@@ -77,7 +77,7 @@ use http::{Request, Response, header};
 use tonic::Status;
 
 pub use binding::invalid_field;
-pub use deadline::Deadline;
+pub use deadline::{Deadline, Timeout, TimeoutLayer};
 pub use gate::{Admission, Around, AroundLayer, AroundService, Gate, GateLayer};
 pub use method::Method;
 pub use router::{Match, Router};

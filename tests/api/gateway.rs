@@ -404,3 +404,24 @@ async fn gets_are_conditional_and_say_how_they_may_be_cached() {
     let reply = app.json("POST", "/api/users/login", None, Some(login)).await;
     assert_eq!((reply.status, reply.headers["cache-control"].to_str().unwrap()), (200, "no-store"));
 }
+
+/// A call still pending at the server's REQUEST_TIMEOUT is answered with
+/// 504 / DEADLINE_EXCEEDED; the connection does not hang on it.
+#[tokio::test]
+async fn calls_past_the_request_timeout_get_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|s| s.request_timeout = std::time::Duration::from_millis(300)).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let head = "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(b"5\r\n{\"use\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("within the server's limit of 300 ms"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Quick calls are not affected.
+    assert_eq!(app.get("/api/tags", None).await.status, 200);
+}

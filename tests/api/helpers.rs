@@ -90,6 +90,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         jwt_ttl: Duration::from_secs(3600),
         body_limit: 1024 * 1024,
         max_concurrent_requests: 64,
+        request_timeout: Duration::from_secs(30),
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
         password_hash_concurrency: 2,
