@@ -412,7 +412,8 @@ async fn calls_past_the_request_timeout_get_504() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(|s| s.request_timeout = std::time::Duration::from_millis(300)).await;
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    let head = "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head =
+        "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(b"5\r\n{\"use\r\n").await.unwrap();
     let started = std::time::Instant::now();
