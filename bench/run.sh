@@ -16,6 +16,7 @@ cargo build --release --quiet
 
 psql "$PGURL/postgres" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 DATABASE_URL="$PGURL/$DB" JWT_SECRET="bench-secret-bench-secret-bench-secret" CONDUIT_LISTEN="127.0.0.1:$PORT" CONDUIT_ADMIN_LISTEN=127.0.0.1:0 \
+  RATE_LIMIT=100000000/min RATE_LIMIT_CREDENTIALS=100000000/min \
   LOG_LEVEL=warn ./target/release/conduit serve &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT

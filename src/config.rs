@@ -59,6 +59,16 @@ pub struct Settings {
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
 
+    /// Calls allowed per identity (user, else client address), as N/s,
+    /// N/min or N/h; more get 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, env = "RATE_LIMIT", default_value = "600/min", value_parser = crate::ratelimit::Rate::parse, global = true)]
+    pub rate_limit: crate::ratelimit::Rate,
+
+    /// Logins and registrations allowed per identity (against credential
+    /// stuffing), as N/s, N/min or N/h.
+    #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::ratelimit::Rate::parse, global = true)]
+    pub rate_limit_credentials: crate::ratelimit::Rate,
+
     /// Most requests served at once; more are refused at once with 503 /
     /// UNAVAILABLE and `Retry-After` rather than queued without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
@@ -162,6 +172,10 @@ pub struct ServeSettings {
     pub max_concurrent_requests: usize,
     /// Server-side bound of a call.
     pub request_timeout: Duration,
+    /// Calls per identity.
+    pub rate_limit: crate::ratelimit::Rate,
+    /// Logins and registrations per identity.
+    pub rate_limit_credentials: crate::ratelimit::Rate,
     /// Pool size.
     pub db_max_connections: u32,
     /// Pool acquire timeout.
@@ -249,6 +263,8 @@ impl Settings {
             body_limit: self.body_limit,
             max_concurrent_requests: self.max_concurrent_requests,
             request_timeout: self.request_timeout,
+            rate_limit: self.rate_limit,
+            rate_limit_credentials: self.rate_limit_credentials,
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             password_hash_concurrency: match self.password_hash_concurrency {

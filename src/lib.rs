@@ -17,6 +17,7 @@ pub mod conduit;
 pub mod config;
 pub mod health;
 pub mod pb;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use crate::conduit::auth::{Passwords, Tokens};
 use crate::conduit::{self, Ctx, auth::Authenticate, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::health::{Availability, Health, ShedLayer};
+use crate::ratelimit::RateLimit;
 use crate::telemetry::RequestLog;
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
 
@@ -106,7 +107,9 @@ impl Application {
         };
         let admin =
             tokio::spawn(axum::serve(self.admin, crate::health::admin_routes(self.health.clone())).into_future());
-        axum::serve(nodelay(self.listener), self.app).with_graceful_shutdown(drain).await?;
+        // The peer's address identifies anonymous callers for rate limits.
+        let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(nodelay(self.listener), app).with_graceful_shutdown(drain).await?;
         admin.abort();
         watcher.abort();
         self.db.close().await;
@@ -117,13 +120,17 @@ impl Application {
 /// Accepted sockets send at once (`TCP_NODELAY`): a gRPC answer is written
 /// as headers, data and trailers, and Nagle's algorithm held the last write
 /// until the client's delayed ACK, adding ~40 ms to every unary call.
-pub fn nodelay(listener: TcpListener) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+/// (A named type, so that the peer's address is known to the service as
+/// `ConnectInfo<SocketAddr>`.)
+pub fn nodelay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
     use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
-        }
-    })
+    listener.tap_io(set_nodelay as fn(&mut tokio::net::TcpStream))
+}
+
+fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+    }
 }
 
 /// Request headers every protocol may need from a browser.
@@ -227,6 +234,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
         .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
+        .layer(GateLayer::new(RateLimit::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials)))
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))

@@ -426,3 +426,30 @@ async fn calls_past_the_request_timeout_get_504() {
     // Quick calls are not affected.
     assert_eq!(app.get("/api/tags", None).await.status, 200);
 }
+
+/// Logins and registrations have their own, small budget per client: past
+/// it, 429 with Retry-After and the RateLimit headers over JSON,
+/// RESOURCE_EXHAUSTED with RetryInfo over gRPC; other calls keep theirs.
+#[tokio::test]
+async fn credential_calls_are_rate_limited_per_client_in_every_protocol() {
+    let app = spawn_app_with(|s| s.rate_limit_credentials = conduit::ratelimit::Rate::parse("3/min").unwrap()).await;
+    let login = json!({"user": {"email": "nobody@example.com", "password": "wrong-password"}});
+    for _ in 0..3 {
+        assert_eq!(app.json("POST", "/api/users/login", None, Some(login.clone())).await.status, 401);
+    }
+    let refused = app.json("POST", "/api/users/login", None, Some(login.clone())).await;
+    assert_eq!(refused.status, 429, "{:?}", refused.body);
+    let retry: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "a token comes back within 60/3 s: {retry}");
+    assert_eq!(refused.headers["ratelimit-policy"], "\"credentials\";q=3;w=60");
+    assert!(refused.headers["ratelimit"].to_str().unwrap().starts_with("\"credentials\";r=0;t="));
+    let mut users = app.users().await;
+    let request = conduit::pb::conduit::v1::LoginRequest {
+        user: Some(conduit::pb::conduit::v1::LoginUser { email: "a@b.c".into(), password: "whatever-pw".into() }),
+    };
+    let status = users.login(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    use tonic_types::StatusExt;
+    assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some());
+    assert_eq!(app.get("/api/tags", None).await.status, 200, "the default class has its own budget");
+}

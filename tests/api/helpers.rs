@@ -91,6 +91,8 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         body_limit: 1024 * 1024,
         max_concurrent_requests: 64,
         request_timeout: Duration::from_secs(30),
+        rate_limit: conduit::ratelimit::Rate::parse("100000/s").unwrap(),
+        rate_limit_credentials: conduit::ratelimit::Rate::parse("100000/s").unwrap(),
         db_max_connections: 5,
         db_acquire_timeout: Duration::from_secs(5),
         password_hash_concurrency: 2,
