@@ -196,7 +196,7 @@ const INFRA_METHODS: &[&str] = &[
 /// and JSON (the gateway).
 fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), StartupError> {
     let tokens = ctx.tokens.clone();
-    let (grpc, methods) = conduit::services(ctx);
+    let (grpc, methods) = conduit::services(ctx, settings.body_limit);
     let gateway = Gateway::builder()
         .methods(methods)
         .routes(crate::pb::conduit::v1::HTTP_ROUTES)

@@ -39,8 +39,10 @@ pub(crate) fn viewer_id(caller: Option<i64>) -> i64 {
     caller.unwrap_or(0)
 }
 
-/// The tonic services and the gateway's handlers of the whole API, over one context.
-pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Method>) {
+/// The tonic services and the gateway's handlers of the whole API, over one
+/// context. gRPC messages larger than `message_limit` bytes are refused, as
+/// JSON and Connect bodies are (one setting for every protocol).
+pub fn services(ctx: Ctx, message_limit: usize) -> (tonic::service::Routes, Vec<Method>) {
     let users = Arc::new(users::Users::new(ctx.clone()));
     let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
     let articles = Arc::new(articles::Articles::new(ctx.clone()));
@@ -54,10 +56,12 @@ pub fn services(ctx: Ctx) -> (tonic::service::Routes, Vec<Method>) {
     http.extend(pb::comments_gateway_methods(comments.clone()));
     http.extend(pb::tags_gateway_methods(tags.clone()));
 
-    let grpc = tonic::service::Routes::new(pb::users_server::UsersServer::from_arc(users))
-        .add_service(pb::profiles_server::ProfilesServer::from_arc(profiles))
-        .add_service(pb::articles_server::ArticlesServer::from_arc(articles))
-        .add_service(pb::comments_server::CommentsServer::from_arc(comments))
-        .add_service(pb::tags_server::TagsServer::from_arc(tags));
+    let grpc = tonic::service::Routes::new(
+        pb::users_server::UsersServer::from_arc(users).max_decoding_message_size(message_limit),
+    )
+    .add_service(pb::profiles_server::ProfilesServer::from_arc(profiles).max_decoding_message_size(message_limit))
+    .add_service(pb::articles_server::ArticlesServer::from_arc(articles).max_decoding_message_size(message_limit))
+    .add_service(pb::comments_server::CommentsServer::from_arc(comments).max_decoding_message_size(message_limit))
+    .add_service(pb::tags_server::TagsServer::from_arc(tags).max_decoding_message_size(message_limit));
     (grpc, http)
 }

@@ -453,3 +453,22 @@ async fn credential_calls_are_rate_limited_per_client_in_every_protocol() {
     assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some());
     assert_eq!(app.get("/api/tags", None).await.status, 200, "the default class has its own budget");
 }
+
+/// BODY_LIMIT bounds gRPC messages too.
+#[tokio::test]
+async fn grpc_messages_follow_the_body_limit() {
+    let app = spawn_app_with(|s| s.body_limit = 1024).await;
+    let token = app.register("jake").await;
+    let mut articles = app.articles().await;
+    let article = conduit::pb::conduit::v1::NewArticle {
+        title: "Big".into(),
+        description: "d".into(),
+        body: "x".repeat(2000),
+        tag_list: Vec::new(),
+    };
+    let request = conduit::pb::conduit::v1::CreateArticleRequest { article: Some(article) };
+    let status = articles.create_article(crate::helpers::authed(request, &token)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM articles").fetch_one(&app.db).await.unwrap();
+    assert_eq!(count, 0);
+}
