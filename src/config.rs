@@ -69,6 +69,20 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::ratelimit::Rate::parse, global = true)]
     pub rate_limit_credentials: crate::ratelimit::Rate,
 
+    /// Redis URL (redis://host:port/db): rate-limit buckets are shared
+    /// through it by every replica; unset, each process keeps its own.
+    #[arg(long, env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// What rate limiting does when Redis fails: `open` lets calls through,
+    /// `closed` refuses them.
+    #[arg(long, env = "RATE_LIMIT_REDIS_FAILURE", default_value = "open", value_parser = ["open", "closed"], global = true)]
+    pub rate_limit_redis_failure: String,
+
+    /// Prefix of the rate-limit keys in Redis.
+    #[arg(long, env = "RATE_LIMIT_REDIS_PREFIX", default_value = "conduit:ratelimit:", global = true)]
+    pub rate_limit_redis_prefix: String,
+
     /// Most requests served at once; more are refused at once with 503 /
     /// UNAVAILABLE and `Retry-After` rather than queued without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
@@ -176,6 +190,12 @@ pub struct ServeSettings {
     pub rate_limit: crate::ratelimit::Rate,
     /// Logins and registrations per identity.
     pub rate_limit_credentials: crate::ratelimit::Rate,
+    /// Redis for shared rate limits.
+    pub redis_url: Option<Secret>,
+    /// Whether calls pass when Redis fails.
+    pub rate_limit_redis_fail_open: bool,
+    /// Prefix of the rate-limit keys.
+    pub rate_limit_redis_prefix: String,
     /// Pool size.
     pub db_max_connections: u32,
     /// Pool acquire timeout.
@@ -265,6 +285,9 @@ impl Settings {
             request_timeout: self.request_timeout,
             rate_limit: self.rate_limit,
             rate_limit_credentials: self.rate_limit_credentials,
+            redis_url: self.redis_url.clone().map(Secret::from),
+            rate_limit_redis_fail_open: self.rate_limit_redis_failure == "open",
+            rate_limit_redis_prefix: self.rate_limit_redis_prefix.clone(),
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             password_hash_concurrency: match self.password_hash_concurrency {

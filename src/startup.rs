@@ -13,7 +13,7 @@ use crate::conduit::auth::{Passwords, Tokens};
 use crate::conduit::{self, Ctx, auth::Authenticate, error::RealWorldErrors};
 use crate::config::ServeSettings;
 use crate::health::{Availability, Health, ShedLayer};
-use crate::ratelimit::RateLimit;
+use crate::ratelimit::{RateLimit, SharedBuckets};
 use crate::telemetry::RequestLog;
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
 
@@ -32,6 +32,9 @@ pub enum StartupError {
     /// An HTTP rule is malformed.
     #[error("invalid HTTP rule: {0}")]
     Route(#[from] gateway::TemplateError),
+    /// `REDIS_URL` is set and Redis does not answer.
+    #[error("cannot connect to Redis (REDIS_URL): {0}")]
+    Redis(redis::RedisError),
     /// The descriptors for reflection do not decode.
     #[error("cannot serve reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -72,7 +75,19 @@ impl Application {
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
         };
-        let (app, health) = stack(ctx, settings)?;
+        let shared = match &settings.redis_url {
+            Some(url) => Some(
+                SharedBuckets::connect(
+                    url.expose(),
+                    &settings.rate_limit_redis_prefix,
+                    settings.rate_limit_redis_fail_open,
+                )
+                .await
+                .map_err(StartupError::Redis)?,
+            ),
+            None => None,
+        };
+        let (app, health) = stack(ctx, settings, shared)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         let admin = TcpListener::bind(settings.admin_listen)
@@ -194,7 +209,11 @@ const INFRA_METHODS: &[&str] = &[
 /// protocol and RPC (so that layers added between it and the split see
 /// every protocol alike), then split gRPC and gRPC-Web (tonic) from Connect
 /// and JSON (the gateway).
-fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), StartupError> {
+fn stack(
+    ctx: Ctx,
+    settings: &ServeSettings,
+    shared: Option<SharedBuckets>,
+) -> Result<(axum::Router, Health), StartupError> {
     let tokens = ctx.tokens.clone();
     let (grpc, methods) = conduit::services(ctx, settings.body_limit);
     let gateway = Gateway::builder()
@@ -234,7 +253,7 @@ fn stack(ctx: Ctx, settings: &ServeSettings) -> Result<(axum::Router, Health), S
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
         .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
-        .layer(GateLayer::new(RateLimit::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials)))
+        .layer(RateLimit::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials, shared))
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))

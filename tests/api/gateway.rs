@@ -472,3 +472,32 @@ async fn grpc_messages_follow_the_body_limit() {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM articles").fetch_one(&app.db).await.unwrap();
     assert_eq!(count, 0);
 }
+
+/// With REDIS_URL, replicas share one budget: two instances against the
+/// real Redis on 127.0.0.1:6379 refuse the call past the limit, wherever
+/// the earlier calls went.
+#[tokio::test]
+async fn replicas_share_rate_limits_through_redis() {
+    let prefix = format!(
+        "conduit:test:{}:{}:",
+        std::process::id(),
+        std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_nanos()
+    );
+    let tune = |s: &mut conduit::config::ServeSettings| {
+        s.redis_url = Some(conduit::config::Secret::from("redis://127.0.0.1:6379".to_owned()));
+        s.rate_limit_redis_prefix = prefix.clone();
+        s.rate_limit_credentials = conduit::ratelimit::Rate::parse("3/min").unwrap();
+    };
+    let (a, b) = (spawn_app_with(tune).await, spawn_app_with(tune).await);
+    let login = json!({"user": {"email": "nobody@example.com", "password": "wrong-password"}});
+    let statuses = [
+        a.json("POST", "/api/users/login", None, Some(login.clone())).await.status,
+        b.json("POST", "/api/users/login", None, Some(login.clone())).await.status,
+        a.json("POST", "/api/users/login", None, Some(login.clone())).await.status,
+        b.json("POST", "/api/users/login", None, Some(login.clone())).await.status,
+        a.json("POST", "/api/users/login", None, Some(login.clone())).await.status,
+    ];
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    let refused = b.json("POST", "/api/users/login", None, Some(login)).await;
+    assert!(refused.headers.get("retry-after").is_some() && refused.headers.get("ratelimit-policy").is_some());
+}
