@@ -121,9 +121,7 @@ impl gateway::Admission for Availability {
         self.gateway.method(req.extensions().get::<gateway::RpcMethod>()?.0)?;
         let status =
             crate::conduit::error::unavailable("the database is unavailable; try again shortly", self.retry_after);
-        let mut response = self.gateway.reject(req, &status);
-        gateway::retry_after(&status, response.headers_mut());
-        Some(response)
+        Some(self.gateway.reject(req, &status))
     }
 }
 
@@ -180,9 +178,7 @@ where
                 "the server is at capacity; try again shortly",
                 Duration::from_secs(1),
             );
-            let mut response = self.layer.gateway.reject(&req, &status);
-            gateway::retry_after(&status, response.headers_mut());
-            return Box::pin(std::future::ready(Ok(response)));
+            return Box::pin(std::future::ready(Ok(self.layer.gateway.reject(&req, &status))));
         };
         let answer = self.inner.call(req);
         Box::pin(async move {

@@ -210,7 +210,6 @@ impl RateLimit {
             ErrorDetails::with_retry_info(Some(Duration::from_secs(seconds))),
         );
         let mut response = self.gateway.reject(req, &status);
-        gateway::retry_after(&status, response.headers_mut());
         let rate = self.rate(class);
         let (name, quota, window) = (class.name(), rate.count, rate.period.as_secs());
         let headers = response.headers_mut();

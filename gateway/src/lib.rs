@@ -82,7 +82,7 @@ pub use gate::{Admission, Around, AroundLayer, AroundService, Gate, GateLayer};
 pub use method::Method;
 pub use router::{Match, Router};
 pub use spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};
-pub use status::{ErrorRenderer, RpcStatusRenderer, connect_code, http_status, retry_after};
+pub use status::{ErrorRenderer, RpcStatusRenderer, connect_code, http_status};
 pub use template::{PathTemplate, TemplateError};
 
 /// Default largest request body: 1 MiB.
@@ -286,9 +286,16 @@ impl Gateway {
 
     /// A failed answer to `req` in the request's own protocol (classified by
     /// [`ClassifyLayer`]): trailers-only gRPC or gRPC-Web, the Connect error
-    /// JSON, or the JSON error of the installed renderer. For layers that
+    /// JSON, or the JSON error of the installed renderer; with `Retry-After`
+    /// when the status carries a `google.rpc.RetryInfo`. For layers that
     /// refuse a call before it reaches a service (authentication, limits).
     pub fn reject<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
+        let mut response = self.rejection(req, status);
+        status::retry_after(status, response.headers_mut());
+        response
+    }
+
+    fn rejection<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
         match req.extensions().get::<Protocol>() {
             Some(Protocol::Grpc) => status.clone().into_http(),
             Some(Protocol::GrpcWeb) => {

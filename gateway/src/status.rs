@@ -8,7 +8,7 @@ use tonic_types::StatusExt;
 
 /// Sets `Retry-After` (whole seconds, rounded up) from the status'
 /// `google.rpc.RetryInfo`, if it has one.
-pub fn retry_after(status: &Status, headers: &mut http::HeaderMap) {
+pub(crate) fn retry_after(status: &Status, headers: &mut http::HeaderMap) {
     if let Some(delay) = status.get_details_retry_info().and_then(|info| info.retry_delay) {
         let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
         headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds.max(1)));
