@@ -34,6 +34,16 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<Secret>,
 
+    /// Where conduit keeps its own files (the private PostgreSQL started when
+    /// DATABASE_URL is unset, and its generated JWT secret).
+    #[arg(long, env = "CONDUIT_DATA_DIR", global = true)]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// Directory holding PostgreSQL's initdb and postgres, for the private
+    /// server started when DATABASE_URL is unset (searched for otherwise).
+    #[arg(long, env = "CONDUIT_PG_BIN", global = true)]
+    pub pg_bin: Option<std::path::PathBuf>,
+
     /// Address to listen on for gRPC and HTTP (HTTP/1.1 and HTTP/2, cleartext).
     #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true)]
     pub listen: SocketAddr,
@@ -87,6 +97,40 @@ pub struct Settings {
     /// UNAVAILABLE and `Retry-After` rather than queued without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
     pub max_concurrent_requests: usize,
+
+    /// Longest a client may take to send a request's head (HTTP/1.1); idle
+    /// keep-alive connections are closed after it too.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (request line and headers) accepted, in bytes:
+    /// 431 over HTTP/1.1, the HTTP/2 header list limit.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_header_bytes: usize,
+
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256, global = true)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 keep-alive ping interval; a peer silent for as long again is dropped.
+    #[arg(long, env = "HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = parse_duration, global = true)]
+    pub http2_keep_alive: Duration,
+
+    /// After SIGTERM/SIGINT, how long the process stays not-ready but still
+    /// accepts connections, so that load balancers stop sending work first.
+    #[arg(long, env = "DRAIN_DELAY", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay, how long calls in flight get to finish before
+    /// the process exits anyway.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration, global = true)]
+    pub drain_timeout: Duration,
+
+    /// Networks of reverse proxies whose `X-Forwarded-For`/`Forwarded`
+    /// headers name the client (comma-separated CIDRs such as
+    /// 10.0.0.0/8,127.0.0.1/32); from any other peer they are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", global = true)]
+    pub trusted_proxies: String,
 
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
@@ -212,6 +256,12 @@ pub struct ServeSettings {
     pub health_check_interval: Duration,
     /// Migrate at start-up.
     pub migrate_on_start: bool,
+    /// How connections are served (head limits, HTTP/2, drain deadline).
+    pub connection_limits: crate::server::ConnectionLimits,
+    /// Not-ready time before accepting stops, when draining.
+    pub drain_delay: Duration,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: Vec<crate::ratelimit::Network>,
 }
 
 impl Settings {
@@ -274,6 +324,25 @@ impl Settings {
         if self.health_check_interval.is_zero() {
             return Err("HEALTH_CHECK_INTERVAL must be longer than zero".into());
         }
+        if self.header_read_timeout.is_zero() {
+            return Err("HEADER_READ_TIMEOUT must be longer than zero".into());
+        }
+        if self.max_header_bytes < 1024 {
+            return Err("MAX_HEADER_BYTES must be at least 1024".into());
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err("HTTP2_MAX_CONCURRENT_STREAMS must be at least 1".into());
+        }
+        if self.http2_keep_alive.is_zero() {
+            return Err("HTTP2_KEEP_ALIVE must be longer than zero".into());
+        }
+        let trusted_proxies = self
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| crate::ratelimit::Network::parse(n).map_err(|e| format!("TRUSTED_PROXIES: {e}")))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(ServeSettings {
             database_url,
             listen: self.listen,
@@ -299,6 +368,15 @@ impl Settings {
             cors_max_age: self.cors_max_age,
             health_check_interval: self.health_check_interval,
             migrate_on_start: self.migrate_on_start,
+            connection_limits: crate::server::ConnectionLimits {
+                header_read_timeout: self.header_read_timeout,
+                max_header_bytes: self.max_header_bytes,
+                http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+                http2_keep_alive: self.http2_keep_alive,
+                drain_timeout: self.drain_timeout,
+            },
+            drain_delay: self.drain_delay,
+            trusted_proxies,
         })
     }
 }

@@ -134,12 +134,13 @@ impl gateway::Admission for Availability {
 pub struct ShedLayer {
     permits: Arc<tokio::sync::Semaphore>,
     gateway: gateway::Gateway,
+    metrics: crate::metrics::Metrics,
 }
 
 impl ShedLayer {
-    /// Serves at most `limit` requests at once.
-    pub fn new(limit: usize, gateway: gateway::Gateway) -> Self {
-        Self { permits: Arc::new(tokio::sync::Semaphore::new(limit)), gateway }
+    /// Serves at most `limit` requests at once, counting refusals in `metrics`.
+    pub fn new(limit: usize, gateway: gateway::Gateway, metrics: crate::metrics::Metrics) -> Self {
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(limit)), gateway, metrics }
     }
 }
 
@@ -174,6 +175,7 @@ where
 
     fn call(&mut self, req: http::Request<axum::body::Body>) -> Self::Future {
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            self.layer.metrics.shed();
             let status = crate::conduit::error::unavailable(
                 "the server is at capacity; try again shortly",
                 Duration::from_secs(1),
@@ -189,16 +191,30 @@ where
     }
 }
 
-/// The admin listener's routes: `/healthz` answers 200 while the process
+/// The admin listener's routes: `/metrics` is the Prometheus scrape;
+/// `/healthz` answers 200 while the process
 /// serves; `/readyz` answers 200 when [`Health::ready`], 503 otherwise (the
 /// database is down or the process drains), as `grpc.health.v1` reports.
-pub fn admin_routes(health: Health) -> axum::Router {
+pub fn admin_routes(health: Health, metrics: crate::metrics::Metrics) -> axum::Router {
     use axum::routing::get;
     let probe = |ok: bool| {
         let status = if ok { http::StatusCode::OK } else { http::StatusCode::SERVICE_UNAVAILABLE };
         (status, [(http::header::CACHE_CONTROL, "no-store")], if ok { "ok\n" } else { "not ready\n" })
     };
-    axum::Router::new().route("/healthz", get(move || async move { probe(true) })).route(
+    // OpenMetrics to scrapers that ask for it, Prometheus text otherwise.
+    let scrape = move |headers: http::HeaderMap| {
+        let open = headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
+        let (kind, text) = if open {
+            ("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.render())
+        } else {
+            ("text/plain; version=0.0.4; charset=utf-8", metrics.render_prometheus())
+        };
+        async move { ([(http::header::CONTENT_TYPE, kind), (http::header::CACHE_CONTROL, "no-store")], text) }
+    };
+    axum::Router::new().route("/metrics", get(scrape)).route("/healthz", get(move || async move { probe(true) })).route(
         "/readyz",
         get(move || {
             let ready = health.ready();

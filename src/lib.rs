@@ -9,15 +9,20 @@
 //!   Conduit, and `gateway-build` generates its tables at build time;
 //! - [`conduit`]: the domain services on Postgres; they know nothing of HTTP;
 //! - [`config`], [`startup`], [`health`], [`shutdown`], [`telemetry`],
-//!   [`conditional`]: settings, wiring, probes, process life, logs and
+//!   [`metrics`], [`observe`], [`ratelimit`], [`conditional`]: settings,
+//!   wiring, probes, process life, logs, metrics and traces, limits and
 //!   conditional responses.
 
 pub mod conditional;
 pub mod conduit;
 pub mod config;
 pub mod health;
+pub mod localdb;
+pub mod metrics;
+pub mod observe;
 pub mod pb;
 pub mod ratelimit;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

@@ -1,7 +1,9 @@
 //! The `conduit` binary: settings → logging → build → serve until a stop signal.
 
 use clap::Parser;
+use conduit::config::Secret;
 use conduit::config::{Cli, Command};
+use conduit::localdb::{self, LocalPostgres};
 use conduit::startup::{Application, MIGRATOR, connect};
 
 /// Prints one line and exits with status 2: the service refuses to start.
@@ -22,6 +24,54 @@ fn return_large_allocations() {
     }
 }
 
+/// Starts the private PostgreSQL (no DATABASE_URL) and points `settings`
+/// at it; a missing JWT_SECRET is generated and kept beside it.
+async fn start_private_database(settings: &mut conduit::config::Settings) -> LocalPostgres {
+    let root = localdb::data_dir(settings.data_dir.as_deref());
+    let bin = localdb::find_binaries(settings.pg_bin.as_deref()).unwrap_or_else(|e| refuse(e));
+    let local = LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| refuse(e));
+    tracing::info!(
+        data = %local.data_dir().display(),
+        server = %bin.display(),
+        "no DATABASE_URL: using a private PostgreSQL on a Unix socket (set DATABASE_URL to use your own server)"
+    );
+    settings.database_url = Some(Secret::from(local.url()));
+    if settings.jwt_secret.is_none() {
+        match localdb::jwt_secret(&root) {
+            Ok(secret) => settings.jwt_secret = Some(Secret::from(secret)),
+            Err(e) => {
+                local.stop().await;
+                refuse(e)
+            }
+        }
+    }
+    local
+}
+
+/// Says where the service listens, for a person starting it.
+fn announce(settings: &conduit::config::ServeSettings, app: &Application) {
+    let host = |addr: std::net::SocketAddr| match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let base = format!("http://{}:{}", host(settings.listen), app.port());
+    tracing::info!(
+        listen = %settings.listen,
+        api = %format!("{base}/api"),
+        docs = %format!("{base}/docs"),
+        admin = %format!("http://{}:{}", host(settings.admin_listen), app.admin_port()),
+        "serving gRPC, gRPC-Web, Connect and JSON"
+    );
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "\n  conduit is serving on {base}\n  API docs:  {base}/docs\n  probes and metrics: http://{}:{}/metrics\n",
+            host(settings.admin_listen),
+            app.admin_port()
+        );
+    }
+}
+
 fn main() {
     return_large_allocations();
     let cli = match Cli::try_parse() {
@@ -34,10 +84,11 @@ fn main() {
             refuse(line.collect::<Vec<_>>().join(" ").trim_start_matches("error: "))
         }
     };
-    if let Err(e) = conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format) {
-        refuse(e);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| refuse(e));
+    let telemetry = {
+        let _entered = runtime.enter();
+        conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format).unwrap_or_else(|e| refuse(e))
+    };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => runtime.block_on(async {
             let url = cli.settings.require_database_url().unwrap_or_else(|e| refuse(e));
@@ -46,12 +97,30 @@ fn main() {
             tracing::info!("migrations applied");
         }),
         Command::Serve => runtime.block_on(async {
-            let settings = cli.settings.for_serve().unwrap_or_else(|e| refuse(e));
-            let app = Application::build(&settings).await.unwrap_or_else(|e| refuse(e));
-            tracing::info!(listen = %settings.listen, port = app.port(), "serving gRPC and JSON");
-            if let Err(e) = app.run_until_stopped(conduit::shutdown::signal()).await {
+            let mut settings = cli.settings.clone();
+            let local = match settings.database_url {
+                Some(_) => None,
+                None => Some(start_private_database(&mut settings).await),
+            };
+            let settings = settings.for_serve().unwrap_or_else(|e| refuse(e));
+            let app = match Application::build(&settings).await {
+                Ok(app) => app,
+                Err(e) => {
+                    if let Some(local) = local {
+                        local.stop().await;
+                    }
+                    refuse(e)
+                }
+            };
+            announce(&settings, &app);
+            let served = app.run_until_stopped(conduit::shutdown::signal()).await;
+            if let Some(local) = local {
+                local.stop().await;
+            }
+            if let Err(e) = served {
                 refuse(e);
             }
         }),
     }
+    runtime.block_on(async { tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok() });
 }

@@ -51,6 +51,98 @@ impl Rate {
     }
 }
 
+/// An IP network (CIDR), e.g. `10.0.0.0/8` or `::1/128`; a bare address
+/// is a network of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `address/prefix` or a bare address.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.trim().parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {bits}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+
+    /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy,
+/// in which case the nearest address in `X-Forwarded-For` (else
+/// `Forwarded`) that is not itself a trusted proxy.
+pub fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Network]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = if headers.contains_key("x-forwarded-for") {
+        headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect()
+    } else {
+        headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.trim().split_once('=')?;
+                    if !key.trim().eq_ignore_ascii_case("for") {
+                        return None;
+                    }
+                    let value = value.trim().trim_matches('"');
+                    // `[v6]:port`, `[v6]`, `v4:port` or `v4`.
+                    let host = match value.strip_prefix('[') {
+                        Some(rest) => rest.split(']').next()?,
+                        None => value.split(':').next()?,
+                    };
+                    host.parse().ok()
+                })
+            })
+            .collect()
+    };
+    // Walk from the nearest hop back; the first untrusted one is the client.
+    forwarded.iter().rev().copied().find(|ip| !is_trusted(*ip)).or(forwarded.first().copied()).unwrap_or(peer)
+}
+
 /// Which bucket a call draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Class {
@@ -122,6 +214,7 @@ pub struct SharedBuckets {
     script: Arc<redis::Script>,
     prefix: String,
     fail_open: bool,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl SharedBuckets {
@@ -130,7 +223,13 @@ impl SharedBuckets {
     pub async fn connect(url: &str, prefix: &str, fail_open: bool) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let connection = redis::aio::ConnectionManager::new(client).await?;
-        Ok(Self { connection, script: Arc::new(redis::Script::new(SCRIPT)), prefix: prefix.to_owned(), fail_open })
+        Ok(Self {
+            connection,
+            script: Arc::new(redis::Script::new(SCRIPT)),
+            prefix: prefix.to_owned(),
+            fail_open,
+            metrics: None,
+        })
     }
 
     async fn take(&self, class: Class, identity: Identity, rate: Rate) -> Result<(), Duration> {
@@ -147,6 +246,9 @@ impl SharedBuckets {
             Ok((_, wait)) => Err(Duration::from_millis(wait.max(1) as u64)),
             Err(error) => {
                 tracing::warn!(%error, fail_open = self.fail_open, "the rate-limit store (Redis) failed");
+                if let Some(metrics) = &self.metrics {
+                    metrics.rate_limit_store_error();
+                }
                 if self.fail_open { Ok(()) } else { Err(Duration::from_secs(1)) }
             }
         }
@@ -161,13 +263,38 @@ pub struct RateLimit {
     credentials: Rate,
     buckets: Arc<Mutex<HashMap<(Class, Identity), Bucket>>>,
     shared: Option<SharedBuckets>,
+    metrics: Option<crate::metrics::Metrics>,
+    trusted_proxies: Arc<[Network]>,
 }
 
 impl RateLimit {
     /// Limits calls to `default`, and logins and registrations to
     /// `credentials`, with buckets in `shared` (Redis) or in the process.
     pub fn new(gateway: gateway::Gateway, default: Rate, credentials: Rate, shared: Option<SharedBuckets>) -> Self {
-        Self { gateway, default, credentials, buckets: Arc::default(), shared }
+        Self {
+            gateway,
+            default,
+            credentials,
+            buckets: Arc::default(),
+            shared,
+            metrics: None,
+            trusted_proxies: Arc::new([]),
+        }
+    }
+
+    /// Believes forwarding headers from peers in `networks`.
+    pub fn with_trusted_proxies(mut self, networks: &[Network]) -> Self {
+        self.trusted_proxies = networks.into();
+        self
+    }
+
+    /// Counts refusals and Redis failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        if let Some(shared) = &mut self.shared {
+            shared.metrics = Some(metrics.clone());
+        }
+        self.metrics = Some(metrics);
+        self
     }
 
     fn rate(&self, class: Class) -> Rate {
@@ -203,6 +330,9 @@ impl RateLimit {
 
     /// The refusal of a call that must wait `wait`.
     fn refusal<B>(&self, req: &Request<B>, class: Class, wait: Duration) -> Response<Body> {
+        if let Some(metrics) = &self.metrics {
+            metrics.rate_limited(class.name());
+        }
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let status = Status::with_error_details(
             Code::ResourceExhausted,
@@ -282,7 +412,10 @@ impl RateLimit {
         self.gateway.method(rpc.0)?;
         let identity = match req.extensions().get::<Caller>() {
             Some(caller) => Identity::User(caller.user_id),
-            None => Identity::Address(req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()?.0.ip()),
+            None => {
+                let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()?.0.ip();
+                Identity::Address(client_address(peer, req.headers(), &self.trusted_proxies))
+            }
         };
         Some((Class::of(rpc.0), identity))
     }
@@ -309,5 +442,27 @@ mod tests {
         assert!(limit.take(Class::Credentials, who, now).is_ok(), "classes have their own buckets");
         assert!(limit.take(Class::Credentials, Identity::User(2), now).is_ok(), "so do identities");
         assert!(limit.take(Class::Credentials, who, now).is_err());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted = [Network::parse("10.0.0.0/8").unwrap(), Network::parse("::1").unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.2.3"));
+        assert_eq!(client_address(ip("192.0.2.1"), &headers, &trusted), ip("192.0.2.1"), "untrusted peer");
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("198.51.100.7"), "nearest untrusted hop");
+        assert_eq!(client_address(ip("::ffff:10.0.0.1"), &headers, &trusted), ip("198.51.100.7"), "v4-mapped peer");
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::FORWARDED,
+            HeaderValue::from_static("for=\"[2001:db8::1]:4711\";proto=https, for=10.9.9.9"),
+        );
+        assert_eq!(client_address(ip("::1"), &headers, &trusted), ip("2001:db8::1"));
+        assert_eq!(client_address(ip("::1"), &http::HeaderMap::new(), &trusted), ip("::1"), "no header: the peer");
+        for bad in ["10.0.0.0/33", "nope", "::1/129"] {
+            assert!(Network::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Network::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
     }
 }

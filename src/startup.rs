@@ -49,7 +49,14 @@ pub async fn connect(
     max_connections: u32,
     acquire_timeout: std::time::Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire_timeout).connect(url).await
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        // Each acquisition's wait goes to the log at TRACE, which the
+        // metrics read (conduit_db_pool_acquire_duration_seconds).
+        .acquire_time_level(log::LevelFilter::Trace)
+        .connect(url)
+        .await
 }
 
 /// A built application, listening but not yet serving.
@@ -59,7 +66,10 @@ pub struct Application {
     app: axum::Router,
     db: PgPool,
     health: Health,
+    metrics: crate::metrics::Metrics,
     health_check_interval: std::time::Duration,
+    limits: crate::server::ConnectionLimits,
+    drain_delay: std::time::Duration,
 }
 
 impl Application {
@@ -87,13 +97,24 @@ impl Application {
             ),
             None => None,
         };
-        let (app, health) = stack(ctx, settings, shared)?;
+        let metrics = crate::metrics::Metrics::new(db.clone());
+        let (app, health) = stack(ctx, settings, shared, metrics.clone())?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         let admin = TcpListener::bind(settings.admin_listen)
             .await
             .map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
-        Ok(Self { listener, admin, app, db, health, health_check_interval: settings.health_check_interval })
+        Ok(Self {
+            listener,
+            admin,
+            app,
+            db,
+            health,
+            metrics,
+            health_check_interval: settings.health_check_interval,
+            limits: settings.connection_limits,
+            drain_delay: settings.drain_delay,
+        })
     }
 
     /// The port it listens on (useful with port 0).
@@ -111,40 +132,34 @@ impl Application {
         &self.db
     }
 
-    /// Serves until `shutdown` completes, then reports NOT_SERVING and
-    /// finishes requests in flight.
+    /// Serves until `shutdown` completes, then drains: readiness and gRPC
+    /// health turn NOT_SERVING at once, connections are still accepted for
+    /// the drain delay (while load balancers notice), then accepting stops
+    /// and calls in flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.health_check_interval));
         let health = self.health.clone();
+        let delay = self.drain_delay;
         let drain = async move {
             shutdown.await;
             health.drain().await;
+            tracing::info!(delay_ms = delay.as_millis() as u64, "not ready; draining");
+            tokio::time::sleep(delay).await;
         };
-        let admin =
-            tokio::spawn(axum::serve(self.admin, crate::health::admin_routes(self.health.clone())).into_future());
-        // The peer's address identifies anonymous callers for rate limits.
-        let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(nodelay(self.listener), app).with_graceful_shutdown(drain).await?;
-        admin.abort();
+        let admin_app = crate::health::admin_routes(self.health.clone(), self.metrics.clone());
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(crate::server::serve(self.admin, admin_app, self.limits, async move {
+            let _ = admin_stopped.await;
+        }));
+        crate::server::serve(self.listener, self.app, self.limits, drain).await;
+        let _ = admin_stop.send(());
+        let _ = admin.await;
         watcher.abort();
-        self.db.close().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
+            tracing::warn!("database connections still busy after 5 s; closing anyway");
+        }
+        tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Accepted sockets send at once (`TCP_NODELAY`): a gRPC answer is written
-/// as headers, data and trailers, and Nagle's algorithm held the last write
-/// until the client's delayed ACK, adding ~40 ms to every unary call.
-/// (A named type, so that the peer's address is known to the service as
-/// `ConnectInfo<SocketAddr>`.)
-pub fn nodelay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(set_nodelay as fn(&mut tokio::net::TcpStream))
-}
-
-fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::warn!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
     }
 }
 
@@ -213,6 +228,7 @@ fn stack(
     ctx: Ctx,
     settings: &ServeSettings,
     shared: Option<SharedBuckets>,
+    metrics: crate::metrics::Metrics,
 ) -> Result<(axum::Router, Health), StartupError> {
     let tokens = ctx.tokens.clone();
     let (grpc, methods) = conduit::services(ctx, settings.body_limit);
@@ -248,12 +264,17 @@ fn stack(
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
+        .layer(crate::observe::ObserveLayer::new(metrics.clone()))
         .layer(AroundLayer::new(RequestLog))
         .layer(AroundLayer::new(crate::conditional::Conditional))
-        .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone()))
+        .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone(), metrics.clone()))
         .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
-        .layer(RateLimit::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials, shared))
+        .layer(
+            RateLimit::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials, shared)
+                .with_metrics(metrics)
+                .with_trusted_proxies(&settings.trusted_proxies),
+        )
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok((axum::Router::new().fallback_service(service), health))

@@ -14,18 +14,78 @@ use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber; `filter` is an env-filter directive,
-/// `format` is `text`, `json` or `auto` (JSON unless stderr is a terminal).
-pub fn init(filter: &str, format: &str) -> Result<(), String> {
+/// What must be flushed when the process stops.
+#[derive(Debug, Default)]
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends the spans still buffered and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "cannot flush the last spans");
+        }
+    }
+}
+
+/// Whether the standard OpenTelemetry variables ask for a trace export.
+fn otlp_configured() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.trim() == "none");
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// Installs the global subscriber — `filter` is an env-filter directive,
+/// `format` is `text`, `json` or `auto` (JSON unless stderr is a terminal)
+/// — and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its traces variant) is
+/// set, the OTLP/gRPC span export configured by the standard `OTEL_*`
+/// variables (service name, sampler, headers, timeout). Call it inside
+/// the Tokio runtime: the exporter's channel lives there.
+pub fn init(filter: &str, format: &str) -> Result<TelemetryGuard, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_new(filter).map_err(|e| format!("LOG_LEVEL is invalid: {e}"))?;
     let json = match format {
         "json" => true,
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let lines: Boxed = if json {
+        Box::new(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+    } else {
+        Box::new(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+    };
+    let mut guard = TelemetryGuard::default();
+    if otlp_configured() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|e| format!("cannot set up the OTLP trace export: {e}"))?;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(opentelemetry_sdk::Resource::builder().build())
+            .build();
+        crate::observe::set_tracer(opentelemetry::trace::TracerProvider::tracer(&provider, "conduit"));
+        guard.provider = Some(provider);
+    }
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(crate::observe::DatabaseObserver.with_filter(crate::observe::DatabaseObserver::targets()))
+        .try_init()
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(guard)
 }
 
 /// Where the authentication layer leaves the caller's id for the request
@@ -70,6 +130,7 @@ pub struct Logged {
     protocol: &'static str,
     rpc: Option<&'static str>,
     route: Option<&'static str>,
+    trace: Option<crate::observe::TraceId>,
 }
 
 impl gateway::Around for RequestLog {
@@ -91,6 +152,7 @@ impl gateway::Around for RequestLog {
             protocol: req.extensions().get::<gateway::Protocol>().map_or("unknown", |p| p.as_str()),
             rpc: req.extensions().get::<gateway::RpcMethod>().map(|r| r.0),
             route: req.extensions().get::<gateway::RouteTemplate>().map(|r| r.0),
+            trace: req.extensions().get::<crate::observe::TraceId>().copied(),
         }
     }
 
@@ -106,6 +168,7 @@ impl gateway::Around for RequestLog {
             grpc_status = grpc_status.as_deref().unwrap_or("-"),
             latency_ms = logged.started.elapsed().as_secs_f64() * 1000.0,
             request_id = logged.id.to_str().unwrap_or_default(),
+            trace_id = logged.trace.map(|t| tracing::field::display(t.0)),
             user_id = logged.user.0.get().copied(),
             "request"
         );

@@ -82,7 +82,7 @@ pub use gate::{Admission, Around, AroundLayer, AroundService, Gate, GateLayer};
 pub use method::Method;
 pub use router::{Match, Router};
 pub use spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};
-pub use status::{ErrorRenderer, RpcStatusRenderer, connect_code, http_status};
+pub use status::{ErrorRenderer, RpcStatusRenderer, code_for_http_status, code_name, connect_code, http_status};
 pub use template::{PathTemplate, TemplateError};
 
 /// Default largest request body: 1 MiB.

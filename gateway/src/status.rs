@@ -34,6 +34,53 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
+/// The canonical names of the gRPC codes, by number (`google/rpc/code.proto`).
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The canonical name of a code (`NOT_FOUND`, …), as metrics and traces label it.
+pub fn code_name(code: Code) -> &'static str {
+    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
+/// The code an HTTP status stands for: the inverse of [`http_status`]
+/// (other 4xx count as INVALID_ARGUMENT, other 5xx as INTERNAL), for
+/// answers that carry no gRPC status of their own.
+pub fn code_for_http_status(status: u16) -> Code {
+    match status {
+        200..=399 => Code::Ok,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        408 | 504 => Code::DeadlineExceeded,
+        409 => Code::AlreadyExists,
+        412 => Code::FailedPrecondition,
+        429 => Code::ResourceExhausted,
+        499 => Code::Cancelled,
+        503 => Code::Unavailable,
+        400..=499 => Code::InvalidArgument,
+        _ => Code::Internal,
+    }
+}
+
 /// The Connect protocol's name of a code (`not_found`, `invalid_argument`, …).
 pub fn connect_code(code: Code) -> &'static str {
     match code {

@@ -36,6 +36,13 @@ fn help_explains_every_setting() {
         "PASSWORD_HASH_CONCURRENCY",
         "MIGRATE_ON_START",
         "CORS_ALLOWED_ORIGINS",
+        "CONDUIT_DATA_DIR",
+        "CONDUIT_PG_BIN",
+        "HEADER_READ_TIMEOUT",
+        "MAX_HEADER_BYTES",
+        "DRAIN_DELAY",
+        "DRAIN_TIMEOUT",
+        "TRUSTED_PROXIES",
     ] {
         assert!(help.contains(needle), "--help does not mention {needle}:\n{help}");
     }
@@ -46,7 +53,6 @@ fn serve_refuses_to_start_with_one_clear_line() {
     let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
     let url = ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
     let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[secret], "DATABASE_URL (or --database-url) is required"),
         (&[url], "JWT_SECRET (or --jwt-secret) is required"),
         (&[url, ("JWT_SECRET", "short")], "JWT_SECRET must be at least 32 bytes long"),
         (&[url, secret, ("DATABASE_URL", "mysql://x")], "DATABASE_URL must be a postgres:// URL"),
@@ -126,6 +132,7 @@ async fn request_logs_are_structured_and_never_hold_secrets() {
             ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
             ("LOG_FORMAT", "json"),
             ("LOG_LEVEL", "info,conduit=debug"),
+            ("DRAIN_DELAY", "0s"),
         ])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

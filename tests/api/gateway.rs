@@ -330,12 +330,10 @@ async fn grpc_health_reports_serving_then_not_serving_when_the_database_goes_awa
 /// Every accepted socket of the service's listener has `TCP_NODELAY` set.
 #[tokio::test]
 async fn accepted_sockets_send_without_delay() {
-    use axum::serve::Listener as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let mut listener = conduit::startup::nodelay(listener);
     let _client = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (socket, _) = listener.accept().await;
+    let (socket, _) = conduit::server::accept(&listener).await.unwrap();
     assert!(socket.nodelay().unwrap(), "TCP_NODELAY is set on accepted sockets");
 }
 

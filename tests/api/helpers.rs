@@ -104,6 +104,9 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         cors_max_age: Duration::from_secs(3600),
         health_check_interval: Duration::from_millis(200),
         migrate_on_start: true,
+        connection_limits: conduit::server::ConnectionLimits::default(),
+        drain_delay: Duration::ZERO,
+        trusted_proxies: Vec::new(),
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

@@ -165,7 +165,8 @@ async fn lab() -> LabServer {
     let app = axum::Router::new().fallback_service(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(conduit::startup::nodelay(listener), app).await });
+    let limits = conduit::server::ConnectionLimits::default();
+    tokio::spawn(conduit::server::serve(listener, app, limits, std::future::pending()));
     LabServer { port, seen, recorded, http: Client::builder(TokioExecutor::new()).build_http() }
 }
 

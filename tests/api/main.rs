@@ -9,5 +9,6 @@ mod gateway;
 mod helpers;
 mod lab;
 mod openapi;
+mod ops;
 mod profiles;
 mod users;

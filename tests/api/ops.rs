@@ -1,0 +1,503 @@
+//! Operating the real binary: Prometheus metrics, OTLP traces to a real
+//! receiver, the drain on SIGTERM under load, limits on request heads, the
+//! zero-config private PostgreSQL, and a database that stops and comes back.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{create_database, drop_database, spawn_app_with};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The binary serving on loopback ports of its own.
+struct Served {
+    child: Option<Child>,
+    port: u16,
+    admin: u16,
+    database: Option<String>,
+}
+
+impl Served {
+    /// Starts `conduit serve` with a fresh database (unless `env` sets
+    /// DATABASE_URL or asks for none with `("DATABASE_URL", "")`).
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let (port, admin) = (free_port(), free_port());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+            .env("JWT_SECRET", "ops-secret-ops-secret-ops-secret-ops!")
+            .env("RATE_LIMIT", "100000/s")
+            .env("RATE_LIMIT_CREDENTIALS", "100000/s")
+            .env("LOG_LEVEL", "warn")
+            .env("LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut database = None;
+        match env.iter().find(|(k, _)| *k == "DATABASE_URL") {
+            Some((_, "")) => {
+                command.env_remove("JWT_SECRET");
+            }
+            Some(_) => {}
+            None => {
+                let name = format!("conduit_ops_{}_{}", std::process::id(), free_port());
+                command.env("DATABASE_URL", create_database(&name).await);
+                database = Some(name);
+            }
+        }
+        command.envs(env.iter().filter(|(k, v)| !(*k == "DATABASE_URL" && v.is_empty())).copied());
+        let child = command.spawn().expect("the binary starts");
+        let served = Self { child: Some(child), port, admin, database };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        served
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sends a signal to our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns (exit code, stderr).
+    async fn stop(mut self) -> (Option<i32>, String) {
+        self.signal(libc::SIGTERM);
+        let child = self.child.take().unwrap();
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+        if let Some(name) = self.database.take() {
+            drop_database(&name).await;
+        }
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request on a new connection: (status, head, body).
+async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await.expect("an answer").unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `/metrics` on the admin listener: per RPC, route, protocol and code
+/// counts, latency histograms, in-flight calls, pool and statement figures,
+/// process metrics — and `promtool check metrics` accepts it.
+#[tokio::test]
+async fn metrics_count_calls_per_rpc_and_pass_promtool() {
+    let served = Served::start(&[]).await;
+    assert_eq!(http(served.port, "GET", "/api/tags", &[], "").await.0, 200);
+    assert_eq!(http(served.port, "GET", "/api/articles/nope", &[], "").await.0, 404);
+    let connect = [("content-type", "application/json")];
+    assert_eq!(http(served.port, "POST", "/conduit.v1.Tags/ListTags", &connect, "{}").await.0, 200);
+    let (status, head, text) = http(served.admin, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 200, "{head}");
+    for needle in [
+        r#"conduit_requests_total{rpc="/conduit.v1.Tags/ListTags",route="/api/tags",protocol="json",status="200",code="OK"} 1"#,
+        r#"conduit_requests_total{rpc="/conduit.v1.Articles/GetArticle",route="/api/articles/{slug}",protocol="json",status="404",code="NOT_FOUND"} 1"#,
+        r#"conduit_requests_total{rpc="/conduit.v1.Tags/ListTags",route="",protocol="connect",status="200",code="OK"} 1"#,
+        r#"conduit_request_duration_seconds_bucket{le="0.001",rpc="/conduit.v1.Tags/ListTags",protocol="json"}"#,
+        r#"conduit_request_duration_seconds_bucket{le="10.0",rpc="/conduit.v1.Tags/ListTags",protocol="json"} 1"#,
+        "conduit_requests_in_flight{",
+        "conduit_db_pool_connections ",
+        "conduit_db_pool_idle_connections ",
+        "conduit_db_pool_max_connections ",
+        "conduit_db_statement_duration_seconds_count ",
+        "conduit_db_pool_acquire_duration_seconds_count ",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+    ] {
+        assert!(text.contains(needle), "{needle} is missing from:\n{text}");
+    }
+    let statements: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("conduit_db_statement_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(statements >= 2.0, "statements were timed: {statements}");
+    assert!(!text.contains("/api/articles/nope"), "no raw paths in labels");
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    use std::io::Write;
+    promtool.stdin.as_ref().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    served.stop().await;
+}
+
+mod otlp {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    use super::*;
+
+    /// An OTLP/gRPC trace receiver keeping every span it gets.
+    #[derive(Clone, Default)]
+    pub(super) struct Receiver(pub(super) Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.0.lock().unwrap();
+            for resource in request.into_inner().resource_spans {
+                for scope in resource.scope_spans {
+                    spans.extend(scope.spans);
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Starts the receiver on a loopback port.
+    pub(super) async fn receiver() -> (Receiver, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let receiver = Receiver::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        let incoming = tokio_stream_listener(listener);
+        tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+        (receiver, port)
+    }
+
+    fn tokio_stream_listener(
+        listener: tokio::net::TcpListener,
+    ) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures_util::stream::unfold(listener, |listener| async move {
+            let accepted = listener.accept().await.map(|(tcp, _)| tcp);
+            Some((accepted, listener))
+        })
+    }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, a call's server span reaches a
+/// real OTLP receiver with the caller's trace id and parent (W3C
+/// `traceparent`, over HTTP and gRPC metadata alike), and each database
+/// statement is a client span under it.
+#[tokio::test]
+async fn traces_reach_an_otlp_receiver_with_the_callers_parent() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let (receiver, port) = otlp::receiver().await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let served = Served::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "conduit-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace}-{parent}-01");
+    assert_eq!(http(served.port, "GET", "/api/articles", &[("traceparent", &traceparent)], "").await.0, 200);
+    // The same over gRPC: the trace context travels as metadata.
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", served.port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tags = conduit::pb::conduit::v1::tags_client::TagsClient::new(channel);
+    let mut request = tonic::Request::new(conduit::pb::conduit::v1::ListTagsRequest {});
+    request.metadata_mut().insert("traceparent", format!("00-{grpc_trace}-b7ad6b7169203331-01").parse().unwrap());
+    tags.list_tags(request).await.unwrap();
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (server, statements, grpc) = loop {
+        let spans = receiver.0.lock().unwrap().clone();
+        let server = spans.iter().find(|s| hex(&s.trace_id) == trace && s.kind == SpanKind::Server as i32).cloned();
+        let grpc = spans.iter().find(|s| hex(&s.trace_id) == grpc_trace && s.kind == SpanKind::Server as i32).cloned();
+        if let (Some(server), Some(grpc)) = (server, grpc) {
+            let statements: Vec<_> = spans
+                .iter()
+                .filter(|s| s.parent_span_id == server.span_id && s.kind == SpanKind::Client as i32)
+                .cloned()
+                .collect();
+            if !statements.is_empty() {
+                break (server, statements, grpc);
+            }
+        }
+        assert!(Instant::now() < deadline, "spans did not arrive: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hex(&server.parent_span_id), parent, "the caller's span is the parent");
+    assert_eq!(server.name, "GET /api/articles");
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value)
+            .map(|v| format!("{v:?}"))
+    };
+    assert!(attribute(&server, "http.route").is_some_and(|v| v.contains("/api/articles")), "{server:?}");
+    assert!(attribute(&server, "http.response.status_code").is_some_and(|v| v.contains("200")), "{server:?}");
+    assert!(attribute(&server, "rpc.method").is_some_and(|v| v.contains("ListArticles")), "{server:?}");
+    for statement in &statements {
+        assert_eq!(statement.trace_id, server.trace_id);
+        assert!(attribute(statement, "db.system.name").is_some_and(|v| v.contains("postgresql")), "{statement:?}");
+        assert!(statement.start_time_unix_nano >= server.start_time_unix_nano, "{statement:?} within {server:?}");
+        assert!(statement.end_time_unix_nano <= server.end_time_unix_nano, "{statement:?} within {server:?}");
+    }
+    assert_eq!(hex(&grpc.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(grpc.name, "conduit.v1.Tags/ListTags");
+    assert!(attribute(&grpc, "rpc.grpc.status_code").is_some_and(|v| v.contains("OK")), "{grpc:?}");
+    served.stop().await;
+}
+
+/// SIGTERM under load: readiness turns false at once while calls are still
+/// served; callers that stop sending when it does (as a load balancer
+/// would) see no failed call, slow calls in flight (logins, each an
+/// argon2 hash) included; then the process exits 0.
+#[tokio::test]
+async fn sigterm_drains_without_failing_an_accepted_call() {
+    let served =
+        Served::start(&[("DRAIN_DELAY", "1500ms"), ("DRAIN_TIMEOUT", "20s"), ("HEALTH_CHECK_INTERVAL", "200ms")]).await;
+    let port = served.port;
+    let user = r#"{"user":{"username":"drainer","email":"drainer@example.com","password":"drain-drain-drain"}}"#;
+    assert_eq!(http(port, "POST", "/api/users", &[("content-type", "application/json")], user).await.0, 201);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(Mutex::new(0u32)), Arc::new(Mutex::new(Vec::<String>::new())));
+    let mut workers = Vec::new();
+    for worker in 0..8u32 {
+        let (ready, ok, failed) = (ready.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let login = r#"{"user":{"email":"drainer@example.com","password":"drain-drain-drain"}}"#;
+            let started = Instant::now();
+            // Bounded in count and time.
+            for i in 0..2_000u32 {
+                if !ready.load(std::sync::atomic::Ordering::SeqCst) || started.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                let answer = if (worker + i) % 4 == 0 {
+                    http_result(port, "POST", "/api/users/login", login).await
+                } else {
+                    http_result(port, "GET", "/api/articles?limit=5", "").await
+                };
+                match answer {
+                    Ok(200) => *ok.lock().unwrap() += 1,
+                    other => failed.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = *ok.lock().unwrap();
+    served.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    // The probe turns 503 well within the drain delay, while calls still pass.
+    loop {
+        match http_result(served.admin, "GET", "/readyz", "").await {
+            Ok(503) => break,
+            _ => assert!(signalled.elapsed() < Duration::from_millis(1500), "readiness stayed true"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let during = *ok.lock().unwrap();
+    ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (code, _) = served.stop().await;
+    assert_eq!(code, Some(0), "a clean exit");
+    let failed = failed.lock().unwrap();
+    assert!(failed.is_empty(), "{} calls failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    assert!(before > 0 && during >= before, "calls were served before and during the drain: {before} {during}");
+}
+
+async fn http_result(port: u16, method: &str, path: &str, body: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.map_err(|e| format!("read: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status in {answer:?}"))
+}
+
+/// A client that sends its request head too slowly is cut off after
+/// HEADER_READ_TIMEOUT; a head larger than MAX_HEADER_BYTES gets 431.
+#[tokio::test]
+async fn slow_or_oversized_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|s| {
+        s.connection_limits.header_read_timeout = Duration::from_millis(500);
+        s.connection_limits.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    slow.write_all(b"GET /api/tags HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+
+    let big = "a".repeat(32 * 1024);
+    let (status, _, _) = http(app.port, "GET", "/api/tags", &[("x-big", &big)], "").await;
+    assert_eq!(status, 431);
+    let fine = "a".repeat(4 * 1024);
+    assert_eq!(http(app.port, "GET", "/api/tags", &[("x-fine", &fine)], "").await.0, 200);
+}
+
+/// No DATABASE_URL: the binary starts its own PostgreSQL from the
+/// machine's server binaries, on a Unix socket only, keeps a generated JWT
+/// secret beside it, serves, and stops the database when it stops.
+#[tokio::test]
+async fn without_database_url_a_private_postgres_is_started_and_stopped() {
+    let root = tempdir("zero-config");
+    let served =
+        Served::start(&[("DATABASE_URL", ""), ("CONDUIT_DATA_DIR", root.to_str().unwrap()), ("DRAIN_DELAY", "0s")])
+            .await;
+    let user = r#"{"user":{"username":"zero","email":"zero@example.com","password":"zero-config-1"}}"#;
+    assert_eq!(http(served.port, "POST", "/api/users", &[("content-type", "application/json")], user).await.0, 201);
+    assert!(root.join("postgres/PG_VERSION").is_file());
+    assert!(root.join("run/.s.PGSQL.5432").exists(), "listens on a socket");
+    let pid_file = std::fs::read_to_string(root.join("postgres/postmaster.pid")).unwrap();
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let postgres: i32 = lines[0].trim().parse().unwrap();
+    assert_eq!(lines.get(5).map(|l| l.trim()), Some(""), "no TCP address: {pid_file}");
+    use std::os::unix::fs::PermissionsExt;
+    let secret = std::fs::metadata(root.join("jwt-secret")).unwrap();
+    assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    let (code, stderr) = served.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!std::path::Path::new(&format!("/proc/{postgres}")).exists(), "postgres stopped with conduit");
+    // A second start finds the cluster and the secret, and the data kept.
+    let served =
+        Served::start(&[("DATABASE_URL", ""), ("CONDUIT_DATA_DIR", root.to_str().unwrap()), ("DRAIN_DELAY", "0s")])
+            .await;
+    let login = r#"{"user":{"email":"zero@example.com","password":"zero-config-1"}}"#;
+    assert_eq!(
+        http(served.port, "POST", "/api/users/login", &[("content-type", "application/json")], login).await.0,
+        200
+    );
+    served.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// With no server binaries to be found, the binary says what it searched
+/// and the three ways out, and exits 2.
+#[test]
+fn without_database_url_or_postgres_binaries_start_up_explains() {
+    let out = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .arg("serve")
+        .env_clear()
+        .env("CONDUIT_PG_BIN", "/nonexistent/bin")
+        .env("CONDUIT_DATA_DIR", tempdir("no-binaries"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["/nonexistent/bin", "install PostgreSQL", "DATABASE_URL", "CONDUIT_PG_BIN"] {
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
+
+/// A fresh directory for one test, reachable by the server's account when
+/// the tests run as root.
+fn tempdir(name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("conduit-{name}-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A PostgreSQL the test starts, stops and starts again: calls fail fast
+/// with 503 and `Retry-After` while it is down, readiness is false, and
+/// service resumes by itself when it is back.
+#[tokio::test]
+async fn service_resumes_when_its_database_comes_back() {
+    let root = tempdir("restart");
+    let bin = conduit::localdb::find_binaries(None).expect("PostgreSQL server binaries");
+    let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap();
+    let url = local.url();
+    let app = spawn_app_with(|s| {
+        s.database_url = conduit::config::Secret::from(url.clone());
+        s.db_acquire_timeout = Duration::from_secs(2);
+    })
+    .await;
+    assert_eq!(app.get("/api/tags", None).await.status, 200);
+    local.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let started = Instant::now();
+        let reply = app.get("/api/tags", None).await;
+        if reply.status == 503 {
+            assert!(started.elapsed() < Duration::from_secs(3), "fails fast: {:?}", started.elapsed());
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "calls did not fail with 503: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(down.headers.get("retry-after").is_some(), "{down:?}");
+    assert_eq!(http(app.admin_port, "GET", "/readyz", &[], "").await.0, 503);
+    let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if app.get("/api/tags", None).await.status == 200
+            && http(app.admin_port, "GET", "/readyz", &[], "").await.0 == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(app);
+    local.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
