@@ -132,6 +132,15 @@ pub struct Settings {
     #[arg(long, env = "TRUSTED_PROXIES", default_value = "", global = true)]
     pub trusted_proxies: String,
 
+    /// Longest an anonymous read stays in the response cache (writes clear
+    /// it at once, in every replica); 0s turns the cache off.
+    #[arg(long, env = "CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub cache_ttl: Duration,
+
+    /// Memory the response cache may hold, in bytes (oldest entries go first).
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    pub cache_max_bytes: usize,
+
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
@@ -262,6 +271,10 @@ pub struct ServeSettings {
     pub drain_delay: Duration,
     /// Proxies whose forwarding headers are believed.
     pub trusted_proxies: Vec<crate::ratelimit::Network>,
+    /// Age bound of the response cache (zero: off).
+    pub cache_ttl: Duration,
+    /// Memory bound of the response cache.
+    pub cache_max_bytes: usize,
 }
 
 impl Settings {
@@ -377,6 +390,8 @@ impl Settings {
             },
             drain_delay: self.drain_delay,
             trusted_proxies,
+            cache_ttl: self.cache_ttl,
+            cache_max_bytes: self.cache_max_bytes,
         })
     }
 }

@@ -13,6 +13,7 @@
 //!   wiring, probes, process life, logs, metrics and traces, limits and
 //!   conditional responses.
 
+pub mod cache;
 pub mod conditional;
 pub mod conduit;
 pub mod config;

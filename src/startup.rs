@@ -70,6 +70,7 @@ pub struct Application {
     health_check_interval: std::time::Duration,
     limits: crate::server::ConnectionLimits,
     drain_delay: std::time::Duration,
+    cache: crate::cache::ResponseCache,
 }
 
 impl Application {
@@ -98,7 +99,7 @@ impl Application {
             None => None,
         };
         let metrics = crate::metrics::Metrics::new(db.clone());
-        let (app, health) = stack(ctx, settings, shared, metrics.clone())?;
+        let (app, health, cache) = stack(ctx, settings, shared, metrics.clone())?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         let admin = TcpListener::bind(settings.admin_listen)
@@ -114,6 +115,7 @@ impl Application {
             health_check_interval: settings.health_check_interval,
             limits: settings.connection_limits,
             drain_delay: settings.drain_delay,
+            cache,
         })
     }
 
@@ -138,6 +140,7 @@ impl Application {
     /// and calls in flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.health_check_interval));
+        let invalidations = tokio::spawn(self.cache.clone().listen());
         let health = self.health.clone();
         let delay = self.drain_delay;
         let drain = async move {
@@ -155,6 +158,7 @@ impl Application {
         let _ = admin_stop.send(());
         let _ = admin.await;
         watcher.abort();
+        invalidations.abort();
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");
         }
@@ -229,8 +233,9 @@ fn stack(
     settings: &ServeSettings,
     shared: Option<SharedBuckets>,
     metrics: crate::metrics::Metrics,
-) -> Result<(axum::Router, Health), StartupError> {
+) -> Result<(axum::Router, Health, crate::cache::ResponseCache), StartupError> {
     let tokens = ctx.tokens.clone();
+    let db = ctx.db.clone();
     let (grpc, methods) = conduit::services(ctx, settings.body_limit);
     let gateway = Gateway::builder()
         .methods(methods)
@@ -261,6 +266,13 @@ fn stack(
         .add_service(reflection().build_v1().map_err(StartupError::Reflection)?)
         .add_service(reflection().build_v1alpha().map_err(StartupError::Reflection)?);
 
+    let cache = crate::cache::ResponseCache::new(
+        gateway.clone(),
+        settings.cache_ttl,
+        settings.cache_max_bytes,
+        metrics.clone(),
+        Some(db),
+    );
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))
@@ -275,7 +287,8 @@ fn stack(
                 .with_metrics(metrics)
                 .with_trusted_proxies(&settings.trusted_proxies),
         )
+        .layer(cache.clone())
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
-    Ok((axum::Router::new().fallback_service(service), health))
+    Ok((axum::Router::new().fallback_service(service), health, cache))
 }

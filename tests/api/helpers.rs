@@ -18,21 +18,57 @@ use tonic::transport::Channel;
 
 pub(crate) const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 
+/// The server-level URL once known (see [`admin_url`]).
+static ADMIN_URL: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
 /// Server-level Postgres URL: the maintenance database, where test
-/// databases are created and dropped.
-fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+/// databases are created and dropped. `TEST_DATABASE_URL`, else the server
+/// on 127.0.0.1:5432 if it answers, else a private PostgreSQL the tests
+/// start from the machine's server binaries, as `conduit serve` does
+/// without `DATABASE_URL` (it dies with the test process).
+async fn admin_url() -> String {
+    ADMIN_URL
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+                return url;
+            }
+            let default = "postgres://postgres@127.0.0.1:5432/postgres";
+            let probe = tokio::time::timeout(Duration::from_secs(3), sqlx::PgConnection::connect(default)).await;
+            if let Ok(Ok(conn)) = probe {
+                let _ = conn.close().await;
+                return default.to_owned();
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let root = std::env::temp_dir().join(format!("conduit-tests-{}", std::process::id()));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let pg_bin = std::env::var_os("CONDUIT_PG_BIN").map(std::path::PathBuf::from);
+            let bin = conduit::localdb::find_binaries(pg_bin.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+            let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| panic!("{e}"));
+            let url = local.url_for("postgres");
+            // Kept for the whole run; the server dies with this process.
+            Box::leak(Box::new(local));
+            url
+        })
+        .await
+        .clone()
 }
 
-fn url_for(db: &str) -> String {
-    let admin = admin_url();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    format!("{base}/{db}")
+/// The URL of database `db` on the tests' server (known once a database was created).
+pub(crate) fn url_for(db: &str) -> String {
+    let admin = ADMIN_URL.get().expect("a database was created first");
+    let (path, query) = admin.split_once('?').map_or((admin.as_str(), None), |(p, q)| (p, Some(q)));
+    let base = path.rsplit_once('/').map(|(b, _)| b).unwrap_or(path);
+    match query {
+        Some(query) => format!("{base}/{db}?{query}"),
+        None => format!("{base}/{db}"),
+    }
 }
 
 /// Creates an empty database; returns its URL.
 pub(crate) async fn create_database(name: &str) -> String {
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("Postgres must be running for the tests");
+    let mut admin =
+        sqlx::PgConnection::connect(&admin_url().await).await.expect("Postgres must be running for the tests");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
     admin.close().await.ok();
     url_for(name)
@@ -40,7 +76,7 @@ pub(crate) async fn create_database(name: &str) -> String {
 
 /// Drops a database, connected or not; a failure only leaves it behind.
 pub(crate) async fn drop_database(name: &str) {
-    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url()).await {
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url().await).await {
         let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
         let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
     }
@@ -107,6 +143,8 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         connection_limits: conduit::server::ConnectionLimits::default(),
         drain_delay: Duration::ZERO,
         trusted_proxies: Vec::new(),
+        cache_ttl: Duration::ZERO,
+        cache_max_bytes: 16 * 1024 * 1024,
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

@@ -485,7 +485,11 @@ async fn service_resumes_when_its_database_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(down.headers.get("retry-after").is_some(), "{down:?}");
-    assert_eq!(http(app.admin_port, "GET", "/readyz", &[], "").await.0, 503);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 503 {
+        assert!(Instant::now() < deadline, "readiness stayed true with the database down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -500,4 +504,43 @@ async fn service_resumes_when_its_database_comes_back() {
     drop(app);
     local.stop().await;
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The value of one sample line of a metrics scrape, 0 when absent.
+async fn sample(admin: u16, line_start: &str) -> f64 {
+    let (_, _, text) = http(admin, "GET", "/metrics", &[], "").await;
+    text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Anonymous reads are served from the cache; a write clears it at once in
+/// its own replica and, through PostgreSQL NOTIFY, in another replica on
+/// the same database long before the entries' age bound.
+#[tokio::test]
+async fn anonymous_reads_are_cached_and_writes_clear_them_in_every_replica() {
+    let a = spawn_app_with(|s| s.cache_ttl = Duration::from_secs(120)).await;
+    let url = crate::helpers::url_for(&a.db_name);
+    let b = spawn_app_with(|s| {
+        s.cache_ttl = Duration::from_secs(120);
+        s.database_url = conduit::config::Secret::from(url.clone());
+    })
+    .await;
+    let hits = r#"conduit_cache_events_total{event="hit"} "#;
+    assert_eq!(a.get("/api/articles", None).await.body["articlesCount"], 0);
+    assert_eq!(a.get("/api/articles", None).await.body["articlesCount"], 0);
+    assert_eq!(sample(a.admin_port, hits).await, 1.0, "the second read was a hit");
+    let token = b.register("replica").await;
+    assert_eq!(b.get("/api/articles", Some(&token)).await.body["articlesCount"], 0, "authenticated reads bypass it");
+    b.article(&token, "Seen everywhere", &["cache"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get("/api/articles", None).await.body["articlesCount"] != 1 {
+        assert!(Instant::now() < deadline, "replica A still serves its cached list");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A's own write clears A's cache before the write's answer is sent.
+    assert_eq!(a.get("/api/tags", None).await.body["tags"], serde_json::json!(["cache"]));
+    let token_a = a.register("local").await;
+    a.article(&token_a, "Seen at once", &["fresh"]).await;
+    assert_eq!(a.get("/api/articles", None).await.body["articlesCount"], 2);
+    let tags = a.get("/api/tags", None).await.body["tags"].clone();
+    assert!(tags.as_array().unwrap().len() == 2, "{tags}");
 }
