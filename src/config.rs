@@ -141,6 +141,11 @@ pub struct Settings {
     #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
     pub cache_max_bytes: usize,
 
+    /// Smallest answer compressed (gzip, br or zstd, as the client accepts),
+    /// in bytes; answers of unknown length are compressed too.
+    #[arg(long, env = "COMPRESSION_MIN_BYTES", default_value_t = 1024, global = true)]
+    pub compression_min_bytes: u64,
+
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
@@ -275,6 +280,8 @@ pub struct ServeSettings {
     pub cache_ttl: Duration,
     /// Memory bound of the response cache.
     pub cache_max_bytes: usize,
+    /// Smallest answer compressed.
+    pub compression_min_bytes: u64,
 }
 
 impl Settings {
@@ -392,6 +399,7 @@ impl Settings {
             trusted_proxies,
             cache_ttl: self.cache_ttl,
             cache_max_bytes: self.cache_max_bytes,
+            compression_min_bytes: self.compression_min_bytes,
         })
     }
 }

@@ -14,6 +14,7 @@
 //!   conditional responses.
 
 pub mod cache;
+pub mod compress;
 pub mod conditional;
 pub mod conduit;
 pub mod config;

@@ -56,12 +56,20 @@ pub fn services(ctx: Ctx, message_limit: usize) -> (tonic::service::Routes, Vec<
     http.extend(pb::comments_gateway_methods(comments.clone()));
     http.extend(pb::tags_gateway_methods(tags.clone()));
 
-    let grpc = tonic::service::Routes::new(
-        pb::users_server::UsersServer::from_arc(users).max_decoding_message_size(message_limit),
-    )
-    .add_service(pb::profiles_server::ProfilesServer::from_arc(profiles).max_decoding_message_size(message_limit))
-    .add_service(pb::articles_server::ArticlesServer::from_arc(articles).max_decoding_message_size(message_limit))
-    .add_service(pb::comments_server::CommentsServer::from_arc(comments).max_decoding_message_size(message_limit))
-    .add_service(pb::tags_server::TagsServer::from_arc(tags).max_decoding_message_size(message_limit));
+    // Each server: the message limit, and gzip messages accepted and sent
+    // to clients that offer it (`grpc-accept-encoding`).
+    macro_rules! server {
+        ($server:ty, $service:expr) => {
+            <$server>::from_arc($service)
+                .max_decoding_message_size(message_limit)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        };
+    }
+    let grpc = tonic::service::Routes::new(server!(pb::users_server::UsersServer<_>, users))
+        .add_service(server!(pb::profiles_server::ProfilesServer<_>, profiles))
+        .add_service(server!(pb::articles_server::ArticlesServer<_>, articles))
+        .add_service(server!(pb::comments_server::CommentsServer<_>, comments))
+        .add_service(server!(pb::tags_server::TagsServer<_>, tags));
     (grpc, http)
 }

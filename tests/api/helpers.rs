@@ -145,6 +145,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         trusted_proxies: Vec::new(),
         cache_ttl: Duration::ZERO,
         cache_max_bytes: 16 * 1024 * 1024,
+        compression_min_bytes: 1024,
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

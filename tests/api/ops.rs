@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::helpers::{create_database, drop_database, spawn_app_with};
 
 fn free_port() -> u16 {
@@ -543,4 +545,50 @@ async fn anonymous_reads_are_cached_and_writes_clear_them_in_every_replica() {
     assert_eq!(a.get("/api/articles", None).await.body["articlesCount"], 2);
     let tags = a.get("/api/tags", None).await.body["tags"].clone();
     assert!(tags.as_array().unwrap().len() == 2, "{tags}");
+}
+
+/// Answers worth it are compressed as the client prefers (gzip, br,
+/// zstd), with their own strong tags that validate with 304; small ones
+/// and clients that accept none get identity; gRPC messages are gzipped
+/// both ways when the client offers it.
+#[tokio::test]
+async fn answers_are_compressed_as_accepted_with_their_own_tags() {
+    let app = spawn_app_with(|_| {}).await;
+    let token = app.register("squeezer").await;
+    for n in 0..6 {
+        app.article(&token, &format!("A long enough title number {n} for compression"), &["zip", "squeeze"]).await;
+    }
+    let plain = app.send("GET", "/api/articles", &[("accept-encoding", "identity")], Bytes::new()).await;
+    assert!(plain.raw.len() > 2048 && plain.headers.get("content-encoding").is_none(), "{:?}", plain.headers);
+    let plain_tag = plain.headers["etag"].to_str().unwrap().to_owned();
+    for coding in ["gzip", "br", "zstd"] {
+        let reply = app.send("GET", "/api/articles", &[("accept-encoding", coding)], Bytes::new()).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers.get("content-encoding").map(|v| v.to_str().unwrap()), Some(coding));
+        assert!(reply.raw.len() < plain.raw.len() / 2, "{coding}: {} of {}", reply.raw.len(), plain.raw.len());
+        let tag = reply.headers["etag"].to_str().unwrap().to_owned();
+        assert_eq!(tag, format!("{}-{coding}\"", plain_tag.trim_end_matches('"')));
+        assert!(reply.headers.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("accept-encoding")));
+        let again = app
+            .send("GET", "/api/articles", &[("accept-encoding", coding), ("if-none-match", &tag)], Bytes::new())
+            .await;
+        assert_eq!((again.status, again.raw.len()), (304, 0), "{coding}");
+        assert_eq!(again.headers["etag"].to_str().unwrap(), tag);
+    }
+    let gzip = app.send("GET", "/api/articles", &[("accept-encoding", "gzip")], Bytes::new()).await;
+    let mut gunzip = Command::new("gzip").arg("-dc").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    gunzip.stdin.take().unwrap().write_all(&gzip.raw).unwrap();
+    assert_eq!(gunzip.wait_with_output().unwrap().stdout, plain.raw.to_vec(), "gzip decodes to the same answer");
+    let small = app.send("GET", "/api/tags", &[("accept-encoding", "gzip")], Bytes::new()).await;
+    assert!(small.headers.get("content-encoding").is_none(), "small answers stay as they are");
+
+    let mut articles = app
+        .articles()
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let list = articles.list_articles(conduit::pb::conduit::v1::ListArticlesRequest::default()).await.unwrap();
+    assert_eq!(list.metadata().get("grpc-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    assert_eq!(list.into_inner().articles.len(), 6);
 }
