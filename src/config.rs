@@ -146,6 +146,12 @@ pub struct Settings {
     #[arg(long, env = "COMPRESSION_MIN_BYTES", default_value_t = 1024, global = true)]
     pub compression_min_bytes: u64,
 
+    /// `full` (every layer) or `minimal` (only what the API's behaviour
+    /// needs: classification, authentication, dispatch), to measure what
+    /// the operational layers cost; not for production.
+    #[arg(long, env = "MIDDLEWARE", default_value = "full", value_parser = ["full", "minimal"], global = true)]
+    pub middleware: String,
+
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
@@ -282,6 +288,8 @@ pub struct ServeSettings {
     pub cache_max_bytes: usize,
     /// Smallest answer compressed.
     pub compression_min_bytes: u64,
+    /// Only the layers the API's behaviour needs (for measurements).
+    pub minimal_middleware: bool,
 }
 
 impl Settings {
@@ -400,6 +408,7 @@ impl Settings {
             cache_ttl: self.cache_ttl,
             cache_max_bytes: self.cache_max_bytes,
             compression_min_bytes: self.compression_min_bytes,
+            minimal_middleware: self.middleware == "minimal",
         })
     }
 }

@@ -273,6 +273,13 @@ fn stack(
         metrics.clone(),
         Some(db),
     );
+    if settings.minimal_middleware {
+        let bare = tower::ServiceBuilder::new()
+            .layer(ClassifyLayer::new(gateway.clone()))
+            .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
+            .service(Dispatch::new(grpc.into_axum_router(), gateway));
+        return Ok((axum::Router::new().fallback_service(bare), health, cache));
+    }
     let service = tower::ServiceBuilder::new()
         .layer(cors(settings))
         .layer(ClassifyLayer::new(gateway.clone()))

@@ -190,7 +190,8 @@ fn stream(body: Body, timeout: Option<Duration>) -> Body {
             None => end(Status::internal("the gRPC answer ended without a status")),
         }
     });
-    Body::from_stream(frames)
+    // Fused: a layer above (compression) may poll once more after the end.
+    Body::from_stream(futures_util::StreamExt::fuse(frames))
 }
 
 /// Metadata of a status without its own `grpc-*` fields.

@@ -302,7 +302,7 @@ fn envelopes(
             None => Some((Ok(end_of_stream(None, &MetadataMap::new())), None)),
         }
     });
-    Body::from_stream(stream)
+    Body::from_stream(futures_util::StreamExt::fuse(stream))
 }
 
 /// The Connect error body of a status.

@@ -72,7 +72,7 @@ pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Bod
             None => Some((Ok(trailer_frame(&Status::ok(""))), None)),
         }
     });
-    let mut response = Response::new(Body::from_stream(frames));
+    let mut response = Response::new(Body::from_stream(futures_util::StreamExt::fuse(frames)));
     *response.headers_mut() = metadata.into_headers();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response

@@ -113,12 +113,12 @@ pub(crate) async fn json(gateway: &Gateway, mut req: Request<Body>) -> Response<
         Output::Stream(messages) if sse => {
             let (gateway, event_id) = (gateway.clone(), method.spec.event_id);
             let events = messages.map(move |m| Ok::<_, Status>(sse_event(&gateway, m, event_id)));
-            (Body::from_stream(events), Some("text/event-stream"))
+            (Body::from_stream(futures_util::StreamExt::fuse(events)), Some("text/event-stream"))
         }
         Output::Stream(messages) => {
             let gateway = gateway.clone();
             let lines = messages.map(move |m| Ok::<_, Status>(ndjson_line(&gateway, m)));
-            (Body::from_stream(lines), Some("application/x-ndjson"))
+            (Body::from_stream(futures_util::StreamExt::fuse(lines)), Some("application/x-ndjson"))
         }
     };
     let mut response = Response::new(body);
