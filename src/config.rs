@@ -152,6 +152,16 @@ pub struct Settings {
     #[arg(long, env = "MIDDLEWARE", default_value = "full", value_parser = ["full", "minimal"], global = true)]
     pub middleware: String,
 
+    /// PEM certificate chain: with TLS_KEY, the main listener speaks TLS
+    /// (HTTP/2 or HTTP/1.1 by ALPN); both files are read again on SIGHUP
+    /// or when they change.
+    #[arg(long, env = "TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of TLS_CERT.
+    #[arg(long, env = "TLS_KEY", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
@@ -290,6 +300,8 @@ pub struct ServeSettings {
     pub compression_min_bytes: u64,
     /// Only the layers the API's behaviour needs (for measurements).
     pub minimal_middleware: bool,
+    /// Certificate and key files, when the main listener speaks TLS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Settings {
@@ -364,6 +376,11 @@ impl Settings {
         if self.http2_keep_alive.is_zero() {
             return Err("HTTP2_KEEP_ALIVE must be longer than zero".into());
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err("TLS_CERT and TLS_KEY go together: set both or neither".into()),
+        };
         let trusted_proxies = self
             .trusted_proxies
             .split(',')
@@ -409,6 +426,7 @@ impl Settings {
             cache_max_bytes: self.cache_max_bytes,
             compression_min_bytes: self.compression_min_bytes,
             minimal_middleware: self.middleware == "minimal",
+            tls,
         })
     }
 }

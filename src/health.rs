@@ -63,8 +63,10 @@ impl Health {
     }
 
     /// Checks the database every `interval` (and once now) and reports
-    /// SERVING or NOT_SERVING accordingly, until the process drains.
-    pub async fn watch_database(self, db: PgPool, interval: Duration) {
+    /// SERVING or NOT_SERVING accordingly, until the process drains. With
+    /// `migrations`, the database counts as up only once that many
+    /// migrations are applied (when the service does not apply them itself).
+    pub async fn watch_database(self, db: PgPool, interval: Duration, migrations: Option<i64>) {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = None;
@@ -73,8 +75,21 @@ impl Health {
             if self.draining.load(Ordering::SeqCst) {
                 return;
             }
-            let check = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&db);
-            let up = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), check).await, Ok(Ok(_)));
+            let check = async {
+                match migrations {
+                    None => sqlx::query_scalar::<_, i64>("SELECT 1::int8").fetch_one(&db).await.map(|_| true),
+                    Some(expected) => {
+                        let applied = "SELECT count(*) FROM _sqlx_migrations WHERE success";
+                        let applied = sqlx::query_scalar::<_, i64>(applied).fetch_one(&db).await;
+                        // No migrations table: the schema is missing altogether.
+                        applied.map(|n| n >= expected).or_else(|e| match e {
+                            sqlx::Error::Database(_) => Ok(false),
+                            other => Err(other),
+                        })
+                    }
+                }
+            };
+            let up = matches!(tokio::time::timeout(interval.max(Duration::from_secs(1)), check).await, Ok(Ok(true)));
             self.database_down.store(!up, Ordering::Relaxed);
             // Statuses change only when the answer does; a drain that began
             // during the check wins.
@@ -82,7 +97,7 @@ impl Health {
                 continue;
             }
             if !up {
-                tracing::warn!("the database does not answer: health is NOT_SERVING");
+                tracing::warn!("the database does not answer or lacks migrations: health is NOT_SERVING");
             } else if last.is_some() {
                 tracing::info!("the database answers again: health is SERVING");
             }

@@ -35,6 +35,9 @@ pub enum StartupError {
     /// `REDIS_URL` is set and Redis does not answer.
     #[error("cannot connect to Redis (REDIS_URL): {0}")]
     Redis(redis::RedisError),
+    /// The TLS certificate or key is unusable.
+    #[error("cannot serve TLS: {0}")]
+    Tls(String),
     /// The descriptors for reflection do not decode.
     #[error("cannot serve reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -71,6 +74,9 @@ pub struct Application {
     limits: crate::server::ConnectionLimits,
     drain_delay: std::time::Duration,
     cache: crate::cache::ResponseCache,
+    /// Set when migrations are not applied at start: readiness waits for them.
+    expected_migrations: Option<i64>,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl Application {
@@ -98,6 +104,10 @@ impl Application {
             ),
             None => None,
         };
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(crate::tls::Tls::load(cert, key).map_err(StartupError::Tls)?),
+            None => None,
+        };
         let metrics = crate::metrics::Metrics::new(db.clone());
         let (app, health, cache) = stack(ctx, settings, shared, metrics.clone())?;
         let listener =
@@ -116,6 +126,8 @@ impl Application {
             limits: settings.connection_limits,
             drain_delay: settings.drain_delay,
             cache,
+            expected_migrations: (!settings.migrate_on_start).then(|| MIGRATOR.iter().count() as i64),
+            tls,
         })
     }
 
@@ -139,7 +151,11 @@ impl Application {
     /// the drain delay (while load balancers notice), then accepting stops
     /// and calls in flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.health_check_interval));
+        let watcher = tokio::spawn(self.health.clone().watch_database(
+            self.db.clone(),
+            self.health_check_interval,
+            self.expected_migrations,
+        ));
         let invalidations = tokio::spawn(self.cache.clone().listen());
         let health = self.health.clone();
         let delay = self.drain_delay;
@@ -151,10 +167,14 @@ impl Application {
         };
         let admin_app = crate::health::admin_routes(self.health.clone(), self.metrics.clone());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = tokio::spawn(crate::server::serve(self.admin, admin_app, self.limits, async move {
+        let admin = tokio::spawn(crate::server::serve(self.admin, admin_app, self.limits, None, async move {
             let _ = admin_stopped.await;
         }));
-        crate::server::serve(self.listener, self.app, self.limits, drain).await;
+        let reloads = self.tls.clone().map(|tls| tokio::spawn(tls.watch()));
+        crate::server::serve(self.listener, self.app, self.limits, self.tls, drain).await;
+        if let Some(reloads) = reloads {
+            reloads.abort();
+        }
         let _ = admin_stop.send(());
         let _ = admin.await;
         watcher.abort();

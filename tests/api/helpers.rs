@@ -147,6 +147,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         cache_max_bytes: 16 * 1024 * 1024,
         compression_min_bytes: 1024,
         minimal_middleware: false,
+        tls: None,
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

@@ -166,7 +166,7 @@ async fn lab() -> LabServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let limits = conduit::server::ConnectionLimits::default();
-    tokio::spawn(conduit::server::serve(listener, app, limits, std::future::pending()));
+    tokio::spawn(conduit::server::serve(listener, app, limits, None, std::future::pending()));
     LabServer { port, seen, recorded, http: Client::builder(TokioExecutor::new()).build_http() }
 }
 

@@ -592,3 +592,87 @@ async fn answers_are_compressed_as_accepted_with_their_own_tags() {
     assert_eq!(list.metadata().get("grpc-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
     assert_eq!(list.into_inner().articles.len(), 6);
 }
+
+/// With MIGRATE_ON_START=false, the service is not ready (and calls get
+/// 503) until the schema's migrations are applied by someone else.
+#[tokio::test]
+async fn readiness_waits_for_migrations_it_does_not_apply_itself() {
+    let app = spawn_app_with(|s| s.migrate_on_start = false).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 503 {
+        assert!(Instant::now() < deadline, "ready without a schema");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/api/tags", None).await.status, 503);
+    conduit::startup::MIGRATOR.run(&app.db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 200 {
+        assert!(Instant::now() < deadline, "not ready once migrated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/api/tags", None).await.status, 200);
+}
+
+/// A self-signed certificate for `localhost` with `name` as its subject.
+fn certificate(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={name}"), "-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// curl over TLS trusting only `ca`: (exit code, HTTP version, body).
+fn curl_tls(port: u16, ca: &std::path::Path, http2: bool) -> (Option<i32>, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "--resolve", &format!("localhost:{port}:127.0.0.1"), "--cacert"])
+        .arg(ca)
+        .arg(if http2 { "--http2" } else { "--http1.1" })
+        .args(["-w", "\n%{http_version}", &format!("https://localhost:{port}/api/tags")])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (out.status.code(), version.to_owned(), body.to_owned())
+}
+
+/// With TLS_CERT and TLS_KEY, the main port speaks TLS with HTTP/2 or
+/// HTTP/1.1 by ALPN, and a new certificate is served after SIGHUP.
+#[tokio::test]
+async fn tls_serves_both_http_versions_and_reloads_on_sighup() {
+    let dir = tempdir("tls");
+    let (first, first_key) = certificate(&dir, "first");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(&first, &cert).unwrap();
+    std::fs::copy(&first_key, &key).unwrap();
+    let served = Served::start(&[
+        ("TLS_CERT", cert.to_str().unwrap()),
+        ("TLS_KEY", key.to_str().unwrap()),
+        ("DRAIN_DELAY", "0s"),
+    ])
+    .await;
+    let (code, version, body) = curl_tls(served.port, &first, true);
+    assert_eq!((code, version.as_str()), (Some(0), "2"), "{body}");
+    assert!(body.contains("\"tags\""), "{body}");
+    assert_eq!(curl_tls(served.port, &first, false).1, "1.1");
+    let (second, second_key) = certificate(&dir, "second");
+    assert_ne!(curl_tls(served.port, &second, true).0, Some(0), "the second certificate is not served yet");
+    std::fs::copy(&second, &cert).unwrap();
+    std::fs::copy(&second_key, &key).unwrap();
+    served.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl_tls(served.port, &second, true).0 != Some(0) {
+        assert!(Instant::now() < deadline, "the new certificate was not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = served.stop().await;
+    assert_eq!(code, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
