@@ -172,6 +172,8 @@ impl Class {
 enum Identity {
     User(i64),
     Address(IpAddr),
+    /// Every identity new while the table is full: one shared budget.
+    Overflow,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -181,8 +183,20 @@ struct Bucket {
 }
 
 /// Most buckets kept; past it, buckets that have refilled (and so hold no
-/// information) are dropped.
+/// information) are dropped, at most once per [`SWEEP_EVERY`] so that a
+/// full table does not cost a scan per call; identities that still find no
+/// room share one overflow bucket until there is.
 const MAX_BUCKETS: usize = 100_000;
+
+/// Least time between two sweeps of a full table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The process's buckets.
+#[derive(Debug, Default)]
+struct Buckets {
+    map: HashMap<(Class, Identity), Bucket>,
+    swept: Option<Instant>,
+}
 
 /// The token-bucket script: refill by the time passed (Redis's clock), take
 /// one token if there is one; returns {allowed, wait in ms}.
@@ -236,6 +250,7 @@ impl SharedBuckets {
         let key = match identity {
             Identity::User(id) => format!("{}{}:u{id}", self.prefix, class.name()),
             Identity::Address(ip) => format!("{}{}:a{ip}", self.prefix, class.name()),
+            Identity::Overflow => format!("{}{}:overflow", self.prefix, class.name()),
         };
         let per_ms = f64::from(rate.count) / rate.period.as_millis() as f64;
         let mut connection = self.connection.clone();
@@ -261,7 +276,8 @@ pub struct RateLimit {
     gateway: gateway::Gateway,
     default: Rate,
     credentials: Rate,
-    buckets: Arc<Mutex<HashMap<(Class, Identity), Bucket>>>,
+    buckets: Arc<Mutex<Buckets>>,
+    max_buckets: usize,
     shared: Option<SharedBuckets>,
     metrics: Option<crate::metrics::Metrics>,
     trusted_proxies: Arc<[Network]>,
@@ -276,6 +292,7 @@ impl RateLimit {
             default,
             credentials,
             buckets: Arc::default(),
+            max_buckets: MAX_BUCKETS,
             shared,
             metrics: None,
             trusted_proxies: Arc::new([]),
@@ -310,14 +327,22 @@ impl RateLimit {
         let per_second = f64::from(rate.count) / rate.period.as_secs_f64();
         let capacity = f64::from(rate.count);
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() >= MAX_BUCKETS {
-            buckets.retain(|(class, _), b| {
-                let rate = self.rate(*class);
-                let refill = now.duration_since(b.at).as_secs_f64() * f64::from(rate.count) / rate.period.as_secs_f64();
-                b.tokens + refill < f64::from(rate.count)
-            });
+        let mut key = (class, identity);
+        if buckets.map.len() >= self.max_buckets && !buckets.map.contains_key(&key) {
+            if buckets.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+                buckets.swept = Some(now);
+                buckets.map.retain(|(class, _), b| {
+                    let rate = self.rate(*class);
+                    let refill =
+                        now.duration_since(b.at).as_secs_f64() * f64::from(rate.count) / rate.period.as_secs_f64();
+                    b.tokens + refill < f64::from(rate.count)
+                });
+            }
+            if buckets.map.len() >= self.max_buckets {
+                key = (class, Identity::Overflow);
+            }
         }
-        let bucket = buckets.entry((class, identity)).or_insert(Bucket { tokens: capacity, at: now });
+        let bucket = buckets.map.entry(key).or_insert(Bucket { tokens: capacity, at: now });
         bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second).min(capacity);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
@@ -442,6 +467,25 @@ mod tests {
         assert!(limit.take(Class::Credentials, who, now).is_ok(), "classes have their own buckets");
         assert!(limit.take(Class::Credentials, Identity::User(2), now).is_ok(), "so do identities");
         assert!(limit.take(Class::Credentials, who, now).is_err());
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second_and_overflows_into_one_bucket() {
+        let gateway = gateway::Gateway::builder().build().unwrap();
+        let mut limit = RateLimit::new(gateway, Rate::parse("2/min").unwrap(), Rate::parse("1/min").unwrap(), None);
+        limit.max_buckets = 2;
+        let now = Instant::now();
+        assert!(limit.take(Class::Default, Identity::User(1), now).is_ok());
+        assert!(limit.take(Class::Default, Identity::User(2), now).is_ok());
+        // Full of buckets still in use: newcomers share the overflow bucket.
+        assert!(limit.take(Class::Default, Identity::User(3), now).is_ok());
+        assert!(limit.take(Class::Default, Identity::User(4), now).is_ok());
+        assert!(limit.take(Class::Default, Identity::User(5), now).is_err(), "the overflow budget is shared");
+        // Once the first buckets have refilled, a sweep (a second later) makes room.
+        let later = now + Duration::from_secs(120);
+        assert!(limit.take(Class::Default, Identity::User(6), later).is_ok());
+        assert!(limit.take(Class::Default, Identity::User(6), later).is_ok());
+        assert!(limit.take(Class::Default, Identity::User(6), later).is_err(), "user 6 has its own bucket now");
     }
 
     #[test]

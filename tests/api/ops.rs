@@ -676,3 +676,42 @@ async fn tls_serves_both_http_versions_and_reloads_on_sighup() {
     assert_eq!(code, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When the Redis of the shared rate limits fails, calls pass (fail open,
+/// the default) or are refused (fail closed), as set; failures are counted.
+#[tokio::test]
+async fn a_failed_redis_fails_open_or_closed_as_set_and_is_counted() {
+    let port = free_port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tune = |open: bool| {
+        let url = url.clone();
+        move |s: &mut conduit::config::ServeSettings| {
+            s.redis_url = Some(conduit::config::Secret::from(url));
+            s.rate_limit_redis_fail_open = open;
+            s.rate_limit_redis_prefix = format!("conduit:test:{}:{open}:", std::process::id());
+        }
+    };
+    let (open, closed) = (spawn_app_with(tune(true)).await, spawn_app_with(tune(false)).await);
+    assert_eq!(open.get("/api/tags", None).await.status, 200);
+    assert_eq!(closed.get("/api/tags", None).await.status, 200);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let started = Instant::now();
+    assert_eq!(open.get("/api/tags", None).await.status, 200, "fail open lets calls through");
+    let refused = closed.get("/api/tags", None).await;
+    assert_eq!(refused.status, 429, "fail closed refuses: {refused:?}");
+    assert!(refused.headers.get("retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(5), "no long wait on a dead Redis: {:?}", started.elapsed());
+    let errors = sample(open.admin_port, "conduit_rate_limit_store_errors_total ").await;
+    assert!(errors >= 1.0, "Redis failures are counted: {errors}");
+}
