@@ -104,8 +104,11 @@ impl Articles {
             author: filter_value(&r.author),
             favorited: filter_value(&r.favorited),
         };
-        let page = store::list(&self.ctx.db, filter, limit, offset).await?;
-        self.page(viewer, page).await
+        let (total, rows) = store::list(&self.ctx.db, viewer, filter, limit, offset).await?;
+        Ok(MultipleArticlesResponse {
+            articles: rows.into_iter().map(Into::into).collect(),
+            articles_count: i32::try_from(total).unwrap_or(i32::MAX),
+        })
     }
 
     // GET /articles/feed

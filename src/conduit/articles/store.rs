@@ -177,14 +177,67 @@ fn page_sql(filter: &Filter<'_>) -> String {
     )
 }
 
-/// A page of the article list.
-pub(crate) async fn list(db: &PgPool, filter: Filter<'_>, limit: i64, offset: i64) -> ConduitResult<Page> {
-    let sql = page_sql(&filter);
-    let mut query = sqlx::query_as::<_, Page>(AssertSqlSafe(sql));
+/// The SQL of a whole list page in one statement: the page of ids (see
+/// [`page_sql`]) and its articles as the read model shows them, in page
+/// order; one row with NULL article columns when the page is empty. The
+/// viewer is the parameter after limit and offset.
+fn list_sql(filter: &Filter<'_>) -> String {
+    let viewer = [filter.tag, filter.favorited, filter.author].iter().flatten().count() + 3;
+    format!(
+        "WITH page AS ({page}) \
+         SELECT page.total, a.id, a.slug, a.title, a.description, a.tag_list, a.created_at, a.updated_at, \
+                a.favorites_count, u.username, u.bio, u.image, \
+                COALESCE((SELECT true FROM favorites f WHERE f.user_id = ${viewer} AND f.article_id = a.id), false) \
+                    AS favorited, \
+                COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = ${viewer} \
+                          AND fo.followee_id = a.author_id), false) AS following \
+         FROM page LEFT JOIN articles a ON a.id = ANY(page.ids) LEFT JOIN users u ON u.id = a.author_id \
+         ORDER BY array_position(page.ids, a.id)",
+        page = page_sql(filter)
+    )
+}
+
+/// A page of the article list as `viewer` sees it, with the total
+/// matching, in one round trip.
+pub(crate) async fn list(
+    db: &PgPool,
+    viewer: Option<i64>,
+    filter: Filter<'_>,
+    limit: i64,
+    offset: i64,
+) -> ConduitResult<(i64, Vec<ArticleRow>)> {
+    use sqlx::Row;
+    let sql = list_sql(&filter);
+    let mut query = sqlx::query(AssertSqlSafe(sql));
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         query = query.bind(value);
     }
-    Ok(query.bind(limit).bind(offset).fetch_one(db).await?)
+    let rows = query.bind(limit).bind(offset).bind(crate::conduit::viewer_id(viewer)).fetch_all(db).await?;
+    let total = match rows.first() {
+        Some(row) => row.try_get::<i64, _>("total")?,
+        None => 0,
+    };
+    let mut articles = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row.try_get::<Option<i64>, _>("id")? else { continue };
+        articles.push(ArticleRow {
+            id,
+            slug: row.try_get("slug")?,
+            title: row.try_get("title")?,
+            description: row.try_get("description")?,
+            body: String::new(),
+            tag_list: row.try_get("tag_list")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            favorites_count: row.try_get("favorites_count")?,
+            username: row.try_get("username")?,
+            bio: row.try_get("bio")?,
+            image: row.try_get("image")?,
+            favorited: row.try_get("favorited")?,
+            following: row.try_get("following")?,
+        });
+    }
+    Ok((total, articles))
 }
 
 /// A page of the feed of `user`: articles by the users it follows.
@@ -454,5 +507,9 @@ mod tests {
             all.contains("count(*)") && all.contains("username = $3") && all.contains("LIMIT $4 OFFSET $5"),
             "{all}"
         );
+        // The whole page in one statement: the viewer follows limit and offset.
+        let list = list_sql(&Filter { tag: Some("x"), ..Filter::default() });
+        assert!(list.starts_with("WITH page AS (SELECT") && list.contains("f.user_id = $4"), "{list}");
+        assert!(list_sql(&Filter::default()).contains("fo.follower_id = $3"));
     }
 }
