@@ -11,6 +11,11 @@ use sqlx::PgPool;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// The `grpc.health.v1` service name that answers SERVING for as long as
+/// the process serves at all, whatever the database: what a liveness probe
+/// asks (restarting a replica cannot bring a database back).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// Reports the health of a fixed set of services.
 #[derive(Clone)]
 pub struct Health {
@@ -67,6 +72,7 @@ impl Health {
     /// `migrations`, the database counts as up only once that many
     /// migrations are applied (when the service does not apply them itself).
     pub async fn watch_database(self, db: PgPool, interval: Duration, migrations: Option<i64>) {
+        self.reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last = None;

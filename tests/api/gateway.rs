@@ -313,6 +313,8 @@ async fn grpc_health_reports_serving_then_not_serving_when_the_database_goes_awa
     wait_for("", ServingStatus::NotServing).await;
     wait_for("conduit.v1.Users", ServingStatus::NotServing).await;
     assert_eq!((probe("/healthz").await, probe("/readyz").await), (200, 503), "alive, not ready");
+    // The liveness service (what Kubernetes' gRPC liveness probe asks) stays SERVING.
+    assert_eq!(status(conduit::health::LIVENESS_SERVICE).await.unwrap(), ServingStatus::Serving);
 
     // Calls now fail fast, in every protocol, saying when to retry.
     let started = std::time::Instant::now();
