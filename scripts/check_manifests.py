@@ -118,14 +118,23 @@ def check(path, defaults):
                 problems.append("the ServiceMonitor must scrape /metrics on the admin port")
             if endpoint["port"] not in service_ports:
                 problems.append(f"ServiceMonitor port {endpoint['port']} is not a Service port")
+    templates = [d["spec"]["template"]["metadata"].get("labels", {}) for d in docs if d["kind"] in ("Deployment", "Job")]
     for policy in by_kind.get("NetworkPolicy", []):
         chosen = policy["spec"]["podSelector"].get("matchLabels", {})
-        if any(pod_labels.get(k) != v for k, v in chosen.items()):
-            problems.append(f"NetworkPolicy/{policy['metadata']['name']} selects no conduit pod")
+        selects = lambda labels: all(labels.get(k) == v for k, v in chosen.items())  # noqa: E731
+        if not any(selects(labels) for labels in templates):
+            problems.append(f"NetworkPolicy/{policy['metadata']['name']} selects no pod of ours")
+        if not selects(pod_labels):
+            continue
         for rule in policy["spec"].get("ingress", []):
             for p in rule.get("ports", []):
                 if port_of(p["port"]) not in numbers:
                     problems.append(f"NetworkPolicy allows port {p['port']}, which the container does not open")
+    if not any(
+        all(pod_labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
+        for p in by_kind.get("NetworkPolicy", [])
+    ):
+        problems.append("no NetworkPolicy selects the conduit pods")
 
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         target = hpa["spec"]["scaleTargetRef"]
