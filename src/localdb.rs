@@ -227,15 +227,8 @@ impl LocalPostgres {
 
     /// The URL of any database of this server.
     pub fn url_for(&self, database: &str) -> String {
-        let socket: String = self
-            .socket_dir
-            .to_string_lossy()
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let path = self.socket_dir.to_string_lossy();
+        let socket = percent_encoding::utf8_percent_encode(&path, percent_encoding::NON_ALPHANUMERIC);
         format!("postgres://postgres@localhost/{database}?host={socket}")
     }
 

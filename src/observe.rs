@@ -296,6 +296,9 @@ impl DatabaseObserver {
 
 #[derive(Default)]
 struct StatementFields {
+    /// Whether the texts are wanted (a span will be made): copying the SQL
+    /// of every statement for metrics alone would be waste.
+    texts: bool,
     summary: Option<String>,
     statement: Option<String>,
     elapsed: Option<f64>,
@@ -319,6 +322,9 @@ impl tracing::field::Visit for StatementFields {
     }
 
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if !self.texts {
+            return;
+        }
         match field.name() {
             "summary" => self.summary = Some(value.to_owned()),
             "db.statement" if !value.is_empty() => self.statement = Some(value.trim().to_owned()),
@@ -327,7 +333,7 @@ impl tracing::field::Visit for StatementFields {
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "summary" && self.summary.is_none() {
+        if self.texts && field.name() == "summary" && self.summary.is_none() {
             self.summary = Some(format!("{value:?}"));
         }
     }
@@ -335,7 +341,10 @@ impl tracing::field::Visit for StatementFields {
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DatabaseObserver {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
-        let mut fields = StatementFields::default();
+        // A span is made only under a call's span, when spans are exported.
+        let parent = OtelContext::current();
+        let tracer = TRACER.get().filter(|_| parent.has_active_span());
+        let mut fields = StatementFields { texts: tracer.is_some(), ..StatementFields::default() };
         event.record(&mut fields);
         if let Some(waited) = fields.acquired_after {
             DATABASE.acquire.observe(waited);
@@ -343,11 +352,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for DatabaseObserver {
         }
         let Some(elapsed) = fields.elapsed else { return };
         DATABASE.statement.observe(elapsed);
-        let Some(tracer) = TRACER.get() else { return };
-        let parent = OtelContext::current();
-        if !parent.has_active_span() {
-            return;
-        }
+        let Some(tracer) = tracer else { return };
         let end = SystemTime::now();
         let start = end.checked_sub(Duration::from_secs_f64(elapsed)).unwrap_or(end);
         let summary = fields.summary.unwrap_or_else(|| "statement".to_owned());

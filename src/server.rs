@@ -62,15 +62,14 @@ const MIN_HTTP1_BUFFER: usize = 8192;
 /// Serves `app` on `listener` until `stop` completes, then stops accepting,
 /// asks every open connection to finish (HTTP/2 GOAWAY; HTTP/1.1 closes
 /// after its current answer) and waits for them up to
-/// `limits.drain_timeout`. Returns how many connections were still open at
-/// the deadline.
+/// `limits.drain_timeout`; calls still open then are dropped.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
     tls: Option<crate::tls::Tls>,
     stop: impl Future<Output = ()>,
-) -> usize {
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -133,12 +132,7 @@ pub async fn serve(
     drop(listener);
     let open = graceful.count();
     tracing::info!(connections = open, "stopped accepting; finishing calls in flight");
-    let left = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
-    match left {
-        Ok(()) => 0,
-        Err(_) => {
-            tracing::warn!("the drain deadline passed with calls still in flight; they are dropped");
-            open.max(1)
-        }
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("the drain deadline passed with calls still in flight; they are dropped");
     }
 }

@@ -21,11 +21,6 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Sends the spans still buffered and stops the exporter.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider

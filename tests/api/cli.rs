@@ -151,7 +151,10 @@ async fn request_logs_are_structured_and_never_hold_secrets() {
         serde_json::from_str::<serde_json::Value>(&answer).unwrap()["user"]["token"].as_str().unwrap().to_owned();
     let login = format!(r#"{{"user":{{"email":"logger@example.com","password":"{password}"}}}}"#);
     assert_eq!(exchange(port, &json_request("POST", "/api/users/login", "", &login)).0, 200);
-    let auth = format!("authorization: Token {token}\r\nx-request-id: trace-me-42\r\n");
+    let auth = format!(
+        "authorization: Token {token}\r\nx-request-id: trace-me-42\r\n\
+         traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n"
+    );
     let (status, head, _) = exchange(port, &json_request("GET", "/api/user", &auth, ""));
     assert_eq!(status, 200);
     assert!(head.to_lowercase().contains("x-request-id: trace-me-42"), "the request id is echoed: {head}");
@@ -176,6 +179,7 @@ async fn request_logs_are_structured_and_never_hold_secrets() {
     assert_eq!((me["fields"]["protocol"].as_str(), me["fields"]["status"].as_u64()), (Some("json"), Some(200)));
     assert!(me["fields"]["user_id"].as_i64().is_some(), "{me}");
     assert!(me["fields"]["latency_ms"].as_f64().is_some(), "{me}");
+    assert_eq!(me["fields"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace id: {me}");
     let connect = lines.iter().find(|l| l["fields"]["protocol"] == "connect").expect("a Connect line");
     assert!(connect["fields"]["request_id"].as_str().is_some_and(|id| id.len() >= 16), "{connect}");
     assert_eq!(lines.len(), 4, "one line per request: {lines:?}");

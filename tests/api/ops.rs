@@ -151,6 +151,10 @@ async fn metrics_count_calls_per_rpc_and_pass_promtool() {
         .unwrap();
     assert!(statements >= 2.0, "statements were timed: {statements}");
     assert!(!text.contains("/api/articles/nope"), "no raw paths in labels");
+    let open = [("accept", "application/openmetrics-text; version=1.0.0")];
+    let (_, head, openmetrics) = http(served.admin, "GET", "/metrics", &open, "").await;
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(openmetrics.trim_end().ends_with("# EOF") && !text.contains("# EOF"), "OpenMetrics only when asked");
     let promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

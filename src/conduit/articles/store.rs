@@ -107,7 +107,7 @@ pub(crate) struct Filter<'a> {
 }
 
 /// One page of ids, newest first, and the total matching.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub(crate) struct Page {
     /// All articles matching.
     pub(crate) total: i64,
