@@ -52,6 +52,10 @@ impl articles_server::Articles for Stub {
     async fn unfavorite_article(&self, _: Request<pb::UnfavoriteArticleRequest>) -> Answer<pb::SingleArticleResponse> {
         Err(Status::unimplemented("stub"))
     }
+    type ExportArticlesStream = futures_util::stream::BoxStream<'static, Result<pb::Article, Status>>;
+    async fn export_articles(&self, _: Request<pb::ExportArticlesRequest>) -> Answer<Self::ExportArticlesStream> {
+        Err(Status::unimplemented("stub"))
+    }
 }
 
 /// About 1.5 KB of Markdown, as a typical RealWorld article body.

@@ -9,8 +9,11 @@ restart during that load, with no failed call; (c) a replica killed with
 SIGKILL during writes, after which every write answered 2xx is in the
 database; (d) a login rate limit shared by the replicas, held within 5 %;
 (e) a write through one replica visible through another within the cache
-bound. Prints a summary table; exits 1 on any violation. Every load is
-bounded in count and time.
+bound; (f) notification watch streams (SSE) through nginx while a writer
+makes notifications and every replica restarts in turn: each client
+resumes with Last-Event-ID and ends up with exactly the notifications the
+database holds, numbered 1..n, none missing or repeated. Prints a summary
+table; exits 1 on any violation. Every load is bounded in count and time.
 
 Usage: rehearsal.py BINARY  (PostgreSQL on 127.0.0.1:5432, Redis on 6379)
 """
@@ -118,9 +121,27 @@ class Nginx:
         self.write_upstream({r.index for r in replicas})
         with open(f"{self.dir}/nginx.conf", "w") as conf:
             user = "user root;" if os.geteuid() == 0 else ""
+            # Streams of the service (watches, exports) are answered as they
+            # are written, never buffered, and may stay open between
+            # keep-alives for long.
+            streaming = """
+    location ~ ^/api/(notifications:watch|articles:export)$ {
+      proxy_pass http://conduit;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_cache off;
+      proxy_read_timeout 1h;
+      proxy_next_upstream error timeout;
+    }"""
             conf.write(f"""
 {user}
 worker_processes 1;
+# A reload leaves the old worker serving its open connections; long
+# streams would keep it alive indefinitely. Cut them after 10 s instead:
+# the clients resume where they were (Last-Event-ID).
+worker_shutdown_timeout 10s;
 error_log {self.dir}/logs/error.log warn;
 pid {self.dir}/nginx.pid;
 events {{ worker_connections 1024; }}
@@ -139,6 +160,7 @@ http {{
       # Reads are retried on another replica if one goes away mid-call.
       proxy_next_upstream error timeout;
     }}
+{streaming}
   }}
   # HTTP/2 cleartext (prior knowledge): native gRPC, and JSON too.
   server {{
@@ -150,6 +172,7 @@ http {{
       proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     }}
+{streaming}
   }}
 }}
 """)
@@ -219,6 +242,129 @@ def record(name, ok, detail):
     RESULTS.append((name, "ok" if ok else "FAILED", detail))
 
 
+def rolling_restart(replicas):
+    """Restarts each replica in turn (SIGTERM, wait for the exit, start,
+    wait until ready). Returns the seconds taken and the non-zero exits."""
+    started, bad_exits = time.time(), []
+    for r in replicas:
+        code = r.stop()
+        r.start()
+        time.sleep(0.5)
+        if code != 0:
+            bad_exits.append((r.index, code))
+    return time.time() - started, bad_exits
+
+
+class Watch:
+    """One user's notification stream through nginx (SSE over HTTP/1.1),
+    kept open by a thread: when the stream ends or fails, it reconnects
+    and resumes after the last id it received (Last-Event-ID)."""
+
+    def __init__(self, port, name, token, stop, seconds):
+        self.port, self.name, self.token, self.stop = port, name, token, stop
+        self.deadline = time.time() + seconds
+        self.ids = []  # notification ids in the order received
+        self.reconnects = 0
+        # Streams the server ended with an error event (UNAVAILABLE when it
+        # shuts down; the body carries the message only, not the code).
+        self.error_events = []
+        # Refused connects (502/503 while a replica goes away) and streams
+        # cut without an end (a reload's old nginx worker closing): the
+        # client reconnects; only what it ends up with is judged.
+        self.refusals, self.breaks = [], []
+        self.problems = []  # malformed events
+        self.connected = threading.Event()
+        self.conn = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set() and time.time() < self.deadline:
+            last = self.ids[-1] if self.ids else 0
+            headers = {"accept": "text/event-stream", "authorization": f"Token {self.token}"}
+            # First connect: everything after 0, so nothing made before the
+            # subscription took effect is missed; later ones resume.
+            path = "/api/notifications:watch"
+            if last:
+                headers["last-event-id"] = str(last)
+            else:
+                path += "?after=0"
+            # The read timeout is above the server's keep-alive interval (15 s).
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self.conn.request("GET", path, headers=headers)
+                response = self.conn.getresponse()
+                if response.status != 200:
+                    self.refusals.append(f"{response.status} {response.read()[:120]!r}")
+                else:
+                    self.connected.set()
+                    self.read_events(response)
+            except (OSError, http.client.HTTPException) as e:
+                if not self.stop.is_set():
+                    self.breaks.append(type(e).__name__)
+            finally:
+                self.conn.close()
+            if not self.stop.is_set():
+                self.reconnects += 1
+                time.sleep(0.1)
+
+    def read_events(self, response):
+        fields = {}
+        while not self.stop.is_set():
+            line = response.readline()
+            if not line:
+                return  # the stream ended
+            line = line.decode().rstrip("\r\n")
+            if line:
+                key, _, value = line.partition(":")
+                fields[key] = value[1:] if value.startswith(" ") else value
+                continue
+            if fields.get("event") == "error":
+                self.error_events.append(fields.get("data", "")[:160])
+            elif fields.get("data"):
+                try:
+                    message = json.loads(fields["data"])
+                except ValueError:
+                    self.problems.append(f"not JSON: {fields['data'][:80]!r}")
+                    message = {}
+                if message.get("notification") is not None:
+                    number = int(message["id"])
+                    if fields.get("id") != message["id"]:
+                        self.problems.append(f"SSE id {fields.get('id')!r} for notification {number}")
+                    self.ids.append(number)
+            fields = {}
+
+    def close(self):
+        self.stop.set()
+        conn = self.conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
+            except OSError:
+                pass
+        self.thread.join(timeout=10)
+
+
+def notify(port, token, slugs, stop, made, failures, seconds):
+    """Comments on the recipients' articles in turn, one every ~100 ms:
+    each comment gives its article's author one notification."""
+    started, i = time.time(), 0
+    names = sorted(slugs)
+    while not stop.is_set() and time.time() - started < seconds and i < 2000:
+        name = names[i % len(names)]
+        try:
+            status, body = request(port, "POST", f"/api/articles/{slugs[name]}/comments",
+                                   {"comment": {"body": f"notification {i}"}}, token=token)
+            if status in (200, 201):
+                made[name] += 1
+            else:
+                failures.append(f"{status} {str(body)[:100]}")
+        except OSError as e:
+            failures.append(str(e))
+        i += 1
+        time.sleep(0.1)
+
+
 def main():
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     psql(f"CREATE DATABASE {DB}")
@@ -257,14 +403,9 @@ def main():
         for w in workers:
             w.start()
         time.sleep(2)
-        restart_started = time.time()
-        for r in replicas:
-            code = r.stop()
-            r.start()
-            time.sleep(0.5)
-            if code != 0:
-                record("rolling restart exit codes", False, f"replica {r.index} exited {code}")
-        restart_s = time.time() - restart_started
+        restart_s, bad_exits = rolling_restart(replicas)
+        for index, code in bad_exits:
+            record("rolling restart exit codes", False, f"replica {index} exited {code}")
         time.sleep(1)
         stop.set()
         for w in workers:
@@ -326,6 +467,80 @@ def main():
             time.sleep(0.02)
         record("cache invalidated across replicas", seen is not None and seen < 2,
                f"write via replica 2 visible via replica 0 after {seen if seen is None else round(seen * 1000)} ms (TTL {CACHE_TTL_S} s)")
+
+        # (f) Watch streams through nginx while notifications are made and
+        # every replica restarts: resumed streams lose and repeat nothing.
+        names = [f"recipient{n}" for n in range(5)]
+        recipients, slugs = {}, {}
+        for n, name in enumerate(names + ["notifier"]):
+            status, body = request(port, "POST", "/api/users", {"user": {
+                "username": name, "email": f"{name}@example.com", "password": "rehearsal-pass"}},
+                headers={"x-forwarded-for": f"10.7.0.{n}"})
+            assert status == 201, (status, body)
+            recipients[name] = body["user"]["token"]
+        notifier = recipients.pop("notifier")
+        for name in names:
+            status, body = request(port, "POST", "/api/articles", {"article": {
+                "title": f"watched by {name}", "description": "d", "body": "b"}}, token=recipients[name])
+            assert status == 201, (status, body)
+            slugs[name] = body["article"]["slug"]
+        stop_watches, stop_writes = threading.Event(), threading.Event()
+        watches = [Watch(port, name, recipients[name], stop_watches, 90) for name in names]
+        for w in watches:
+            w.connected.wait(timeout=10)
+        made, failures = {name: 0 for name in names}, []
+        writer = threading.Thread(target=notify, args=(port, notifier, slugs, stop_writes, made, failures, 60))
+        writer.start()
+        time.sleep(1)
+        restart_s, bad_exits = rolling_restart(replicas)
+        time.sleep(1)
+        stop_writes.set()
+        writer.join()
+
+        def held():
+            """Per recipient: the highest notification number, how many
+            notifications and how many of the notifier's comments the
+            database holds."""
+            rows = psql(f"""SELECT u.username,
+                COALESCE((SELECT max(seq) FROM notifications WHERE recipient_id = u.id), 0),
+                (SELECT count(*) FROM notifications WHERE recipient_id = u.id),
+                (SELECT count(*) FROM comments c JOIN articles a ON a.id = c.article_id
+                 WHERE a.author_id = u.id AND c.author_id = (SELECT id FROM users WHERE username = 'notifier'))
+                FROM users u WHERE u.username LIKE 'recipient%'""", DB)
+            return {r.split("|")[0]: tuple(int(x) for x in r.split("|")[1:]) for r in rows.split()}
+
+        # Settle: the last jobs run and the last events arrive (bounded).
+        settle_until = time.time() + 5
+        while True:
+            db = held()
+            settled = all(db[w.name][0] == db[w.name][2] and (w.ids[-1] if w.ids else 0) == db[w.name][0]
+                          for w in watches)
+            if settled or time.time() > settle_until:
+                break
+            time.sleep(0.25)
+        for w in watches:
+            w.close()
+        wrong = []
+        for w in watches:
+            top, count, comments = db[w.name]
+            if w.ids != list(range(1, top + 1)) or count != top or comments != top:
+                dups = len(w.ids) - len(set(w.ids))
+                gaps = sorted(set(range(1, top + 1)) - set(w.ids))
+                wrong.append(f"{w.name}: received {len(w.ids)} ({dups} repeated, missing {gaps[:5]}), "
+                             f"database holds 1..{top} ({count} rows) for {comments} comments")
+        problems = [f"{w.name}: {p}" for w in watches for p in w.problems]
+        delivered = sum(len(w.ids) for w in watches)
+        ended = [e for w in watches for e in w.error_events]
+        record("watch streams through a rolling restart",
+               not wrong and not failures and not bad_exits and delivered > 0 and not problems,
+               f"{delivered} notifications to {len(watches)} recipients, each exactly 1..n of the database; "
+               f"{sum(w.reconnects for w in watches)} reconnects "
+               f"({len(ended)} after an error event {sorted(set(ended))[:2]}, "
+               f"{sum(len(w.breaks) for w in watches)} cut, {sum(len(w.refusals) for w in watches)} refused "
+               f"{sorted(set(r for w in watches for r in w.refusals))[:2]}); "
+               f"{sum(made.values())} comments, {len(failures)} failed {failures[:2]}; "
+               f"3 replicas restarted in {restart_s:.1f} s, exits {bad_exits or 'all 0'}"
+               + (f"; {wrong[:3]}" if wrong else "") + (f"; {problems[:3]}" if problems else ""))
     finally:
         stop_watch.set()
         nginx.stop()

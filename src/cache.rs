@@ -10,6 +10,7 @@
 //! its cache when it reconnects (notifications may have been missed), and
 //! no entry outlives `CACHE_TTL`, whatever happens to notifications.
 
+use crate::listen::Heard;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 
+use crate::listen::Heard;
 use crate::metrics::Metrics;
 
 /// The notification channel shared by the replicas.
@@ -138,39 +140,13 @@ impl ResponseCache {
     /// Listens for the other replicas' invalidations until the pool closes.
     pub async fn listen(self) {
         let Some((db, id)) = self.notify.clone() else { return };
-        loop {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
-                Ok(listener) => listener,
-                Err(_) if db.is_closed() => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cache invalidation listener: cannot connect; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if let Err(e) = listener.listen(CHANNEL).await {
-                tracing::debug!(error = %e, "cache invalidation listener: LISTEN failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        crate::listen::listen(db, CHANNEL, move |heard| match heard {
             // Whatever was missed while not listening is unknown: start clean.
-            self.clear();
-            loop {
-                match listener.try_recv().await {
-                    Ok(Some(notification)) => {
-                        if notification.payload() != &*id {
-                            self.clear();
-                        }
-                    }
-                    // The connection dropped and was re-established.
-                    Ok(None) => self.clear(),
-                    Err(_) => break,
-                }
-            }
-            if db.is_closed() {
-                return;
-            }
-        }
+            Heard::Connected => self.clear(),
+            Heard::Payload(from) if from != &*id => self.clear(),
+            Heard::Payload(_) => {}
+        })
+        .await;
     }
 
     fn lookup(&self, key: &str) -> Option<Response<Body>> {

@@ -19,12 +19,57 @@ pub struct Cli {
 }
 
 /// The subcommands.
-#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
 pub enum Command {
-    /// Serve gRPC and JSON/HTTP on one listener (the default).
+    /// Serve gRPC and JSON/HTTP on one listener (the default), with
+    /// JOB_WORKERS background job workers.
     Serve,
     /// Apply pending database migrations, then exit.
     Migrate,
+    /// Run background job workers only (no API; probes and metrics on the
+    /// admin listener) until SIGTERM/SIGINT.
+    Worker,
+    /// Inspect and operate the job queue.
+    Jobs {
+        /// What to do.
+        #[command(subcommand)]
+        action: JobsCommand,
+    },
+}
+
+/// `conduit jobs …`.
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
+pub enum JobsCommand {
+    /// List jobs in one state, oldest first, with their last error.
+    List {
+        /// queued, running or dead.
+        #[arg(long, default_value = "dead", value_parser = ["queued", "running", "dead"])]
+        state: String,
+        /// Most jobs listed.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Put dead jobs back in the queue with a fresh set of attempts.
+    Requeue {
+        /// Ids of the dead jobs to re-queue.
+        #[arg(required_unless_present = "all_dead")]
+        ids: Vec<i64>,
+        /// Re-queue every dead job.
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+    },
+    /// Enqueue canary jobs: they check that workers run jobs end to end.
+    Canary {
+        /// How many.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// How long each takes, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        sleep_ms: u64,
+        /// How many of each one's first attempts fail (to see retries work).
+        #[arg(long, default_value_t = 0)]
+        fail_attempts: u32,
+    },
 }
 
 /// Everything the service can be configured with.
@@ -203,6 +248,46 @@ pub struct Settings {
     #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, global = true)]
     pub password_hash_concurrency: usize,
 
+    /// Background jobs run at once by this process (`serve` and `worker`);
+    /// 0 runs none in `serve` (leave them to `conduit worker` processes).
+    #[arg(long, env = "JOB_WORKERS", default_value_t = 4, global = true)]
+    pub job_workers: usize,
+
+    /// How long a worker may hold a job before another may take it over: a
+    /// crashed worker's jobs run again this long after it took them.
+    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub job_lease: Duration,
+
+    /// How often idle workers look for due retries and expired leases (new
+    /// jobs wake them at once by LISTEN/NOTIFY).
+    #[arg(long, env = "JOB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub job_poll_interval: Duration,
+
+    /// Attempts a job gets before it is dead (kept for `conduit jobs`).
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..), global = true)]
+    pub job_max_attempts: i32,
+
+    /// Delay before a failed job's first retry; each next one doubles (with jitter).
+    #[arg(long, env = "JOB_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub job_retry_base: Duration,
+
+    /// Longest delay between retries.
+    #[arg(long, env = "JOB_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
+    pub job_retry_max: Duration,
+
+    /// Notification watch streams one user may have open at once.
+    #[arg(long, env = "WATCH_MAX_PER_USER", default_value_t = 8, global = true)]
+    pub watch_max_per_user: usize,
+
+    /// Silence after which a watch stream sends a keep-alive message (so
+    /// that proxies and clients do not time it out).
+    #[arg(long, env = "WATCH_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration, global = true)]
+    pub watch_keep_alive: Duration,
+
+    /// Rows an export reads from its cursor at a time (its memory bound).
+    #[arg(long, env = "EXPORT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
+    pub export_batch: u32,
+
     /// Apply pending migrations when `serve` starts.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
@@ -302,6 +387,14 @@ pub struct ServeSettings {
     pub minimal_middleware: bool,
     /// Certificate and key files, when the main listener speaks TLS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Background job workers (none when concurrency is 0).
+    pub jobs: crate::jobs::WorkerSettings,
+    /// Watch streams per user.
+    pub watch_max_per_user: usize,
+    /// Keep-alive period of watch streams.
+    pub watch_keep_alive: Duration,
+    /// Rows per export batch.
+    pub export_batch: usize,
 }
 
 impl Settings {
@@ -316,9 +409,41 @@ impl Settings {
         }
     }
 
+    /// The job workers' settings, checked.
+    pub fn workers(&self) -> Result<crate::jobs::WorkerSettings, String> {
+        for (name, value) in [
+            ("JOB_LEASE", self.job_lease),
+            ("JOB_POLL_INTERVAL", self.job_poll_interval),
+            ("JOB_RETRY_BASE", self.job_retry_base),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        if self.job_retry_max < self.job_retry_base {
+            return Err("JOB_RETRY_MAX must be at least JOB_RETRY_BASE".into());
+        }
+        Ok(crate::jobs::WorkerSettings {
+            concurrency: self.job_workers,
+            lease: self.job_lease,
+            poll_interval: self.job_poll_interval,
+            max_attempts: self.job_max_attempts,
+            retry_base: self.job_retry_base,
+            retry_max: self.job_retry_max,
+            drain_timeout: self.drain_delay + self.drain_timeout,
+        })
+    }
+
     /// Checks what `serve` needs.
     pub fn for_serve(&self) -> Result<ServeSettings, String> {
         let database_url = self.require_database_url()?;
+        let jobs = self.workers()?;
+        if self.watch_max_per_user == 0 {
+            return Err("WATCH_MAX_PER_USER must be at least 1".into());
+        }
+        if self.watch_keep_alive.is_zero() {
+            return Err("WATCH_KEEP_ALIVE must be longer than zero".into());
+        }
         let jwt_secret = match &self.jwt_secret {
             Some(s) if s.expose().len() >= 32 => s.clone(),
             Some(_) => return Err("JWT_SECRET must be at least 32 bytes long".into()),
@@ -427,6 +552,10 @@ impl Settings {
             compression_min_bytes: self.compression_min_bytes,
             minimal_middleware: self.middleware == "minimal",
             tls,
+            jobs,
+            watch_max_per_user: self.watch_max_per_user,
+            watch_keep_alive: self.watch_keep_alive,
+            export_batch: self.export_batch as usize,
         })
     }
 }

@@ -19,6 +19,8 @@ pub mod conditional;
 pub mod conduit;
 pub mod config;
 pub mod health;
+pub mod jobs;
+pub mod listen;
 pub mod localdb;
 pub mod metrics;
 pub mod observe;

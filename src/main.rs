@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use conduit::config::Secret;
-use conduit::config::{Cli, Command};
+use conduit::config::{Cli, Command, JobsCommand};
 use conduit::localdb::{self, LocalPostgres};
 use conduit::startup::{Application, MIGRATOR, connect};
 
@@ -72,6 +72,55 @@ fn announce(settings: &conduit::config::ServeSettings, app: &Application) {
     }
 }
 
+/// `conduit jobs …`: prints to stdout what it did.
+async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx::Error> {
+    use conduit::jobs;
+    match action {
+        JobsCommand::List { state, limit } => {
+            let rows = jobs::list(db, &state, limit).await?;
+            println!(
+                "{:>10}  {:<16} {:<8} {:>8}  {:<25}  {:<25}  LAST ERROR",
+                "ID", "KIND", "STATE", "ATTEMPTS", "CREATED", "RUN AT"
+            );
+            for job in &rows {
+                let attempts = match job.max_attempts {
+                    Some(max) => format!("{}/{max}", job.attempts),
+                    None => job.attempts.to_string(),
+                };
+                println!(
+                    "{:>10}  {:<16} {:<8} {:>8}  {:<25}  {:<25}  {}",
+                    job.id,
+                    job.kind,
+                    job.state,
+                    attempts,
+                    job.created_at.to_string(),
+                    job.run_at.to_string(),
+                    job.last_error.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} {state} job(s)", rows.len());
+        }
+        JobsCommand::Requeue { ids, all_dead } => {
+            let n = jobs::requeue(db, if all_dead { None } else { Some(&ids) }).await?;
+            println!("re-queued {n} dead job(s)");
+        }
+        JobsCommand::Canary { count, sleep_ms, fail_attempts } => {
+            let payload = serde_json::json!({ "sleep_ms": sleep_ms, "fail_attempts": fail_attempts });
+            let n: i64 = sqlx::query_scalar(
+                "WITH ins AS (INSERT INTO jobs (kind, payload) SELECT $1, $2 FROM generate_series(1, $3) RETURNING 1) \
+                 SELECT count(*) FROM ins",
+            )
+            .bind(jobs::Canary::KIND)
+            .bind(sqlx::types::Json(&payload))
+            .bind(i64::from(count))
+            .fetch_one(db)
+            .await?;
+            println!("enqueued {n} canary job(s)");
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     return_large_allocations();
     let cli = match Cli::try_parse() {
@@ -89,7 +138,19 @@ fn main() {
         let _entered = runtime.enter();
         conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format).unwrap_or_else(|e| refuse(e))
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.clone().unwrap_or(Command::Serve) {
+        Command::Worker => runtime.block_on(async {
+            if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::shutdown::signal()).await {
+                refuse(e);
+            }
+        }),
+        Command::Jobs { action } => runtime.block_on(async {
+            let url = cli.settings.require_database_url().unwrap_or_else(|e| refuse(e));
+            let db = connect(url.expose(), 1, cli.settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+            if let Err(e) = jobs_command(&db, action).await {
+                refuse(e);
+            }
+        }),
         Command::Migrate => runtime.block_on(async {
             let url = cli.settings.require_database_url().unwrap_or_else(|e| refuse(e));
             let db = connect(url.expose(), 1, cli.settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));

@@ -59,6 +59,22 @@ pub struct CacheLabels {
     pub event: &'static str,
 }
 
+/// A job's kind and how one attempt ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// The job's kind (a registered handler's name).
+    pub kind: String,
+    /// succeeded, retried, dead or released (given back at shutdown).
+    pub outcome: &'static str,
+}
+
+/// A state of the job queue.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// queued, running or dead.
+    pub state: &'static str,
+}
+
 /// Database timings, fed by the statement log of sqlx (see
 /// [`crate::observe::DatabaseObserver`]); process-wide because the log is.
 #[derive(Debug)]
@@ -86,6 +102,11 @@ struct Inner {
     rate_limit_store_errors: Counter,
     cache: Family<CacheLabels, Counter>,
     shed: Counter,
+    jobs: Family<JobLabels, Counter>,
+    job_duration: Histogram,
+    jobs_running: Gauge,
+    queue: Family<QueueLabels, Gauge>,
+    oldest_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +127,20 @@ impl Metrics {
         let rate_limit_store_errors = Counter::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let shed = Counter::default();
+        let jobs = Family::<JobLabels, Counter>::default();
+        let job_duration = latency_histogram();
+        let jobs_running = Gauge::default();
+        let queue = Family::<QueueLabels, Gauge>::default();
+        let oldest_queued = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register("jobs", "Job attempts finished in this process, by kind and outcome", jobs.clone());
+        registry.register("job_duration_seconds", "Time each job attempt took", job_duration.clone());
+        registry.register("jobs_running", "Jobs this process is running now", jobs_running.clone());
+        registry.register("job_queue", "Jobs in the queue, by state (read from the database)", queue.clone());
+        registry.register(
+            "job_oldest_queued_age_seconds",
+            "How long the oldest due job has waited to be claimed (0 when none waits)",
+            oldest_queued.clone(),
+        );
         registry.register(
             "requests",
             "Calls answered, by RPC, route, protocol, HTTP status and gRPC code",
@@ -140,6 +175,11 @@ impl Metrics {
             rate_limit_store_errors,
             cache,
             shed,
+            jobs,
+            job_duration,
+            jobs_running,
+            queue,
+            oldest_queued,
         }))
     }
 
@@ -168,6 +208,29 @@ impl Metrics {
     /// Counts a call shed under load.
     pub fn shed(&self) {
         self.0.shed.inc();
+    }
+
+    /// Counts a job attempt that ended as `outcome` after `seconds`.
+    pub fn job_finished(&self, kind: &str, outcome: &'static str, seconds: f64) {
+        self.0.jobs.get_or_create(&JobLabels { kind: kind.to_owned(), outcome }).inc();
+        self.0.job_duration.observe(seconds);
+    }
+
+    /// Jobs running in this process: one more (`true`) or one fewer.
+    pub fn job_running(&self, started: bool) {
+        if started {
+            self.0.jobs_running.inc();
+        } else {
+            self.0.jobs_running.dec();
+        }
+    }
+
+    /// The queue as last read from the database.
+    pub fn job_queue(&self, queued: i64, running: i64, dead: i64, oldest_queued_seconds: f64) {
+        for (state, n) in [("queued", queued), ("running", running), ("dead", dead)] {
+            self.0.queue.get_or_create(&QueueLabels { state }).set(n);
+        }
+        self.0.oldest_queued.set(oldest_queued_seconds);
     }
 
     /// The Prometheus text exposition (format 0.0.4), what Prometheus and

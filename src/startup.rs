@@ -38,6 +38,9 @@ pub enum StartupError {
     /// The TLS certificate or key is unusable.
     #[error("cannot serve TLS: {0}")]
     Tls(String),
+    /// A setting is missing or wrong.
+    #[error("{0}")]
+    Settings(String),
     /// The descriptors for reflection do not decode.
     #[error("cannot serve reflection: {0}")]
     Reflection(tonic_reflection::server::Error),
@@ -77,6 +80,11 @@ pub struct Application {
     /// Set when migrations are not applied at start: readiness waits for them.
     expected_migrations: Option<i64>,
     tls: Option<crate::tls::Tls>,
+    hub: crate::conduit::notifications::Hub,
+    jobs: crate::jobs::WorkerSettings,
+    /// The workers' own connections (each running job holds one), so that
+    /// a busy queue never starves the API's pool; `None` without workers.
+    jobs_db: Option<PgPool>,
 }
 
 impl Application {
@@ -109,7 +117,15 @@ impl Application {
             None => None,
         };
         let metrics = crate::metrics::Metrics::new(db.clone());
-        let (app, health, cache) = stack(ctx, settings, shared, metrics.clone())?;
+        let jobs_db = match settings.jobs.concurrency {
+            0 => None,
+            n => {
+                let size = u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1);
+                Some(connect(settings.database_url.expose(), size, settings.db_acquire_timeout).await?)
+            }
+        };
+        let hub = crate::conduit::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
+        let (app, health, cache) = stack(ctx, settings, shared, metrics.clone(), hub.clone())?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         let admin = TcpListener::bind(settings.admin_listen)
@@ -128,6 +144,9 @@ impl Application {
             cache,
             expected_migrations: (!settings.migrate_on_start).then(|| MIGRATOR.iter().count() as i64),
             tls,
+            hub,
+            jobs: settings.jobs.clone(),
+            jobs_db,
         })
     }
 
@@ -147,9 +166,11 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains: readiness and gRPC
-    /// health turn NOT_SERVING at once, connections are still accepted for
-    /// the drain delay (while load balancers notice), then accepting stops
-    /// and calls in flight get until the drain deadline; the pool closes last.
+    /// health turn NOT_SERVING at once and job workers claim nothing more;
+    /// connections are still accepted for the drain delay (while load
+    /// balancers notice), then accepting stops, watch streams end (their
+    /// clients reconnect elsewhere and resume), and calls and jobs in
+    /// flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let watcher = tokio::spawn(self.health.clone().watch_database(
             self.db.clone(),
@@ -157,13 +178,31 @@ impl Application {
             self.expected_migrations,
         ));
         let invalidations = tokio::spawn(self.cache.clone().listen());
-        let health = self.health.clone();
+        let notifications = tokio::spawn(self.hub.clone().listen(self.db.clone()));
+        let queue =
+            tokio::spawn(crate::jobs::watch_queue(self.db.clone(), self.metrics.clone(), self.health_check_interval));
+        let (stopping, stop_workers) = tokio::sync::watch::channel(false);
+        let workers = self.jobs_db.clone().map(|jobs_db| {
+            let workers = crate::jobs::Workers::new(
+                jobs_db,
+                conduit::job_handlers(),
+                self.jobs.clone(),
+                Some(self.metrics.clone()),
+            );
+            let mut stop = stop_workers;
+            tokio::spawn(workers.run(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }))
+        });
+        let (health, hub) = (self.health.clone(), self.hub.clone());
         let delay = self.drain_delay;
         let drain = async move {
             shutdown.await;
             health.drain().await;
+            let _ = stopping.send(true);
             tracing::info!(delay_ms = delay.as_millis() as u64, "not ready; draining");
             tokio::time::sleep(delay).await;
+            hub.close();
         };
         let admin_app = crate::health::admin_routes(self.health.clone(), self.metrics.clone());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -175,16 +214,85 @@ impl Application {
         if let Some(reloads) = reloads {
             reloads.abort();
         }
+        if let Some(workers) = workers {
+            let _ = workers.await;
+        }
+        if let Some(jobs_db) = &self.jobs_db {
+            jobs_db.close().await;
+        }
         let _ = admin_stop.send(());
         let _ = admin.await;
         watcher.abort();
         invalidations.abort();
+        notifications.abort();
+        queue.abort();
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");
         }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// `conduit worker`: job workers only, with probes and metrics on the admin
+/// listener, until `shutdown`; then running jobs get until the drain
+/// deadline (see [`crate::jobs`]).
+pub async fn run_worker(
+    settings: &crate::config::Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let url = settings.require_database_url().map_err(StartupError::Settings)?;
+    let jobs = settings.workers().map_err(StartupError::Settings)?;
+    if jobs.concurrency == 0 {
+        return Err(StartupError::Settings("JOB_WORKERS must be at least 1 for `conduit worker`".into()));
+    }
+    // Each running job holds a connection; the rest serve claims and the listener.
+    let connections = settings.db_max_connections.max(u32::try_from(jobs.concurrency).unwrap_or(u32::MAX) + 2);
+    let db = connect(url.expose(), connections, settings.db_acquire_timeout).await?;
+    if settings.migrate_on_start {
+        MIGRATOR.run(&db).await?;
+    }
+    let metrics = crate::metrics::Metrics::new(db.clone());
+    let health = Health::new(tonic_health::server::health_reporter().0, Vec::new());
+    let admin =
+        TcpListener::bind(settings.admin_listen).await.map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
+    tracing::info!(admin = %settings.admin_listen, "serving probes and metrics");
+    let watcher = tokio::spawn(health.clone().watch_database(
+        db.clone(),
+        settings.health_check_interval,
+        (!settings.migrate_on_start).then(|| MIGRATOR.iter().count() as i64),
+    ));
+    let queue = tokio::spawn(crate::jobs::watch_queue(db.clone(), metrics.clone(), settings.health_check_interval));
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = crate::server::ConnectionLimits {
+        header_read_timeout: settings.header_read_timeout,
+        max_header_bytes: settings.max_header_bytes,
+        http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
+        http2_keep_alive: settings.http2_keep_alive,
+        drain_timeout: settings.drain_timeout,
+    };
+    let admin = tokio::spawn(crate::server::serve(
+        admin,
+        crate::health::admin_routes(health.clone(), metrics.clone()),
+        limits,
+        None,
+        async move {
+            let _ = admin_stopped.await;
+        },
+    ));
+    let workers = crate::jobs::Workers::new(db.clone(), conduit::job_handlers(), jobs, Some(metrics));
+    workers
+        .run(async move {
+            shutdown.await;
+            health.drain().await;
+        })
+        .await;
+    let _ = admin_stop.send(());
+    let _ = admin.await;
+    watcher.abort();
+    queue.abort();
+    db.close().await;
+    Ok(())
 }
 
 /// Request headers every protocol may need from a browser.
@@ -253,10 +361,11 @@ fn stack(
     settings: &ServeSettings,
     shared: Option<SharedBuckets>,
     metrics: crate::metrics::Metrics,
+    hub: crate::conduit::notifications::Hub,
 ) -> Result<(axum::Router, Health, crate::cache::ResponseCache), StartupError> {
     let tokens = ctx.tokens.clone();
     let db = ctx.db.clone();
-    let (grpc, methods) = conduit::services(ctx, settings.body_limit);
+    let (grpc, methods) = conduit::services(ctx, settings.body_limit, hub, settings.export_batch);
     let gateway = Gateway::builder()
         .methods(methods)
         .routes(crate::pb::conduit::v1::HTTP_ROUTES)

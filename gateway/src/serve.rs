@@ -163,14 +163,16 @@ fn error_object(gateway: &Gateway, status: &Status) -> Bytes {
 }
 
 /// One Server-Sent Event: `data:` the message (with `id:` its cursor when
-/// the message declares one), or an `error` event that ends the stream.
+/// the message declares one and it is set; an event without `id:` leaves
+/// the client's last event id as it was), or an `error` event that ends
+/// the stream.
 fn sse_event(gateway: &Gateway, message: Result<Bytes, Status>, event_id: &str) -> Bytes {
     let mut event = BytesMut::new();
     match message {
         Ok(json) => {
             if !event_id.is_empty()
                 && let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(&json)
-                && let Some(id) = object.get(event_id)
+                && let Some(id) = object.get(event_id).filter(|id| !id.is_null())
             {
                 let id = match id {
                     serde_json::Value::String(s) => s.clone(),

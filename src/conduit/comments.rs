@@ -82,13 +82,19 @@ impl Comments {
         Check::new().required("comment.body", &comment.body).finish()?;
         // One statement finds the article and adds the comment, so a
         // concurrent delete of the article reads as "not found".
+        // The article's author is told by a job committed with the comment.
         let row = sqlx::query!(
-            "INSERT INTO comments (article_id, author_id, body)
-             SELECT id, $2, $3 FROM articles WHERE slug = $1
-             RETURNING id, article_id",
+            r#"WITH c AS (INSERT INTO comments (article_id, author_id, body)
+                          SELECT id, $2, $3 FROM articles WHERE slug = $1
+                          RETURNING id, article_id, author_id),
+                    job AS (INSERT INTO jobs (kind, payload)
+                            SELECT $4, jsonb_build_object('actor', author_id, 'article', article_id, 'comment', id)
+                            FROM c)
+               SELECT id AS "id!", article_id AS "article_id!" FROM c"#,
             r.slug,
             caller.user_id,
-            comment.body
+            comment.body,
+            super::notifications::kinds::COMMENT
         )
         .fetch_optional(&self.ctx.db)
         .await?

@@ -8,6 +8,7 @@ pub mod articles;
 pub mod auth;
 pub mod comments;
 pub mod error;
+pub mod notifications;
 pub mod profiles;
 pub mod users;
 pub mod validate;
@@ -30,6 +31,13 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
 }
 
+/// The job handlers of the domain.
+pub fn job_handlers() -> crate::jobs::Handlers {
+    let mut handlers = crate::jobs::Handlers::new();
+    notifications::register(&mut handlers);
+    handlers
+}
+
 /// The user id read queries bind for the caller: 0 for anonymous callers,
 /// which no user has (ids start at 1). Binding NULL instead lets Postgres
 /// fold the caller's probes away in a custom plan, judge that cheaper than
@@ -40,12 +48,19 @@ pub(crate) fn viewer_id(caller: Option<i64>) -> i64 {
 }
 
 /// The tonic services and the gateway's handlers of the whole API, over one
-/// context. gRPC messages larger than `message_limit` bytes are refused, as
-/// JSON and Connect bodies are (one setting for every protocol).
-pub fn services(ctx: Ctx, message_limit: usize) -> (tonic::service::Routes, Vec<Method>) {
+/// context; notification watches go through `hub`. gRPC messages larger
+/// than `message_limit` bytes are refused, as JSON and Connect bodies are
+/// (one setting for every protocol).
+pub fn services(
+    ctx: Ctx,
+    message_limit: usize,
+    hub: notifications::Hub,
+    export_batch: usize,
+) -> (tonic::service::Routes, Vec<Method>) {
     let users = Arc::new(users::Users::new(ctx.clone()));
     let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
-    let articles = Arc::new(articles::Articles::new(ctx.clone()));
+    let articles = Arc::new(articles::Articles::new(ctx.clone(), export_batch));
+    let notifications = Arc::new(notifications::Notifications::new(ctx.clone(), hub));
     let comments = Arc::new(comments::Comments::new(ctx.clone()));
     let tags = Arc::new(articles::Tags::new(ctx));
 
@@ -55,6 +70,7 @@ pub fn services(ctx: Ctx, message_limit: usize) -> (tonic::service::Routes, Vec<
     http.extend(pb::articles_gateway_methods(articles.clone()));
     http.extend(pb::comments_gateway_methods(comments.clone()));
     http.extend(pb::tags_gateway_methods(tags.clone()));
+    http.extend(pb::notifications_gateway_methods(notifications.clone()));
 
     // Each server: the message limit, and gzip messages accepted and sent
     // to clients that offer it (`grpc-accept-encoding`).
@@ -70,6 +86,7 @@ pub fn services(ctx: Ctx, message_limit: usize) -> (tonic::service::Routes, Vec<
         .add_service(server!(pb::profiles_server::ProfilesServer<_>, profiles))
         .add_service(server!(pb::articles_server::ArticlesServer<_>, articles))
         .add_service(server!(pb::comments_server::CommentsServer<_>, comments))
-        .add_service(server!(pb::tags_server::TagsServer<_>, tags));
+        .add_service(server!(pb::tags_server::TagsServer<_>, tags))
+        .add_service(server!(pb::notifications_server::NotificationsServer<_>, notifications));
     (grpc, http)
 }

@@ -64,10 +64,15 @@ impl Profiles {
             return Err(ConduitError::Invalid(vec![FieldError::new("username", "cannot be followed by yourself")]));
         }
         if follow {
+            // A new follow (not a repeated one) tells the followed user.
             sqlx::query!(
-                "INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                "WITH ins AS (INSERT INTO follows (follower_id, followee_id) VALUES ($1, $2)
+                              ON CONFLICT DO NOTHING RETURNING follower_id, followee_id)
+                 INSERT INTO jobs (kind, payload)
+                 SELECT $3, jsonb_build_object('actor', follower_id, 'recipient', followee_id) FROM ins",
                 caller.user_id,
-                row.id
+                row.id,
+                super::notifications::kinds::FOLLOW
             )
             .execute(&self.ctx.db)
             .await?;

@@ -148,6 +148,18 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         compression_min_bytes: 1024,
         minimal_middleware: false,
         tls: None,
+        jobs: conduit::jobs::WorkerSettings {
+            concurrency: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            max_attempts: 10,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(5),
+        },
+        watch_max_per_user: 8,
+        watch_keep_alive: Duration::from_secs(15),
+        export_batch: 100,
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

@@ -10,9 +10,10 @@ use super::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::{self, Check};
 use crate::pb::conduit::v1::{
-    Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, FavoriteArticleRequest,
-    FeedArticlesRequest, GetArticleRequest, ListArticlesRequest, ListTagsRequest, MultipleArticlesResponse, Profile,
-    SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest, UpdateArticleRequest, articles_server, tags_server,
+    Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, ExportArticlesRequest,
+    FavoriteArticleRequest, FeedArticlesRequest, GetArticleRequest, ListArticlesRequest, ListTagsRequest,
+    MultipleArticlesResponse, Profile, SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest,
+    UpdateArticleRequest, articles_server, tags_server,
 };
 use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 
@@ -20,7 +21,10 @@ use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 #[derive(Debug, Clone)]
 pub struct Articles {
     ctx: Ctx,
+    export_batch: usize,
 }
+
+type ExportStream = futures_util::stream::BoxStream<'static, Result<Article, Status>>;
 
 fn author(row: &mut ArticleRow) -> Profile {
     super::profiles::profile_of(
@@ -72,9 +76,32 @@ fn filter_value(value: &Option<String>) -> Option<&str> {
 }
 
 impl Articles {
-    /// The service on a shared context.
-    pub fn new(ctx: Ctx) -> Self {
-        Self { ctx }
+    /// The service on a shared context; exports read `export_batch` rows at a time.
+    pub fn new(ctx: Ctx, export_batch: usize) -> Self {
+        Self { ctx, export_batch: export_batch.max(1) }
+    }
+
+    // GET /articles:export
+    fn export(&self, request: Request<ExportArticlesRequest>) -> ExportStream {
+        use futures_util::StreamExt;
+        let viewer = self.ctx.tokens.viewer(&request);
+        let r = request.into_inner();
+        let (db, batch) = (self.ctx.db.clone(), self.export_batch);
+        // A batch in flight at most: the reader's pace is the query's pace.
+        let (tx, rx) = tokio::sync::mpsc::channel(batch);
+        tokio::spawn(async move {
+            let filter = Filter {
+                tag: filter_value(&r.tag),
+                author: filter_value(&r.author),
+                favorited: filter_value(&r.favorited),
+            };
+            if let Err(e) = store::export(&db, viewer, filter, batch, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+            .map(|row| row.map(Article::from).map_err(Status::from))
+            .boxed()
     }
 
     async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
@@ -202,6 +229,12 @@ impl Articles {
 
 #[tonic::async_trait]
 impl articles_server::Articles for Articles {
+    type ExportArticlesStream = ExportStream;
+
+    async fn export_articles(&self, request: Request<ExportArticlesRequest>) -> Result<Response<ExportStream>, Status> {
+        Ok(Response::new(self.export(request)))
+    }
+
     async fn list_articles(
         &self,
         request: Request<ListArticlesRequest>,

@@ -5,6 +5,7 @@ use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
 use crate::conduit::error::{ConduitError, ConduitResult};
+use crate::conduit::notifications;
 use crate::conduit::validate::RESERVED_SLUGS;
 
 /// An article as the API shows it to one viewer.
@@ -124,57 +125,175 @@ pub(crate) struct Page {
 /// their total from the counters the triggers keep; combined ones count.
 /// Parameters are bound in the order tag, favorited, author, limit, offset.
 fn page_sql(filter: &Filter<'_>) -> String {
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        n
-    };
-    let tag = filter.tag.map(|_| next());
-    let favorited = filter.favorited.map(|_| next());
-    let author = filter.author.map(|_| next());
-    let (limit, offset) = (next(), next());
-    let user = |p: usize| format!("(SELECT id FROM users WHERE username = ${p})");
-
-    let (from, id, order, mut conditions) = match (tag, favorited) {
-        (Some(t), _) => (
-            "article_tags d",
-            "d.article_id",
-            "d.created_at DESC, d.article_id DESC",
-            vec![format!("d.tag_id = (SELECT id FROM tags WHERE name = ${t})")],
-        ),
-        (None, Some(f)) => (
-            "favorites d",
-            "d.article_id",
-            "d.article_created_at DESC, d.article_id DESC",
-            vec![format!("d.user_id = {}", user(f))],
-        ),
-        (None, None) => ("articles d", "d.id", "d.created_at DESC, d.id DESC", Vec::new()),
-    };
-    if let (Some(f), Some(_)) = (favorited, tag) {
-        conditions
-            .push(format!("EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = {id} AND f.user_id = {})", user(f)));
-    }
-    if let Some(a) = author {
-        if from == "articles d" {
-            conditions.push(format!("d.author_id = {}", user(a)));
-        } else {
-            conditions
-                .push(format!("EXISTS (SELECT 1 FROM articles a WHERE a.id = {id} AND a.author_id = {})", user(a)));
-        }
-    }
-    let filtered =
-        if conditions.is_empty() { from.to_owned() } else { format!("{from} WHERE {}", conditions.join(" AND ")) };
-    let total = match (tag, favorited, author) {
+    let d = Driving::of(filter, "d");
+    let (limit, offset) = (d.params + 1, d.params + 2);
+    let filtered = d.filtered();
+    let (id, order) = (d.id, d.order);
+    let total = match (filter.tag, filter.favorited, filter.author) {
         (None, None, None) => "(SELECT count FROM article_totals)".to_owned(),
-        (Some(t), None, None) => format!("(SELECT article_count FROM tags WHERE name = ${t})"),
-        (None, Some(f), None) => format!("(SELECT favorites_count FROM users WHERE username = ${f})"),
-        (None, None, Some(a)) => format!("(SELECT articles_count FROM users WHERE username = ${a})"),
+        (Some(_), None, None) => "(SELECT article_count FROM tags WHERE name = $1)".to_owned(),
+        (None, Some(_), None) => "(SELECT favorites_count FROM users WHERE username = $1)".to_owned(),
+        (None, None, Some(_)) => "(SELECT articles_count FROM users WHERE username = $1)".to_owned(),
         _ => format!("(SELECT count(*) FROM {filtered})"),
     };
     format!(
         "SELECT COALESCE({total}, 0)::int8 AS total, \
          ARRAY(SELECT {id} FROM {filtered} ORDER BY {order} LIMIT ${limit} OFFSET ${offset}) AS ids"
     )
+}
+
+/// The table that drives a filtered list, newest first (see [`page_sql`]),
+/// with the other filters as conditions. Parameters are numbered from 1 in
+/// the order tag, favorited, author.
+struct Driving {
+    from: String,
+    /// The article id column.
+    id: String,
+    order: String,
+    conditions: Vec<String>,
+    /// How many parameters the filters take.
+    params: usize,
+}
+
+impl Driving {
+    /// The driving table aliased `alias`; when it is the articles table
+    /// itself, `alias` stands for the article row.
+    fn of(filter: &Filter<'_>, alias: &str) -> Self {
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        let tag = filter.tag.map(|_| next());
+        let favorited = filter.favorited.map(|_| next());
+        let author = filter.author.map(|_| next());
+        let user = |p: usize| format!("(SELECT id FROM users WHERE username = ${p})");
+        let d = alias;
+        let (from, id, order, mut conditions) = match (tag, favorited) {
+            (Some(t), _) => (
+                format!("article_tags {d}"),
+                format!("{d}.article_id"),
+                format!("{d}.created_at DESC, {d}.article_id DESC"),
+                vec![format!("{d}.tag_id = (SELECT id FROM tags WHERE name = ${t})")],
+            ),
+            (None, Some(f)) => (
+                format!("favorites {d}"),
+                format!("{d}.article_id"),
+                format!("{d}.article_created_at DESC, {d}.article_id DESC"),
+                vec![format!("{d}.user_id = {}", user(f))],
+            ),
+            (None, None) => {
+                (format!("articles {d}"), format!("{d}.id"), format!("{d}.created_at DESC, {d}.id DESC"), Vec::new())
+            }
+        };
+        if let (Some(f), Some(_)) = (favorited, tag) {
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM favorites f WHERE f.article_id = {id} AND f.user_id = {})",
+                user(f)
+            ));
+        }
+        if let Some(a) = author {
+            if from.starts_with("articles ") {
+                conditions.push(format!("{d}.author_id = {}", user(a)));
+            } else {
+                conditions
+                    .push(format!("EXISTS (SELECT 1 FROM articles a WHERE a.id = {id} AND a.author_id = {})", user(a)));
+            }
+        }
+        Self { from, id, order, conditions, params: n }
+    }
+
+    fn filtered(&self) -> String {
+        if self.conditions.is_empty() {
+            self.from.clone()
+        } else {
+            format!("{} WHERE {}", self.from, self.conditions.join(" AND "))
+        }
+    }
+}
+
+/// The SQL of an export: every article matching, bodies included, newest
+/// first, as `viewer` (the parameter after the filters) sees them.
+pub(crate) fn export_sql(filter: &Filter<'_>) -> String {
+    let articles_driven = filter.tag.is_none() && filter.favorited.is_none();
+    let d = Driving::of(filter, if articles_driven { "a" } else { "d" });
+    let viewer = d.params + 1;
+    let join = if articles_driven { String::new() } else { format!("JOIN articles a ON a.id = {}", d.id) };
+    let condition =
+        if d.conditions.is_empty() { String::new() } else { format!("WHERE {}", d.conditions.join(" AND ")) };
+    format!(
+        "SELECT a.id, a.slug, a.title, a.description, a.body, a.tag_list, a.created_at, a.updated_at, \
+                a.favorites_count, u.username, u.bio, u.image, \
+                COALESCE((SELECT true FROM favorites f WHERE f.user_id = ${viewer} AND f.article_id = a.id), false) \
+                    AS favorited, \
+                COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = ${viewer} \
+                          AND fo.followee_id = a.author_id), false) AS following \
+         FROM {from} {join} JOIN users u ON u.id = a.author_id {condition} ORDER BY {order}",
+        from = d.from,
+        order = d.order,
+    )
+}
+
+/// An article of an export or list row, read by column name.
+fn article_row(row: &sqlx::postgres::PgRow, with_body: bool) -> Result<Option<ArticleRow>, sqlx::Error> {
+    use sqlx::Row;
+    let Some(id) = row.try_get::<Option<i64>, _>("id")? else { return Ok(None) };
+    Ok(Some(ArticleRow {
+        id,
+        slug: row.try_get("slug")?,
+        title: row.try_get("title")?,
+        description: row.try_get("description")?,
+        body: if with_body { row.try_get("body")? } else { String::new() },
+        tag_list: row.try_get("tag_list")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        favorites_count: row.try_get("favorites_count")?,
+        username: row.try_get("username")?,
+        bio: row.try_get("bio")?,
+        image: row.try_get("image")?,
+        favorited: row.try_get("favorited")?,
+        following: row.try_get("following")?,
+    }))
+}
+
+/// Streams the articles of an export into `out`, `batch` rows at a time,
+/// from a cursor in one read-only snapshot. Stops (closing the cursor and
+/// its transaction) as soon as `out` is closed by the reader going away.
+pub(crate) async fn export(
+    db: &PgPool,
+    viewer: Option<i64>,
+    filter: Filter<'_>,
+    batch: usize,
+    out: &tokio::sync::mpsc::Sender<Result<ArticleRow, ConduitError>>,
+) -> ConduitResult<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let mut declare =
+        sqlx::query(AssertSqlSafe(format!("DECLARE export NO SCROLL CURSOR FOR {}", export_sql(&filter))));
+    for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
+        declare = declare.bind(value);
+    }
+    declare.bind(crate::conduit::viewer_id(viewer)).execute(&mut *tx).await?;
+    let fetch = format!("FETCH {batch} FROM export");
+    loop {
+        let rows = tokio::select! {
+            rows = sqlx::query(AssertSqlSafe(fetch.clone())).fetch_all(&mut *tx) => rows?,
+            // Gone while the batch was read: the rollback below ends it.
+            () = out.closed() => break,
+        };
+        let last = rows.len() < batch;
+        for row in &rows {
+            let Some(article) = article_row(row, true)? else { continue };
+            if out.send(Ok(article)).await.is_err() {
+                break;
+            }
+        }
+        if last || out.is_closed() {
+            break;
+        }
+    }
+    tx.rollback().await?;
+    Ok(())
 }
 
 /// The SQL of a whole list page in one statement: the page of ids (see
@@ -218,24 +337,10 @@ pub(crate) async fn list(
         None => 0,
     };
     let mut articles = Vec::with_capacity(rows.len());
-    for row in rows {
-        let Some(id) = row.try_get::<Option<i64>, _>("id")? else { continue };
-        articles.push(ArticleRow {
-            id,
-            slug: row.try_get("slug")?,
-            title: row.try_get("title")?,
-            description: row.try_get("description")?,
-            body: String::new(),
-            tag_list: row.try_get("tag_list")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            favorites_count: row.try_get("favorites_count")?,
-            username: row.try_get("username")?,
-            bio: row.try_get("bio")?,
-            image: row.try_get("image")?,
-            favorited: row.try_get("favorited")?,
-            following: row.try_get("following")?,
-        });
+    for row in &rows {
+        if let Some(article) = article_row(row, false)? {
+            articles.push(article);
+        }
     }
     Ok((total, articles))
 }
@@ -324,6 +429,9 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
             Err(e) => return Err(e.into()),
         };
         link_tags(&mut tx, id, created_at, &article.tags).await?;
+        // The author's followers are told by a job, committed with the article.
+        let payload = notifications::payload(author, None, Some(id), None);
+        crate::jobs::enqueue(&mut *tx, notifications::kinds::ARTICLE, &payload).await?;
         tx.commit().await?;
         return Ok(id);
     }
@@ -453,10 +561,15 @@ pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: b
                             AND NOT EXISTS (SELECT 1 FROM favorites WHERE user_id = $1 AND article_id = articles.id)
                           FOR NO KEY UPDATE),
                     ins AS (INSERT INTO favorites (user_id, article_id, article_created_at)
-                            SELECT $1, id, created_at FROM l ON CONFLICT DO NOTHING)
+                            SELECT $1, id, created_at FROM l ON CONFLICT DO NOTHING
+                            RETURNING user_id, article_id),
+                    -- Only a favorite that was not there already tells the author.
+                    job AS (INSERT INTO jobs (kind, payload)
+                            SELECT $3, jsonb_build_object('actor', user_id, 'article', article_id) FROM ins)
                SELECT id AS "id!" FROM a"#,
             user,
-            slug
+            slug,
+            notifications::kinds::FAVORITE
         )
         .fetch_optional(db)
         .await?

@@ -1,0 +1,514 @@
+//! Durable background jobs in PostgreSQL: the database the service already
+//! has is the broker.
+//!
+//! - **Enqueue** with an `INSERT INTO jobs` in the transaction of the write
+//!   that causes the job ([`enqueue`], or the same insert inside a
+//!   statement): a rolled-back write leaves no job, a committed one always
+//!   has its job. A trigger sends `NOTIFY conduit_jobs` at commit, which
+//!   wakes idle workers at once; they also poll, for retries that come due.
+//! - **Claim**: a worker marks up to as many due jobs as it has free slots
+//!   `running` (`FOR UPDATE SKIP LOCKED`, so workers never wait on each
+//!   other) with a lease: `run_at` becomes the time by which it must finish.
+//! - **Run**: each attempt is one transaction that first deletes the job's
+//!   row (checking that this attempt still owns it), then runs the handler
+//!   on that transaction, then commits. Success is the commit: the handler's
+//!   database work and the job's completion land together or not at all.
+//! - **Fail**: a handler error rolls back and schedules a retry after an
+//!   exponential backoff with jitter, or marks the job `dead` after its last
+//!   attempt; dead jobs stay for inspection (`conduit jobs list`) and can be
+//!   re-queued (`conduit jobs requeue`).
+//! - **Crash**: a worker that dies mid-job takes its transaction with it;
+//!   the row is back as it was (`running`), and once the lease is over any
+//!   worker re-queues it (counting the lost attempt).
+//! - **Stop**: on shutdown a worker claims nothing more, lets running jobs
+//!   finish until the drain deadline, then rolls back the rest and gives
+//!   them back to the queue at once (the cut-off attempt is not counted).
+//!
+//! Delivery is at least once: a handler may run again after a crash or a
+//! lost commit acknowledgement. Handlers whose effects are in the database
+//! transaction they are given run exactly once in effect; effects outside
+//! it (mail, HTTP calls) must be idempotent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+
+/// The channel the enqueue trigger notifies.
+pub const CHANNEL: &str = "conduit_jobs";
+
+/// One claimed job, as its handler sees it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its id (stable across attempts: a natural idempotency key).
+    pub id: i64,
+    /// Which handler runs it.
+    pub kind: String,
+    /// Its arguments.
+    pub payload: serde_json::Value,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+    /// Attempts allowed before the job is dead (its own limit, else the
+    /// workers' setting).
+    pub max_attempts: i32,
+}
+
+/// Why an attempt failed; the message is kept as the job's `last_error`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobError(pub String);
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        Self(format!("database: {e}"))
+    }
+}
+
+/// Runs jobs of one kind. The work done on `tx` commits together with the
+/// job's completion; an error rolls it back and the job is retried.
+pub trait Handler: Send + Sync + 'static {
+    /// Does one attempt of `job`.
+    fn run<'a>(&'a self, job: &'a Job, tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>>;
+}
+
+/// Handlers by job kind.
+#[derive(Clone, Default)]
+pub struct Handlers(HashMap<String, Arc<dyn Handler>>);
+
+impl std::fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// No handlers but the [`Canary`].
+    pub fn new() -> Self {
+        let mut handlers = Self(HashMap::new());
+        handlers.register(Canary::KIND, Canary);
+        handlers
+    }
+
+    /// Adds (or replaces) the handler of `kind`.
+    pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
+        self.0.insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+}
+
+/// A job that does nothing but what its payload asks, to check that the
+/// queue works end to end (`conduit jobs canary`) and to measure it:
+/// `{"sleep_ms": n}` takes n ms, `{"fail_attempts": k}` fails its first k
+/// attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Canary;
+
+impl Canary {
+    /// Its kind.
+    pub const KIND: &'static str = "canary";
+}
+
+impl Handler for Canary {
+    fn run<'a>(&'a self, job: &'a Job, _tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let number = |key: &str| job.payload.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            let sleep = number("sleep_ms");
+            if sleep > 0 {
+                tokio::time::sleep(Duration::from_millis(sleep)).await;
+            }
+            if u64::try_from(job.attempt).unwrap_or(0) <= number("fail_attempts") {
+                return Err(JobError(format!("canary: failing attempt {} as asked", job.attempt)));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Enqueues a job in the caller's transaction (or alone, on a pool).
+pub async fn enqueue<'e, E>(executor: E, kind: &str, payload: &serde_json::Value) -> Result<i64, sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query_scalar("INSERT INTO jobs (kind, payload) VALUES ($1, $2) RETURNING id")
+        .bind(kind)
+        .bind(sqlx::types::Json(payload))
+        .fetch_one(executor)
+        .await
+}
+
+/// How workers behave.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs run at once by one process.
+    pub concurrency: usize,
+    /// How long a claimed job may run before another worker may take it
+    /// over (a crashed worker's jobs wait this long).
+    pub lease: Duration,
+    /// How often to look for due retries and expired leases when no
+    /// notification arrives.
+    pub poll_interval: Duration,
+    /// Attempts a job gets unless it sets its own `max_attempts`.
+    pub max_attempts: i32,
+    /// First retry delay; each further one doubles, up to `retry_max`.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How long running jobs get to finish once a stop is asked.
+    pub drain_timeout: Duration,
+}
+
+/// The delay before retry number `attempt` (from 1): exponential from
+/// `base`, capped at `max`, with "equal jitter" (between half and all of
+/// it) so that jobs failing together do not retry together.
+pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
+    let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
+    let full = base.saturating_mul(1 << exponent).min(max);
+    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Succeeded,
+    Failed(String),
+    /// The job was no longer ours (its lease ran out and it was taken over).
+    Lost,
+    /// Cut off by shutdown.
+    Released,
+}
+
+/// A pool of workers in one process.
+#[derive(Clone)]
+pub struct Workers {
+    db: PgPool,
+    handlers: Handlers,
+    settings: WorkerSettings,
+    metrics: Option<Metrics>,
+    name: String,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("name", &self.name).field("settings", &self.settings).finish()
+    }
+}
+
+impl Workers {
+    /// Workers on `db` running `handlers`.
+    pub fn new(db: PgPool, handlers: Handlers, settings: WorkerSettings, metrics: Option<Metrics>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        let name = format!("{host}:{}", std::process::id());
+        Self { db, handlers, settings, metrics, name }
+    }
+
+    /// Runs jobs until `stop` completes, then drains (see the module doc).
+    pub async fn run(self, stop: impl Future<Output = ()> + Send) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
+        let (cancel, cancelled) = watch::channel(false);
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rescue: Option<Instant> = None;
+        let mut stop = std::pin::pin!(stop);
+        tracing::info!(worker = %self.name, concurrency = self.settings.concurrency, "job workers started");
+        loop {
+            while running.try_join_next().is_some() {}
+            let free = self.settings.concurrency.saturating_sub(running.len());
+            let mut full = free == 0;
+            if free > 0 {
+                if last_rescue.is_none_or(|t| t.elapsed() >= self.settings.poll_interval) {
+                    last_rescue = Some(Instant::now());
+                    if let Err(e) = self.rescue().await {
+                        tracing::warn!(error = %e, "cannot re-queue jobs whose lease ran out");
+                    }
+                }
+                match self.claim(free).await {
+                    Ok(jobs) => {
+                        full = jobs.len() == free;
+                        for job in jobs {
+                            let this = self.clone();
+                            let cancelled = cancelled.clone();
+                            running.spawn(async move { this.attempt(job, cancelled).await });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = wake.notified(), if !full => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = poll.tick() => {}
+            }
+        }
+        listener.abort();
+        if !running.is_empty() {
+            tracing::info!(running = running.len(), "job workers stopping; waiting for running jobs");
+            let drained = tokio::time::timeout(self.settings.drain_timeout, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                // Each cut-off job rolls back and gives itself back.
+                let _ = cancel.send(true);
+                while running.join_next().await.is_some() {}
+            }
+        }
+        tracing::info!("job workers stopped");
+    }
+
+    /// Claims up to `n` due jobs.
+    async fn claim(&self, n: usize) -> Result<Vec<Job>, sqlx::Error> {
+        let rows: Vec<(i64, String, sqlx::types::Json<serde_json::Value>, i32, i32)> = sqlx::query_as(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
+                             locked_by = $3, updated_at = now() \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() \
+                          ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
+        )
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .bind(self.settings.lease)
+        .bind(&self.name)
+        .bind(self.settings.max_attempts)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, kind, payload, attempt, max_attempts)| Job {
+                id,
+                kind,
+                payload: payload.0,
+                attempt,
+                max_attempts,
+            })
+            .collect())
+    }
+
+    /// Gives jobs whose lease ran out (their worker died) back to the
+    /// queue, or to the dead when that was their last attempt. Rows still
+    /// locked by a live attempt are skipped, however long it runs.
+    async fn rescue(&self) -> Result<(), sqlx::Error> {
+        let rescued = sqlx::query(
+            "UPDATE jobs SET state = CASE WHEN attempts >= COALESCE(max_attempts, $1) THEN 'dead' ELSE 'queued' END, \
+                             run_at = now(), locked_by = NULL, updated_at = now(), \
+                             last_error = 'the worker stopped before finishing (lease expired)' \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND run_at < now() \
+                          FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(self.settings.max_attempts)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
+        if rescued > 0 {
+            tracing::warn!(jobs = rescued, "re-queued jobs whose worker stopped before finishing");
+        }
+        Ok(())
+    }
+
+    /// Runs one attempt and records how it ended.
+    async fn attempt(self, job: Job, cancelled: watch::Receiver<bool>) {
+        let started = Instant::now();
+        if let Some(m) = &self.metrics {
+            m.job_running(true);
+        }
+        let outcome = match self.execute(&job, cancelled).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Failed(format!("database: {e}")),
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        let recorded = match outcome {
+            Outcome::Succeeded => Ok("succeeded"),
+            Outcome::Lost => Ok("lost"),
+            Outcome::Released => self.release(&job).await.map(|()| "released"),
+            Outcome::Failed(error) => self.fail(&job, &error).await,
+        };
+        match recorded {
+            Ok(outcome) => {
+                tracing::debug!(job = job.id, kind = %job.kind, attempt = job.attempt, outcome, "job attempt finished");
+                if let Some(m) = &self.metrics {
+                    m.job_finished(&job.kind, outcome, elapsed);
+                }
+            }
+            // The row stays `running`: the lease brings it back.
+            Err(e) => tracing::warn!(job = job.id, error = %e, "cannot record a job's outcome; its lease will"),
+        }
+        if let Some(m) = &self.metrics {
+            m.job_running(false);
+        }
+    }
+
+    async fn execute(&self, job: &Job, mut cancelled: watch::Receiver<bool>) -> Result<Outcome, sqlx::Error> {
+        let Some(handler) = self.handlers.0.get(&job.kind).cloned() else {
+            return Ok(Outcome::Failed(format!("no handler for jobs of kind {:?} in this version", job.kind)));
+        };
+        let mut tx = self.db.begin().await?;
+        // Completion first: it locks the row for the whole attempt and
+        // proves the attempt still owns the job.
+        let owned = sqlx::query("DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running'")
+            .bind(job.id)
+            .bind(job.attempt)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if owned == 0 {
+            tx.rollback().await?;
+            return Ok(Outcome::Lost);
+        }
+        let result = tokio::select! {
+            r = std::panic::AssertUnwindSafe(handler.run(job, &mut tx)).catch_unwind() => Some(r),
+            () = async { let _ = cancelled.wait_for(|c| *c).await; } => None,
+        };
+        match result {
+            Some(Ok(Ok(()))) => match tx.commit().await {
+                Ok(()) => Ok(Outcome::Succeeded),
+                Err(e) => Ok(Outcome::Failed(format!("cannot commit: {e}"))),
+            },
+            Some(Ok(Err(e))) => {
+                tx.rollback().await?;
+                Ok(Outcome::Failed(e.0))
+            }
+            Some(Err(panic)) => {
+                tx.rollback().await?;
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Ok(Outcome::Failed(format!("the handler panicked: {text}")))
+            }
+            None => {
+                tx.rollback().await?;
+                Ok(Outcome::Released)
+            }
+        }
+    }
+
+    /// Schedules a retry, or buries the job after its last attempt.
+    async fn fail(&self, job: &Job, error: &str) -> Result<&'static str, sqlx::Error> {
+        let dead = job.attempt >= job.max_attempts;
+        let delay = backoff(job.attempt, self.settings.retry_base, self.settings.retry_max);
+        tracing::warn!(job = job.id, kind = %job.kind, attempt = job.attempt, dead, error, "job attempt failed");
+        sqlx::query(
+            "UPDATE jobs SET state = CASE WHEN $3 THEN 'dead' ELSE 'queued' END, run_at = now() + $4, \
+                             last_error = $5, locked_by = NULL, updated_at = now() \
+             WHERE id = $1 AND attempts = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.attempt)
+        .bind(dead)
+        .bind(delay)
+        .bind(error)
+        .execute(&self.db)
+        .await?;
+        Ok(if dead { "dead" } else { "retried" })
+    }
+
+    /// Gives a job cut off by shutdown back to the queue, due now.
+    async fn release(&self, job: &Job) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = now(), locked_by = NULL, \
+                             last_error = 'interrupted by a worker shutting down', updated_at = now() \
+             WHERE id = $1 AND attempts = $2 AND state = 'running'",
+        )
+        .bind(job.id)
+        .bind(job.attempt)
+        .execute(&self.db)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&self.db).await?;
+        Ok(())
+    }
+}
+
+/// Wakes the workers on every `NOTIFY conduit_jobs`, and on (re)connecting:
+/// anything enqueued while not listening is found by that look.
+async fn listen(db: PgPool, wake: Arc<Notify>) {
+    crate::listen::listen(db, CHANNEL, move |_| wake.notify_one()).await;
+}
+
+/// The queue's figures for the metrics: counts by state and the age of
+/// the oldest due job, read every `interval` until the pool closes.
+pub async fn watch_queue(db: PgPool, metrics: Metrics, interval: Duration) {
+    loop {
+        let figures: Result<(i64, i64, i64, f64), _> = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'running'), \
+                    count(*) FILTER (WHERE state = 'dead'), \
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(run_at) \
+                        FILTER (WHERE state = 'queued' AND run_at <= now()))::float8, 0) \
+             FROM jobs",
+        )
+        .fetch_one(&db)
+        .await;
+        match figures {
+            Ok((queued, running, dead, oldest)) => metrics.job_queue(queued, running, dead, oldest),
+            Err(_) if db.is_closed() => return,
+            Err(e) => tracing::debug!(error = %e, "cannot read the job queue's figures"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One row of `conduit jobs list`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    /// Id.
+    pub id: i64,
+    /// Kind.
+    pub kind: String,
+    /// queued, running or dead.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Its own attempt limit, if it has one.
+    pub max_attempts: Option<i32>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Arguments.
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    /// When it was enqueued.
+    pub created_at: time::OffsetDateTime,
+    /// When it runs next (queued) or its lease ends (running).
+    pub run_at: time::OffsetDateTime,
+}
+
+/// Jobs in `state`, oldest first.
+pub async fn list(db: &PgPool, state: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, kind, state, attempts, max_attempts, last_error, payload, created_at, run_at \
+         FROM jobs WHERE state = $1 ORDER BY id LIMIT $2",
+    )
+    .bind(state)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Puts dead jobs back in the queue with a fresh set of attempts: those
+/// in `ids`, or every dead job when `ids` is `None`. Returns how many.
+pub async fn requeue(db: &PgPool, ids: Option<&[i64]>) -> Result<u64, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let n = sqlx::query(
+        "UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), locked_by = NULL, updated_at = now() \
+         WHERE state = 'dead' AND ($1::int8[] IS NULL OR id = ANY($1))",
+    )
+    .bind(ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(n)
+}
