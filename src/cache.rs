@@ -10,7 +10,6 @@
 //! its cache when it reconnects (notifications may have been missed), and
 //! no entry outlives `CACHE_TTL`, whatever happens to notifications.
 
-use crate::listen::Heard;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
