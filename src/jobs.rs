@@ -171,7 +171,9 @@ pub struct WorkerSettings {
 pub fn backoff(attempt: i32, base: Duration, max: Duration) -> Duration {
     let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
     let full = base.saturating_mul(1 << exponent).min(max);
-    full / 2 + full.mul_f64(fastrand::f64() / 2.0)
+    let delay = full / 2 + full.mul_f64(fastrand::f64() / 2.0);
+    // PostgreSQL intervals hold microseconds.
+    Duration::from_micros(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What one attempt came to.
@@ -223,6 +225,8 @@ impl Workers {
             while running.try_join_next().is_some() {}
             let free = self.settings.concurrency.saturating_sub(running.len());
             let mut full = free == 0;
+            // When the next retry comes due, if before the next poll.
+            let mut next_due: Option<tokio::time::Instant> = None;
             if free > 0 {
                 if last_rescue.is_none_or(|t| t.elapsed() >= self.settings.poll_interval) {
                     last_rescue = Some(Instant::now());
@@ -233,6 +237,9 @@ impl Workers {
                 match self.claim(free).await {
                     Ok(jobs) => {
                         full = jobs.len() == free;
+                        if !full {
+                            next_due = self.next_due().await;
+                        }
                         for job in jobs {
                             let this = self.clone();
                             let cancelled = cancelled.clone();
@@ -253,6 +260,7 @@ impl Workers {
                 _ = wake.notified(), if !full => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = poll.tick() => {}
+                () = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {}
             }
         }
         listener.abort();
@@ -296,6 +304,20 @@ impl Workers {
                 max_attempts,
             })
             .collect())
+    }
+
+    /// When the earliest queued job not yet due (a retry backing off) will
+    /// be, if that is before the next poll.
+    async fn next_due(&self) -> Option<tokio::time::Instant> {
+        let wait: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM min(run_at) - now())::float8 FROM jobs WHERE state = 'queued'",
+        )
+        .fetch_one(&self.db)
+        .await
+        .ok()
+        .flatten();
+        let wait = Duration::try_from_secs_f64(wait?.max(0.0)).ok()?;
+        (wait < self.settings.poll_interval).then(|| tokio::time::Instant::now() + wait)
     }
 
     /// Gives jobs whose lease ran out (their worker died) back to the
@@ -511,4 +533,22 @@ pub async fn requeue(db: &PgPool, ids: Option<&[i64]>) -> Result<u64, sqlx::Erro
     sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_whole_microseconds() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        for _ in 0..100 {
+            for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+                let delay = backoff(attempt, base, max);
+                let full = Duration::from_millis(full);
+                assert!(delay >= full / 2 && delay <= full, "attempt {attempt}: {delay:?}");
+                assert_eq!(delay.subsec_nanos() % 1000, 0);
+            }
+        }
+    }
 }

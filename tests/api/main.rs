@@ -2,6 +2,7 @@
 //! Postgres database per test, driven over JSON/HTTP and gRPC.
 
 mod articles;
+mod background;
 mod cli;
 mod clients;
 mod comments;

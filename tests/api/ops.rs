@@ -10,26 +10,32 @@ use bytes::Bytes;
 
 use crate::helpers::{create_database, drop_database, spawn_app_with};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The binary serving on loopback ports of its own.
-struct Served {
+pub(crate) struct Served {
     child: Option<Child>,
-    port: u16,
-    admin: u16,
+    pub(crate) port: u16,
+    pub(crate) admin: u16,
     database: Option<String>,
 }
 
 impl Served {
     /// Starts `conduit serve` with a fresh database (unless `env` sets
     /// DATABASE_URL or asks for none with `("DATABASE_URL", "")`).
-    async fn start(env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_as("serve", env).await
+    }
+
+    /// Starts `conduit <subcommand>` (`serve` or `worker`) as [`Served::start`]
+    /// does; a worker is up when its admin listener is.
+    pub(crate) async fn start_as(subcommand: &str, env: &[(&str, &str)]) -> Self {
         let (port, admin) = (free_port(), free_port());
         let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
         command
-            .arg("serve")
+            .arg(subcommand)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
@@ -57,24 +63,25 @@ impl Served {
         let child = command.spawn().expect("the binary starts");
         let served = Self { child: Some(child), port, admin, database };
         let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let up = if subcommand == "serve" { port } else { admin };
+        while std::net::TcpStream::connect(("127.0.0.1", up)).is_err() {
             assert!(Instant::now() < deadline, "the server did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         served
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: sends a signal to our own child.
         unsafe { libc::kill(self.pid(), signal) };
     }
 
     /// Sends SIGTERM and waits for the exit; returns (exit code, stderr).
-    async fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) async fn stop(mut self) -> (Option<i32>, String) {
         self.signal(libc::SIGTERM);
         let child = self.child.take().unwrap();
         let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
@@ -95,7 +102,13 @@ impl Drop for Served {
 }
 
 /// One HTTP/1.1 request on a new connection: (status, head, body).
-async fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+pub(crate) async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut request =

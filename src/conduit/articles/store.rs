@@ -625,4 +625,16 @@ mod tests {
         assert!(list.starts_with("WITH page AS (SELECT") && list.contains("f.user_id = $4"), "{list}");
         assert!(list_sql(&Filter::default()).contains("fo.follower_id = $3"));
     }
+
+    #[test]
+    fn export_sql_reads_the_articles_table_itself_unless_a_tag_or_favorites_drive() {
+        let all = export_sql(&Filter::default());
+        assert!(all.contains("FROM articles a  JOIN users u") && all.contains("f.user_id = $1"), "{all}");
+        let author = export_sql(&Filter { author: Some("a"), ..Filter::default() });
+        assert!(author.contains("WHERE a.author_id = (SELECT id FROM users WHERE username = $1)"), "{author}");
+        assert!(author.contains("ORDER BY a.created_at DESC, a.id DESC"), "{author}");
+        let tag = export_sql(&Filter { tag: Some("t"), author: Some("a"), ..Filter::default() });
+        assert!(tag.contains("FROM article_tags d JOIN articles a ON a.id = d.article_id"), "{tag}");
+        assert!(tag.contains("username = $2") && tag.contains("f.user_id = $3"), "{tag}");
+    }
 }

@@ -1,0 +1,698 @@
+//! Background work on a real PostgreSQL: the job queue (retries, crashes,
+//! shutdown, wake-ups, dead jobs), notifications made by jobs under
+//! concurrent writes and delivered live across two replicas over SSE,
+//! NDJSON, gRPC and gRPC-Web, resumption with `Last-Event-ID`, and the
+//! streamed export and its cancellation.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use conduit::jobs::{Handler, Handlers, Job, JobError, WorkerSettings, Workers};
+use conduit::pb::conduit::v1 as pb;
+use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, authed, create_database, drop_database, spawn_app_with, url_for};
+use crate::ops::Served;
+
+/// A fresh migrated database and a pool on it.
+async fn database(name: &str) -> (String, PgPool) {
+    let name = format!("conduit_jobs_{name}_{}", std::process::id());
+    let url = create_database(&name).await;
+    let db = conduit::startup::connect(&url, 8, Duration::from_secs(5)).await.unwrap();
+    conduit::startup::MIGRATOR.run(&db).await.unwrap();
+    (name, db)
+}
+
+fn settings(poll: Duration) -> WorkerSettings {
+    WorkerSettings {
+        concurrency: 4,
+        lease: Duration::from_secs(30),
+        poll_interval: poll,
+        max_attempts: 10,
+        retry_base: Duration::from_millis(40),
+        retry_max: Duration::from_millis(400),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Runs workers in this process until the returned sender fires.
+fn run_workers(db: &PgPool, handlers: Handlers, settings: WorkerSettings) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let workers = Workers::new(db.clone(), handlers, settings, None);
+    tokio::spawn(workers.run(async move {
+        let _ = stopped.await;
+    }));
+    stop
+}
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn job_row(db: &PgPool, id: i64) -> Option<(String, i32, Option<String>)> {
+    sqlx::query_as("SELECT state, attempts, last_error FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .unwrap()
+}
+
+/// Fails its first `failures` attempts; records each attempt's number.
+struct Flaky {
+    failures: i32,
+    attempts: Arc<Mutex<Vec<(i32, Instant)>>>,
+}
+
+impl Handler for Flaky {
+    fn run<'a>(&'a self, job: &'a Job, tx: &'a mut sqlx::PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            self.attempts.lock().unwrap().push((job.attempt, Instant::now()));
+            // Work done in the job's transaction commits only with success.
+            sqlx::query("CREATE TABLE IF NOT EXISTS effects (job bigint, attempt int)").execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO effects VALUES ($1, $2)").bind(job.id).bind(job.attempt).execute(&mut *tx).await?;
+            if job.attempt <= self.failures {
+                return Err(JobError(format!("failure number {}", job.attempt)));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_job_that_fails_twice_then_succeeds_backs_off_and_its_work_commits_once() {
+    let (name, db) = database("flaky").await;
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let mut handlers = Handlers::new();
+    handlers.register("flaky", Flaky { failures: 2, attempts: attempts.clone() });
+    let mut patient = settings(Duration::from_secs(3600));
+    patient.retry_base = Duration::from_millis(300);
+    patient.retry_max = Duration::from_secs(1);
+    let stop = run_workers(&db, handlers, patient);
+
+    let id = conduit::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    // After the first failure the job waits, queued, with the error kept.
+    eventually(Duration::from_secs(5), "the first failure", || async {
+        matches!(job_row(&db, id).await, Some((state, 1, Some(error))) if state == "queued" && error == "failure number 1")
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the job to succeed", || async { job_row(&db, id).await.is_none() }).await;
+    let seen = attempts.lock().unwrap().clone();
+    assert_eq!(seen.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 3]);
+    // Backoff: at least half of 300 ms, then of 600 ms, between attempts
+    // (woken when due, though the workers poll only once an hour).
+    assert!(seen[1].1 - seen[0].1 >= Duration::from_millis(150), "{seen:?}");
+    assert!(seen[2].1 - seen[1].1 >= Duration::from_millis(300), "{seen:?}");
+    assert!(seen[2].1 - seen[0].1 < Duration::from_secs(3), "{seen:?}");
+    // Only the successful attempt's work is there.
+    let effects: Vec<(i64, i32)> = sqlx::query_as("SELECT job, attempt FROM effects").fetch_all(&db).await.unwrap();
+    assert_eq!(effects, [(id, 3)]);
+    let _ = stop.send(());
+    db.close().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones_can_be_requeued() {
+    let (name, db) = database("wake").await;
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let mut handlers = Handlers::new();
+    handlers.register("flaky", Flaky { failures: 3, attempts: attempts.clone() });
+    // Polling once an hour: only NOTIFY can wake these workers in time.
+    let mut slow = settings(Duration::from_secs(3600));
+    slow.max_attempts = 3;
+    let stop = run_workers(&db, handlers, slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A rolled-back write leaves no job behind.
+    let mut tx = db.begin().await.unwrap();
+    conduit::jobs::enqueue(&mut *tx, conduit::jobs::Canary::KIND, &json!({})).await.unwrap();
+    tx.rollback().await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&db).await.unwrap();
+    assert_eq!(jobs, 0);
+
+    // A committed one runs at once.
+    let mut tx = db.begin().await.unwrap();
+    let canary = conduit::jobs::enqueue(&mut *tx, conduit::jobs::Canary::KIND, &json!({})).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(3), "the canary to run", || async { job_row(&db, canary).await.is_none() }).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "woken in {:?}", started.elapsed());
+
+    // A job failing every attempt dies after the third and stays.
+    let id = conduit::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    eventually(Duration::from_secs(10), "the job to die", || async {
+        matches!(job_row(&db, id).await, Some((state, 3, _)) if state == "dead")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(attempts.lock().unwrap().len(), 3, "a dead job is not run again");
+
+    // The operator sees it and puts it back: it runs with fresh attempts
+    // (the fourth run overall, attempt 1 again; it fails while attempt <= 3).
+    let (_, url) = (name.clone(), url_for(&name));
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .args(["jobs", "list", "--state", "dead"])
+        .env("DATABASE_URL", &url)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{listed} {}", String::from_utf8_lossy(&list.stderr));
+    assert!(
+        listed.contains("flaky") && listed.contains("failure number 3") && listed.contains("1 dead job(s)"),
+        "{listed}"
+    );
+    let requeue = std::process::Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .args(["jobs", "requeue", &id.to_string()])
+        .env("DATABASE_URL", &url)
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&requeue.stdout).trim(), "re-queued 1 dead job(s)");
+    eventually(Duration::from_secs(3), "the re-queued job to run", || async { attempts.lock().unwrap().len() == 4 })
+        .await;
+    assert_eq!(attempts.lock().unwrap()[3].0, 1);
+    let _ = stop.send(());
+    db.close().await;
+    drop_database(&name).await;
+}
+
+/// `conduit worker` on `url` with a 2 s lease.
+async fn worker(url: &str, extra: &[(&str, &str)]) -> Served {
+    let mut env = vec![
+        ("DATABASE_URL", url),
+        ("JOB_WORKERS", "2"),
+        ("JOB_LEASE", "2s"),
+        ("JOB_POLL_INTERVAL", "100ms"),
+        ("DRAIN_DELAY", "0s"),
+    ];
+    env.extend_from_slice(extra);
+    Served::start_as("worker", &env).await
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_leaves_it_to_another_after_the_lease() {
+    let (name, db) = database("kill").await;
+    let url = url_for(&name);
+    let id = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 1500})).await.unwrap();
+    let first = worker(&url, &[]).await;
+    eventually(Duration::from_secs(10), "the job to start", || async {
+        matches!(job_row(&db, id).await, Some((state, 1, _)) if state == "running")
+    })
+    .await;
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let killed = Instant::now();
+    // Nobody finishes it: the row is back as claimed, with its lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(job_row(&db, id).await, Some((state, 1, _)) if state == "running"));
+
+    let second = worker(&url, &[]).await;
+    eventually(Duration::from_secs(15), "the job to be done by the second worker", || async {
+        job_row(&db, id).await.is_none()
+    })
+    .await;
+    // Not before the lease ran out (2 s) and the sleep (1.5 s) ran again.
+    assert!(killed.elapsed() >= Duration::from_millis(3000), "{:?}", killed.elapsed());
+    let (code, log) = second.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("re-queued jobs whose worker stopped before finishing"), "{log}");
+    db.close().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn a_worker_stopped_mid_job_gives_it_back_within_the_drain_deadline() {
+    let (name, db) = database("drain").await;
+    let url = url_for(&name);
+    let short = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 300})).await.unwrap();
+    let long = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 60000})).await.unwrap();
+    let served = worker(&url, &[("DRAIN_TIMEOUT", "1s")]).await;
+    eventually(Duration::from_secs(10), "both jobs to start", || async {
+        let running: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running'").fetch_one(&db).await.unwrap();
+        running == 2
+    })
+    .await;
+    let asked = Instant::now();
+    let (code, log) = served.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
+    // The short one finished during the drain; the long one is queued
+    // again, due now, its cut-off attempt not counted.
+    assert!(job_row(&db, short).await.is_none());
+    let (state, attempts, error) = job_row(&db, long).await.expect("never lost");
+    assert_eq!((state.as_str(), attempts), ("queued", 0));
+    assert_eq!(error.as_deref(), Some("interrupted by a worker shutting down"));
+    db.close().await;
+    drop_database(&name).await;
+}
+
+/// A user's notifications as (id, kind, actor), oldest first.
+async fn notifications_of(app: &TestApp, token: &str) -> Vec<(i64, String, String)> {
+    let mut all = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            Some(b) => format!("/api/notifications?limit=100&before={b}"),
+            None => "/api/notifications?limit=100".to_owned(),
+        };
+        let page = app.get(&path, Some(token)).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        for n in page.body["notifications"].as_array().unwrap() {
+            all.push((
+                n["id"].as_str().unwrap().parse().unwrap(),
+                n["kind"].as_str().unwrap().to_owned(),
+                n["actor"]["username"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page.body["nextBefore"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    all.reverse();
+    all
+}
+
+#[tokio::test]
+async fn concurrent_writes_make_exactly_the_expected_notifications() {
+    let app = Arc::new(
+        spawn_app_with(|s| {
+            s.db_max_connections = 12;
+            s.max_concurrent_requests = 512;
+        })
+        .await,
+    );
+    let author = app.register("author").await;
+    let slug = app.article(&author, "Much liked", &[]).await;
+    let mut fans = Vec::new();
+    for i in 0..100 {
+        fans.push(app.register(&format!("fan{i}")).await);
+    }
+    // Each fan follows and favorites twice, all at once: repeats are no-ops.
+    let mut writes = tokio::task::JoinSet::new();
+    for token in fans.clone() {
+        let (app, slug) = (app.clone(), slug.clone());
+        writes.spawn(async move {
+            for _ in 0..2 {
+                let follow = app.json("POST", "/api/profiles/author/follow", Some(&token), None).await;
+                assert_eq!(follow.status, 200, "{:?}", follow.body);
+                let favorite = app.json("POST", &format!("/api/articles/{slug}/favorite"), Some(&token), None).await;
+                assert_eq!(favorite.status, 200, "{:?}", favorite.body);
+            }
+        });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.unwrap();
+    }
+    eventually(Duration::from_secs(20), "200 notifications", || async {
+        app.get("/api/notifications?limit=1", Some(&author)).await.body["unreadCount"] == 200
+    })
+    .await;
+    let seen = notifications_of(&app, &author).await;
+    // Numbered 1..=200 without gaps; one follow and one favorite per fan.
+    assert_eq!(seen.iter().map(|n| n.0).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
+    let mut per_fan: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for (_, kind, actor) in &seen {
+        assert!(per_fan.entry(actor).or_default().insert(kind), "{actor} twice with {kind}");
+    }
+    assert_eq!(per_fan.len(), 100);
+    assert!(per_fan.values().all(|kinds| kinds.len() == 2));
+
+    // One article by the author: each of the 100 followers is told once.
+    app.article(&author, "For my followers", &[]).await;
+    for token in [&fans[0], &fans[57], &fans[99]] {
+        eventually(Duration::from_secs(10), "the article notification", || async {
+            !notifications_of(&app, token).await.is_empty()
+        })
+        .await;
+    }
+    let told: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE kind = 'article'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT recipient_id) FROM notifications WHERE kind = 'article'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((told, distinct), (100, 100));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
+    assert_eq!(left, 0, "every job done and gone");
+
+    // Marking read: the first ten, then everything up to 150.
+    let ids: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
+    let marked = app.json("POST", "/api/notifications:markRead", Some(&author), Some(json!({"ids": ids}))).await;
+    assert_eq!((marked.body["marked"].as_i64(), marked.body["unreadCount"].as_i64()), (Some(10), Some(190)));
+    let marked = app.json("POST", "/api/notifications:markRead", Some(&author), Some(json!({"upTo": "150"}))).await;
+    assert_eq!((marked.body["marked"].as_i64(), marked.body["unreadCount"].as_i64()), (Some(140), Some(50)));
+    let unread = app.get("/api/notifications?unread=true&limit=100", Some(&author)).await;
+    let unread = unread.body["notifications"].as_array().unwrap().clone();
+    assert_eq!(unread.len(), 50);
+    assert!(unread.iter().all(|n| n["read"] == false));
+    let neither = app.json("POST", "/api/notifications:markRead", Some(&author), Some(json!({}))).await;
+    assert_eq!(neither.status, 422, "{:?}", neither.body);
+}
+
+/// A streaming HTTP answer read piece by piece.
+struct Stream {
+    status: u16,
+    body: axum::body::Body,
+    buffer: BytesMut,
+}
+
+impl Stream {
+    async fn open(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Self {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let mut request = http::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = client.request(request.body(Full::new(body)).unwrap()).await.unwrap();
+        let status = response.status().as_u16();
+        Self { status, body: axum::body::Body::new(response.into_body()), buffer: BytesMut::new() }
+    }
+
+    /// More bytes, or `None` at the end (or after `limit`).
+    async fn more(&mut self, limit: Duration) -> Option<()> {
+        loop {
+            match tokio::time::timeout(limit, self.body.frame()).await.ok()?? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buffer.extend_from_slice(&data);
+                        return Some(());
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next Server-Sent Event as (id, data).
+    async fn event(&mut self, limit: Duration) -> Option<(Option<String>, Value)> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event = self.buffer.split_to(end + 2);
+                let text = String::from_utf8_lossy(&event).into_owned();
+                let id = text.lines().find_map(|l| l.strip_prefix("id: ")).map(str::to_owned);
+                let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
+                return Some((id, serde_json::from_str(data).unwrap()));
+            }
+            self.more(limit).await?;
+        }
+    }
+
+    /// The next NDJSON line.
+    async fn line(&mut self, limit: Duration) -> Option<Value> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line = self.buffer.split_to(end + 1);
+                return Some(serde_json::from_slice(&line[..end]).unwrap());
+            }
+            self.more(limit).await?;
+        }
+    }
+
+    /// The next gRPC-Web data frame as a watch message (`None` at trailers).
+    async fn grpc_web(&mut self, limit: Duration) -> Option<pb::WatchNotificationsResponse> {
+        loop {
+            if self.buffer.len() >= 5 {
+                let len = u32::from_be_bytes(self.buffer[1..5].try_into().unwrap()) as usize;
+                if self.buffer.len() >= 5 + len {
+                    let flag = self.buffer[0];
+                    self.buffer.advance(5);
+                    let message = self.buffer.split_to(len);
+                    if flag & 0x80 != 0 {
+                        return None;
+                    }
+                    return Some(pb::WatchNotificationsResponse::decode(message.freeze()).unwrap());
+                }
+            }
+            self.more(limit).await?;
+        }
+    }
+}
+
+/// A watch over SSE, with `Last-Event-ID` when resuming.
+async fn sse_watch(port: u16, token: &str, last: Option<&str>) -> Stream {
+    let auth = format!("Token {token}");
+    let mut headers = vec![("authorization", auth.as_str()), ("accept", "text/event-stream")];
+    if let Some(last) = last {
+        headers.push(("last-event-id", last));
+    }
+    let stream = Stream::open(port, "GET", "/api/notifications:watch", &headers, Bytes::new()).await;
+    assert_eq!(stream.status, 200);
+    stream
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn a_notification_made_on_one_replica_reaches_watches_on_another_over_every_protocol() {
+    let writer = spawn_app_with(|_| {}).await;
+    let url = url_for(&writer.db_name);
+    // The watching replica runs no workers: what it delivers was made elsewhere.
+    let watcher = spawn_app_with(move |s| {
+        s.database_url = conduit::config::Secret::from(url);
+        s.jobs.concurrency = 0;
+    })
+    .await;
+    let star = writer.register("star").await;
+    let fans: Vec<String> = {
+        let mut fans = Vec::new();
+        for i in 0..5 {
+            fans.push(writer.register(&format!("follower{i}")).await);
+        }
+        fans
+    };
+    let mut sse = sse_watch(watcher.port, &star, None).await;
+    let auth = format!("Token {star}");
+    let mut ndjson = Stream::open(
+        watcher.port,
+        "GET",
+        "/api/notifications:watch",
+        &[("authorization", auth.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    let mut frame = vec![0u8];
+    let request = pb::WatchNotificationsRequest::default().encode_to_vec();
+    frame.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&request);
+    let mut grpc_web = Stream::open(
+        watcher.port,
+        "POST",
+        "/conduit.v1.Notifications/WatchNotifications",
+        &[("authorization", auth.as_str()), ("content-type", "application/grpc-web+proto"), ("x-grpc-web", "1")],
+        Bytes::from(frame),
+    )
+    .await;
+    assert_eq!(grpc_web.status, 200);
+    let mut grpc = pb::notifications_client::NotificationsClient::new(watcher.channel().await)
+        .watch_notifications(authed(pb::WatchNotificationsRequest::default(), &star))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for (n, fan) in fans.iter().enumerate() {
+        let wrote = Instant::now();
+        let follow = writer.json("POST", "/api/profiles/star/follow", Some(fan), None).await;
+        assert_eq!(follow.status, 200);
+        let id = (n + 1).to_string();
+        let (event_id, data) = sse.event(2 * SECOND).await.expect("an SSE event");
+        assert_eq!((event_id.as_deref(), data["id"].as_str()), (Some(id.as_str()), Some(id.as_str())));
+        assert_eq!(data["notification"]["kind"], "NOTIFICATION_KIND_FOLLOW");
+        assert_eq!(data["notification"]["actor"]["username"], format!("follower{n}"));
+        assert!(wrote.elapsed() < SECOND, "delivered in {:?}", wrote.elapsed());
+        let line = ndjson.line(2 * SECOND).await.expect("an NDJSON line");
+        assert_eq!(line["id"].as_str(), Some(id.as_str()));
+        let message = grpc_web.grpc_web(2 * SECOND).await.expect("a gRPC-Web message");
+        assert_eq!(message.id, Some(n as i64 + 1));
+        assert_eq!(message.notification.unwrap().actor.unwrap().username, format!("follower{n}"));
+        let message = tokio::time::timeout(2 * SECOND, grpc.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(message.notification.unwrap().kind(), pb::NotificationKind::Follow);
+    }
+}
+
+#[tokio::test]
+async fn an_sse_client_resuming_with_last_event_id_misses_nothing_and_watches_are_bounded() {
+    let app = spawn_app_with(|s| {
+        s.watch_keep_alive = Duration::from_millis(300);
+        s.watch_max_per_user = 2;
+    })
+    .await;
+    let author = app.register("writer").await;
+    let slug = app.article(&author, "Talked about", &[]).await;
+    let reader = app.register("reader").await;
+    let comment = |n: usize| {
+        let (app, slug, reader) = (&app, slug.clone(), reader.clone());
+        async move {
+            let body = json!({"comment": {"body": format!("comment {n}")}});
+            let reply = app.json("POST", &format!("/api/articles/{slug}/comments"), Some(&reader), Some(body)).await;
+            assert_eq!(reply.status, 201);
+        }
+    };
+    let mut first = sse_watch(app.port, &author, None).await;
+    for n in 1..=2 {
+        comment(n).await;
+        let (id, _) = first.event(2 * SECOND).await.unwrap();
+        assert_eq!(id, Some(n.to_string()));
+    }
+    // Quiet: a keep-alive without an id (the client's last id stays 2).
+    let (id, data) = first.event(2 * SECOND).await.unwrap();
+    assert_eq!((id, data), (None, json!({"id": null, "notification": null})));
+    drop(first);
+
+    // Three more while disconnected, then a reconnect saying where it was.
+    for n in 3..=5 {
+        comment(n).await;
+    }
+    eventually(Duration::from_secs(5), "five notifications", || async {
+        app.get("/api/notifications?limit=1", Some(&author)).await.body["unreadCount"] == 5
+    })
+    .await;
+    let mut resumed = sse_watch(app.port, &author, Some("2")).await;
+    let mut ids = Vec::new();
+    for _ in 3..=5 {
+        ids.push(resumed.event(2 * SECOND).await.unwrap().0.unwrap());
+    }
+    comment(6).await;
+    ids.push(resumed.event(2 * SECOND).await.unwrap().0.unwrap());
+    assert_eq!(ids, ["3", "4", "5", "6"]);
+    // `after` does the same for clients that cannot set headers.
+    let mut after = Stream::open(
+        app.port,
+        "GET",
+        "/api/notifications:watch?after=4",
+        &[("authorization", &format!("Token {author}"))],
+        Bytes::new(),
+    )
+    .await;
+    let lines = [after.line(2 * SECOND).await.unwrap(), after.line(2 * SECOND).await.unwrap()];
+    assert_eq!(lines.map(|l| l["id"].as_str().unwrap().to_owned()), ["5", "6"]);
+
+    // Two watches are open: a third is refused; closing one frees a place.
+    let third = app.get("/api/notifications:watch", Some(&author)).await;
+    assert_eq!(third.status, 429, "{:?}", third.body);
+    drop(after);
+    eventually(Duration::from_secs(3), "a free watch", || async {
+        let mut again = Stream::open(
+            app.port,
+            "GET",
+            "/api/notifications:watch",
+            &[("authorization", &format!("Token {author}")), ("accept", "text/event-stream")],
+            Bytes::new(),
+        )
+        .await;
+        again.status == 200 && again.event(2 * SECOND).await.is_some()
+    })
+    .await;
+    let bad = Stream::open(
+        app.port,
+        "GET",
+        "/api/notifications:watch",
+        &[("authorization", &format!("Token {author}")), ("last-event-id", "soon")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    let anonymous = app.get("/api/notifications:watch", None).await;
+    assert_eq!(anonymous.status, 401);
+}
+
+/// Backends of `database` running or holding an export's cursor.
+async fn export_sessions(db: &PgPool, database: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+         AND (query LIKE 'FETCH % FROM export' OR query LIKE 'DECLARE export %') \
+         AND state IN ('active', 'idle in transaction')",
+    )
+    .bind(database)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leaves() {
+    let app = spawn_app_with(|s| s.export_batch = 50).await;
+    app.register("prolific").await;
+    let other = app.register("quiet").await;
+    app.article(&other, "Not mine", &["x"]).await;
+    // Many articles quickly, by SQL: the export reads whatever is there.
+    sqlx::query(
+        "INSERT INTO articles (slug, title, description, body, tag_list, author_id, created_at) \
+         SELECT 'bulk-' || n, 'Bulk ' || n, 'about ' || n, repeat('text ', 1000), \
+                CASE WHEN n % 2 = 0 THEN ARRAY['even'] ELSE ARRAY[]::text[] END, \
+                (SELECT id FROM users WHERE username = 'prolific'), now() - n * interval '1 second' \
+         FROM generate_series(1, 6000) AS n",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO tags (name) VALUES ('even') ON CONFLICT DO NOTHING; ").execute(&app.db).await.unwrap();
+    sqlx::query(
+        "INSERT INTO article_tags (tag_id, article_id, created_at) \
+         SELECT (SELECT id FROM tags WHERE name = 'even'), id, created_at FROM articles WHERE 'even' = ANY(tag_list)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    // Everything by an author, newest first, bodies included.
+    let mut export = Stream::open(app.port, "GET", "/api/articles:export?author=prolific", &[], Bytes::new()).await;
+    assert_eq!(export.status, 200);
+    let mut slugs = Vec::new();
+    while let Some(line) = export.line(5 * SECOND).await {
+        assert_eq!(line["body"].as_str().map(str::len), Some(5000));
+        slugs.push(line["slug"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(slugs.len(), 6000);
+    assert_eq!(slugs[0], "bulk-1");
+    assert_eq!(slugs[5999], "bulk-6000");
+    // A tag filter over gRPC's server stream.
+    let mut grpc = app
+        .articles()
+        .await
+        .export_articles(pb::ExportArticlesRequest { tag: Some("even".into()), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut count = 0;
+    while let Some(article) = grpc.message().await.unwrap() {
+        assert!(article.tag_list == ["even"]);
+        count += 1;
+    }
+    assert_eq!(count, 3000);
+
+    // A client that reads a little and leaves: its query is gone soon after.
+    // (30 MB to send: more than socket buffers hold, so the export is
+    // still reading when the client leaves.)
+    let admin = conduit::startup::connect(&url_for("postgres"), 1, Duration::from_secs(5)).await.unwrap();
+    let mut export = Stream::open(app.port, "GET", "/api/articles:export", &[], Bytes::new()).await;
+    export.line(5 * SECOND).await.unwrap();
+    assert_eq!(export_sessions(&admin, &app.db_name).await, 1, "the export holds its cursor while the client reads");
+    drop(export);
+    eventually(Duration::from_secs(5), "the export's query to stop", || async {
+        export_sessions(&admin, &app.db_name).await == 0
+    })
+    .await;
+    admin.close().await;
+}
