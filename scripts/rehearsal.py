@@ -306,7 +306,9 @@ class Watch:
                 self.conn.close()
             if not self.stop.is_set():
                 self.reconnects += 1
-                time.sleep(0.1)
+                # Long enough that notifications are usually made while
+                # away: the resumed stream has something to replay.
+                time.sleep(0.5)
 
     def read_events(self, response):
         fields = {}
