@@ -288,6 +288,11 @@ pub struct Settings {
     #[arg(long, env = "EXPORT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
     pub export_batch: u32,
 
+    /// Article exports running at once (each holds a database connection
+    /// while its client reads); more get 503 / UNAVAILABLE.
+    #[arg(long, env = "EXPORT_MAX_CONCURRENT", default_value_t = 4, global = true)]
+    pub export_max_concurrent: usize,
+
     /// Apply pending migrations when `serve` starts.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
@@ -393,8 +398,8 @@ pub struct ServeSettings {
     pub watch_max_per_user: usize,
     /// Keep-alive period of watch streams.
     pub watch_keep_alive: Duration,
-    /// Rows per export batch.
-    pub export_batch: usize,
+    /// How exports read.
+    pub exports: crate::conduit::Exports,
 }
 
 impl Settings {
@@ -440,6 +445,9 @@ impl Settings {
         let jobs = self.workers()?;
         if self.watch_max_per_user == 0 {
             return Err("WATCH_MAX_PER_USER must be at least 1".into());
+        }
+        if self.export_max_concurrent == 0 {
+            return Err("EXPORT_MAX_CONCURRENT must be at least 1".into());
         }
         if self.watch_keep_alive.is_zero() {
             return Err("WATCH_KEEP_ALIVE must be longer than zero".into());
@@ -555,7 +563,10 @@ impl Settings {
             jobs,
             watch_max_per_user: self.watch_max_per_user,
             watch_keep_alive: self.watch_keep_alive,
-            export_batch: self.export_batch as usize,
+            exports: crate::conduit::Exports {
+                batch: self.export_batch as usize,
+                max_concurrent: self.export_max_concurrent,
+            },
         })
     }
 }

@@ -365,7 +365,7 @@ fn stack(
 ) -> Result<(axum::Router, Health, crate::cache::ResponseCache), StartupError> {
     let tokens = ctx.tokens.clone();
     let db = ctx.db.clone();
-    let (grpc, methods) = conduit::services(ctx, settings.body_limit, hub, settings.export_batch);
+    let (grpc, methods) = conduit::services(ctx, settings.body_limit, hub, settings.exports);
     let gateway = Gateway::builder()
         .methods(methods)
         .routes(crate::pb::conduit::v1::HTTP_ROUTES)

@@ -31,6 +31,15 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
 }
 
+/// How article exports read.
+#[derive(Debug, Clone, Copy)]
+pub struct Exports {
+    /// Rows fetched from the cursor at a time.
+    pub batch: usize,
+    /// Exports running at once.
+    pub max_concurrent: usize,
+}
+
 /// The job handlers of the domain.
 pub fn job_handlers() -> crate::jobs::Handlers {
     let mut handlers = crate::jobs::Handlers::new();
@@ -55,11 +64,11 @@ pub fn services(
     ctx: Ctx,
     message_limit: usize,
     hub: notifications::Hub,
-    export_batch: usize,
+    exports: Exports,
 ) -> (tonic::service::Routes, Vec<Method>) {
     let users = Arc::new(users::Users::new(ctx.clone()));
     let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
-    let articles = Arc::new(articles::Articles::new(ctx.clone(), export_batch));
+    let articles = Arc::new(articles::Articles::new(ctx.clone(), exports.batch, exports.max_concurrent));
     let notifications = Arc::new(notifications::Notifications::new(ctx.clone(), hub));
     let comments = Arc::new(comments::Comments::new(ctx.clone()));
     let tags = Arc::new(articles::Tags::new(ctx));

@@ -632,7 +632,7 @@ async fn export_sessions(db: &PgPool, database: &str) -> i64 {
 
 #[tokio::test]
 async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leaves() {
-    let app = spawn_app_with(|s| s.export_batch = 50).await;
+    let app = spawn_app_with(|s| s.exports = conduit::conduit::Exports { batch: 50, max_concurrent: 1 }).await;
     app.register("prolific").await;
     let other = app.register("quiet").await;
     app.article(&other, "Not mine", &["x"]).await;
@@ -689,6 +689,10 @@ async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leave
     let mut export = Stream::open(app.port, "GET", "/api/articles:export", &[], Bytes::new()).await;
     export.line(5 * SECOND).await.unwrap();
     assert_eq!(export_sessions(&admin, &app.db_name).await, 1, "the export holds its cursor while the client reads");
+    // One export at a time here: a second one is refused, to retry later.
+    let second = app.get("/api/articles:export", None).await;
+    assert_eq!(second.status, 503, "{:?}", second.body);
+    assert!(second.headers.contains_key("retry-after"));
     drop(export);
     eventually(Duration::from_secs(5), "the export's query to stop", || async {
         export_sessions(&admin, &app.db_name).await == 0

@@ -22,6 +22,9 @@ use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 pub struct Articles {
     ctx: Ctx,
     export_batch: usize,
+    /// Each export holds a database connection for as long as its client
+    /// reads: their number is bounded so that slow readers cannot take the pool.
+    exports: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 type ExportStream = futures_util::stream::BoxStream<'static, Result<Article, Status>>;
@@ -76,14 +79,22 @@ fn filter_value(value: &Option<String>) -> Option<&str> {
 }
 
 impl Articles {
-    /// The service on a shared context; exports read `export_batch` rows at a time.
-    pub fn new(ctx: Ctx, export_batch: usize) -> Self {
-        Self { ctx, export_batch: export_batch.max(1) }
+    /// The service on a shared context; exports read `export_batch` rows
+    /// at a time, `max_exports` at once.
+    pub fn new(ctx: Ctx, export_batch: usize, max_exports: usize) -> Self {
+        let exports = std::sync::Arc::new(tokio::sync::Semaphore::new(max_exports.max(1)));
+        Self { ctx, export_batch: export_batch.max(1), exports }
     }
 
     // GET /articles:export
-    fn export(&self, request: Request<ExportArticlesRequest>) -> ExportStream {
+    fn export(&self, request: Request<ExportArticlesRequest>) -> Result<ExportStream, Status> {
         use futures_util::StreamExt;
+        let Ok(permit) = self.exports.clone().try_acquire_owned() else {
+            return Err(super::error::unavailable(
+                "too many exports are running; try again shortly",
+                std::time::Duration::from_secs(5),
+            ));
+        };
         let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
         let (db, batch) = (self.ctx.db.clone(), self.export_batch);
@@ -98,10 +109,11 @@ impl Articles {
             if let Err(e) = store::export(&db, viewer, filter, batch, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
+            drop(permit);
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
             .map(|row| row.map(Article::from).map_err(Status::from))
-            .boxed()
+            .boxed())
     }
 
     async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
@@ -232,7 +244,7 @@ impl articles_server::Articles for Articles {
     type ExportArticlesStream = ExportStream;
 
     async fn export_articles(&self, request: Request<ExportArticlesRequest>) -> Result<Response<ExportStream>, Status> {
-        Ok(Response::new(self.export(request)))
+        Ok(Response::new(self.export(request)?))
     }
 
     async fn list_articles(
