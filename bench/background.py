@@ -777,19 +777,35 @@ def report_latency(stats, db_counts, registered):
 
 # ---------------------------------------------------------------- part 3: job throughput
 
-def wait_drained(pg, total, timeout):
-    """Polls the canary count every 100 ms; returns (first progress, drained) times."""
+def wait_drained(pg, total, timeout, samples=None):
+    """Polls the canary count every 100 ms; returns (first progress, drained)
+    times and appends (time, jobs left) to `samples` when given."""
     started = time.perf_counter()
     first = None
     while time.perf_counter() - started < timeout:
         left = int(pg.scalar("SELECT count(*) FROM jobs WHERE kind = 'canary'"))
         now = time.perf_counter()
+        if samples is not None:
+            samples.append((now, left))
         if first is None and left < total:
             first = now
         if left == 0:
             return first, now
         time.sleep(0.1)
     return first, None
+
+
+def quarter_rates(samples, total):
+    """Jobs/s in each quarter of the drain: a rate that falls as the run
+    goes on points at the queue's cost growing with what it has done."""
+    rates, marks = [], [total * (1 - q / 4) for q in range(5)]
+    times = []
+    for mark in marks:
+        hit = next((t for t, left in samples if left <= mark), None)
+        times.append(hit)
+    for a, b in zip(times, times[1:]):
+        rates.append(total / 4 / (b - a) if a is not None and b is not None and b > a else float("inf"))
+    return rates
 
 
 def drain(pg, jobs, workers):
@@ -805,7 +821,8 @@ def drain(pg, jobs, workers):
     spawned = time.perf_counter()
     worker.start(wait_ready=False)
     try:
-        first, drained = wait_drained(pg, queued, timeout=min(600, 60 + jobs / 200))
+        samples = []
+        first, drained = wait_drained(pg, queued, timeout=min(600, 60 + jobs / 200), samples=samples)
     finally:
         code = worker.stop()
     dead = int(pg.scalar("SELECT count(*) FROM jobs WHERE kind = 'canary' AND state = 'dead'"))
@@ -819,6 +836,7 @@ def drain(pg, jobs, workers):
         log(f"{workers} workers: {queued} jobs done in {drained - spawned:.2f} s from the worker's start "
             f"({since_first:,.0f} jobs/s from its first completion): {rate:,.0f} jobs/s; "
             f"{dead} dead; worker exit code {code}")
+        log("  by quarter of the queue: " + ", ".join(f"{r:,.0f}" for r in quarter_rates(samples, queued)) + " jobs/s")
     pg.query("DELETE FROM jobs WHERE kind = 'canary'")
     return rate, dead, code
 

@@ -24,10 +24,10 @@
 //!   finish until the drain deadline, then rolls back the rest and gives
 //!   them back to the queue at once (the cut-off attempt is not counted).
 //!
-//! Delivery is at least once: a handler may run again after a crash or a
-//! lost commit acknowledgement. Handlers whose effects are in the database
-//! transaction they are given run exactly once in effect; effects outside
-//! it (mail, HTTP calls) must be idempotent.
+//! Delivery is at least once: an attempt that fails or dies is run again.
+//! What a handler does in the transaction it is given commits with the
+//! job's deletion, so it happens exactly once; effects outside it (mail,
+//! HTTP calls) may repeat and must be idempotent.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -149,8 +149,10 @@ where
 pub struct WorkerSettings {
     /// Jobs run at once by one process.
     pub concurrency: usize,
-    /// How long a claimed job may run before another worker may take it
-    /// over (a crashed worker's jobs wait this long).
+    /// How long a claimed job stays its worker's without the worker's
+    /// transaction holding it: a crashed worker's jobs run again after it.
+    /// (A live attempt keeps the row locked, and locked rows are never
+    /// taken over, however long the attempt takes.)
     pub lease: Duration,
     /// How often to look for due retries and expired leases when no
     /// notification arrives.

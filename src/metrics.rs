@@ -64,7 +64,8 @@ pub struct CacheLabels {
 pub struct JobLabels {
     /// The job's kind (a registered handler's name).
     pub kind: String,
-    /// succeeded, retried, dead or released (given back at shutdown).
+    /// succeeded, retried, dead, released (given back at shutdown) or lost
+    /// (taken over by another worker before it started).
     pub outcome: &'static str,
 }
 
