@@ -19,7 +19,11 @@ CREATE TABLE jobs (
     last_error   text,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
-);
+)
+-- Every job is inserted, updated and deleted: vacuum after every few
+-- thousand dead rows, not a fraction of the table, or claims slow down
+-- scanning dead index entries (a third of the throughput, measured).
+WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0);
 -- Workers claim the oldest due jobs; expired leases are found by the same time column.
 CREATE INDEX jobs_queued_idx ON jobs (run_at, id) WHERE state = 'queued';
 CREATE INDEX jobs_running_idx ON jobs (run_at) WHERE state = 'running';
