@@ -427,7 +427,19 @@ pub(crate) fn document(
             } else {
                 field_at(&output, &op.response_body).map_or(json!({}), |f| strip_null(writer.field_schema(&f, None)))
             };
-            json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
+            if op.method.is_server_streaming() {
+                // A stream: each NDJSON line, or each event's data, is one message.
+                json!({
+                    "description": "A stream of messages: one per line (newline-delimited JSON), or one per \
+                                    Server-Sent Event's data when the request accepts text/event-stream",
+                    "content": {
+                        "application/x-ndjson": { "schema": schema },
+                        "text/event-stream": { "schema": { "type": "string" } },
+                    },
+                })
+            } else {
+                json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
+            }
         };
         operation.insert("responses".into(), json!({ op.success.to_string(): response }));
         if op.authenticated
