@@ -355,6 +355,19 @@ async fn concurrent_writes_make_exactly_the_expected_notifications() {
     assert_eq!((told, distinct), (100, 100));
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
     assert_eq!(left, 0, "every job done and gone");
+    // One job per effective write, each counted once.
+    let (_, _, metrics) = crate::ops::http(app.admin_port, "GET", "/metrics", &[], "").await;
+    for line in [
+        r#"conduit_jobs_total{kind="notify.follow",outcome="succeeded"} 100"#,
+        r#"conduit_jobs_total{kind="notify.favorite",outcome="succeeded"} 100"#,
+        r#"conduit_jobs_total{kind="notify.article",outcome="succeeded"} 2"#,
+        "conduit_job_duration_seconds_count 202",
+        "conduit_jobs_running 0",
+        r#"conduit_job_queue{state="dead"} 0"#,
+        "conduit_job_oldest_queued_age_seconds ",
+    ] {
+        assert!(metrics.contains(line), "{line} is missing from:\n{metrics}");
+    }
 
     // Marking read: the first ten, then everything up to 150.
     let ids: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
