@@ -61,6 +61,12 @@ def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def load():
+    """The 1-minute load average: anything else busy on the machine (a
+    build) takes cores from the measured processes and shows here."""
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -457,7 +463,7 @@ def time_export(server, expected_rows, newest_slug, deadline_s=900):
 
 
 def part_export(articles):
-    log(f"part 1: seeding {articles} articles by SQL")
+    log(f"part 1: seeding {articles} articles by SQL ({load()})")
     started = time.time()
     seed_articles(articles)
     stats = psql("SELECT count(*), round(avg(length(body))), (SELECT count(*) FROM article_tags), "
@@ -490,7 +496,7 @@ def part_export(articles):
                 f"{rate:,.0f} rows/s, {result['bytes'] / MB / result['seconds']:.1f} MB/s; "
                 f"RSS before {result['rss_before']:.1f} MB, peak {result['rss_peak']:.1f} MB, "
                 f"growth {result['rss_growth']:.1f} MB ({result['samples']} samples); "
-                f"export/COPY rows/s {rate / copy_rate:.2f}")
+                f"export/COPY rows/s {rate / copy_rate:.2f}; {load()}")
             for problem in result["problems"]:
                 log(f"  PROBLEM: {problem}")
     finally:
@@ -614,7 +620,7 @@ def register(port, name):
 
 
 def part_latency(streams, writes, rate):
-    log(f"part 2: two replicas, {streams} watch streams on B, {writes} comments through A at {rate}/s")
+    log(f"part 2: two replicas, {streams} watch streams on B, {writes} comments through A at {rate}/s ({load()})")
     a = Process("replica-a").start()
     b = Process("replica-b").start()
     ports = (a.port, b.port)
@@ -641,8 +647,12 @@ def part_latency(streams, writes, rate):
             except Exception as e:  # reported below; the others go on
                 failures.append(str(e)[:200])
 
-        with ThreadPoolExecutor(8) as pool:
+        pool = ThreadPoolExecutor(8)
+        try:
             list(pool.map(enroll, range(streams)))
+        finally:
+            # On an interruption, what has not started yet is dropped.
+            pool.shutdown(wait=True, cancel_futures=True)
         log(f"registered {len(tokens)} watchers (and wrote an article each) in {time.time() - started:.1f} s")
         for failure in failures[:3]:
             log(f"  PROBLEM: registration failed: {failure}")
@@ -742,7 +752,9 @@ def report_latency(stats, db_counts, registered):
     log(f"{len(done)} comments answered in {stats['writes_s']:.1f} s ({len(stats['failures'])} failed); "
         f"{len(from_answer)} delivered, {len(missing)} missing; {duplicates} duplicates; "
         f"{len(wrong)} streams differ from the database; {reconnects} reconnects; {keep_alives} keep-alives; "
-        f"B's RSS {stats['b_rss']:.1f} MB")
+        f"B's RSS {stats['b_rss']:.1f} MB; {load()}")
+    # "From A's answer" can come out slightly negative: the event loop may
+    # read the event before the writing thread gets to read its answer.
     for label, values in (("from A's answer", from_answer), ("from the request's send", from_send)):
         if values:
             log(f"latency {label}: p50 {percentile(values, .5) * 1000:.1f} ms, p95 {percentile(values, .95) * 1000:.1f} ms, "
@@ -835,7 +847,7 @@ def drain(pg, jobs, workers):
         since_first = queued / (drained - first) if drained > first else float("inf")
         log(f"{workers} workers: {queued} jobs done in {drained - spawned:.2f} s from the worker's start "
             f"({since_first:,.0f} jobs/s from its first completion): {rate:,.0f} jobs/s; "
-            f"{dead} dead; worker exit code {code}")
+            f"{dead} dead; worker exit code {code}; {load()}")
         log("  by quarter of the queue: " + ", ".join(f"{r:,.0f}" for r in quarter_rates(samples, queued)) + " jobs/s")
     pg.query("DELETE FROM jobs WHERE kind = 'canary'")
     return rate, dead, code
@@ -886,12 +898,12 @@ def steady(pg, seconds, offered):
         f"({result['offered']:,.0f} jobs/s offered); {result['during']:,.0f} jobs/s completed meanwhile; "
         f"backlog max {result['backlog_max']}, {backlog_end} at the last batch, all done "
         f"{result['lag'] if result['lag'] is None else round(result['lag'], 2)} s later "
-        f"({result['overall'] or 0:,.0f} jobs/s overall); {dead} dead; worker exit code {code}")
+        f"({result['overall'] or 0:,.0f} jobs/s overall); {dead} dead; worker exit code {code}; {load()}")
     return result
 
 
 def part_jobs(jobs, offered):
-    log(f"part 3: job throughput, {jobs} canary jobs, no server running")
+    log(f"part 3: job throughput, {jobs} canary jobs, no server running ({load()})")
     pg = Pg()
     try:
         leftover = pg.query("SELECT kind, state, count(*) FROM jobs GROUP BY 1, 2")
@@ -921,6 +933,7 @@ def part_jobs(jobs, offered):
 # ---------------------------------------------------------------- main
 
 def print_summary():
+    print(f"\n{load()} at the end; results shift when other work shares the cores")
     print("\n| part | metric | value | target | ratio | result |")
     print("|---|---|---|---|---|---|")
     for row in SUMMARY:
@@ -975,7 +988,9 @@ def main():
         cleanup()
         print_summary()
         if not failed:
+            # Kept after a failure, for a look at what went wrong.
             shutil.rmtree(LOG_DIR, ignore_errors=True)
+            psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", db="postgres")
 
 
 if __name__ == "__main__":

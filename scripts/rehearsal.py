@@ -274,6 +274,7 @@ class Watch:
         self.refusals, self.breaks = [], []
         self.problems = []  # malformed events
         self.connected = threading.Event()
+        self.away = True  # between a stream's end and the next one's start
         self.conn = None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -298,11 +299,13 @@ class Watch:
                     self.refusals.append(f"{response.status} {response.read()[:120]!r}")
                 else:
                     self.connected.set()
+                    self.away = False
                     self.read_events(response)
             except (OSError, http.client.HTTPException) as e:
                 if not self.stop.is_set():
                     self.breaks.append(type(e).__name__)
             finally:
+                self.away = True
                 self.conn.close()
             if not self.stop.is_set():
                 self.reconnects += 1
@@ -347,9 +350,11 @@ class Watch:
         self.thread.join(timeout=10)
 
 
-def notify(port, token, slugs, stop, made, failures, seconds):
+def notify(port, token, slugs, stop, made, failures, seconds, watches):
     """Comments on the recipients' articles in turn, one every ~100 ms:
-    each comment gives its article's author one notification."""
+    each comment gives its article's author one notification. Counts in
+    made["away"] those answered while the recipient was reconnecting: the
+    resumed stream has to replay them."""
     started, i = time.time(), 0
     names = sorted(slugs)
     while not stop.is_set() and time.time() - started < seconds and i < 2000:
@@ -359,6 +364,7 @@ def notify(port, token, slugs, stop, made, failures, seconds):
                                    {"comment": {"body": f"notification {i}"}}, token=token)
             if status in (200, 201):
                 made[name] += 1
+                made["away"] += watches[name].away
             else:
                 failures.append(f"{status} {str(body)[:100]}")
         except OSError as e:
@@ -490,8 +496,9 @@ def main():
         watches = [Watch(port, name, recipients[name], stop_watches, 90) for name in names]
         for w in watches:
             w.connected.wait(timeout=10)
-        made, failures = {name: 0 for name in names}, []
-        writer = threading.Thread(target=notify, args=(port, notifier, slugs, stop_writes, made, failures, 60))
+        made, failures = {name: 0 for name in names + ["away"]}, []
+        writer = threading.Thread(target=notify, args=(port, notifier, slugs, stop_writes, made, failures, 60,
+                                                       {w.name: w for w in watches}))
         writer.start()
         time.sleep(1)
         restart_s, bad_exits = rolling_restart(replicas)
@@ -535,12 +542,14 @@ def main():
         ended = [e for w in watches for e in w.error_events]
         record("watch streams through a rolling restart",
                not wrong and not failures and not bad_exits and delivered > 0 and not problems,
-               f"{delivered} notifications to {len(watches)} recipients, each exactly 1..n of the database; "
+               f"{delivered} notifications to {len(watches)} recipients"
+               + ("" if wrong else ", each exactly 1..n of the database")
+               + f" (~{made['away']} made while their stream was away, replayed on resuming); "
                f"{sum(w.reconnects for w in watches)} reconnects "
                f"({len(ended)} after an error event {sorted(set(ended))[:2]}, "
                f"{sum(len(w.breaks) for w in watches)} cut, {sum(len(w.refusals) for w in watches)} refused "
                f"{sorted(set(r for w in watches for r in w.refusals))[:2]}); "
-               f"{sum(made.values())} comments, {len(failures)} failed {failures[:2]}; "
+               f"{sum(made[n] for n in names)} comments, {len(failures)} failed {failures[:2]}; "
                f"3 replicas restarted in {restart_s:.1f} s, exits {bad_exits or 'all 0'}"
                + (f"; {wrong[:3]}" if wrong else "") + (f"; {problems[:3]}" if problems else ""))
     finally:
