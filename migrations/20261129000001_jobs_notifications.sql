@@ -30,13 +30,17 @@ CREATE INDEX jobs_running_idx ON jobs (run_at) WHERE state = 'running';
 CREATE INDEX jobs_dead_idx ON jobs (id) WHERE state = 'dead';
 
 -- Wakes the workers when the enqueuing transaction commits (NOTIFY is
--- delivered at commit, and only then); once per statement, not per row.
+-- delivered at commit, and only then); once per statement that inserted
+-- anything (a repeated follow inserts no job and wakes no one).
 CREATE FUNCTION jobs_wake() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('conduit_jobs', '');
+    IF EXISTS (SELECT 1 FROM inserted) THEN
+        PERFORM pg_notify('conduit_jobs', '');
+    END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER jobs_wake AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_wake();
+CREATE TRIGGER jobs_wake AFTER INSERT ON jobs REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_wake();
 
 -- Each user's notifications are numbered 1, 2, 3… in commit order: the
 -- counter row is locked by the inserting transaction until it commits, so

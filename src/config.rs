@@ -293,6 +293,11 @@ pub struct Settings {
     #[arg(long, env = "EXPORT_MAX_CONCURRENT", default_value_t = 4, global = true)]
     pub export_max_concurrent: usize,
 
+    /// Longest a client may read nothing of an export before it is ended
+    /// (with DEADLINE_EXCEEDED after the articles sent).
+    #[arg(long, env = "EXPORT_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub export_stall_timeout: Duration,
+
     /// Apply pending migrations when `serve` starts.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub migrate_on_start: bool,
@@ -446,6 +451,9 @@ impl Settings {
         if self.watch_max_per_user == 0 {
             return Err("WATCH_MAX_PER_USER must be at least 1".into());
         }
+        if self.export_stall_timeout.is_zero() {
+            return Err("EXPORT_STALL_TIMEOUT must be longer than zero".into());
+        }
         if self.export_max_concurrent == 0 {
             return Err("EXPORT_MAX_CONCURRENT must be at least 1".into());
         }
@@ -566,6 +574,7 @@ impl Settings {
             exports: crate::conduit::Exports {
                 batch: self.export_batch as usize,
                 max_concurrent: self.export_max_concurrent,
+                stall_timeout: self.export_stall_timeout,
             },
         })
     }

@@ -149,10 +149,9 @@ where
 pub struct WorkerSettings {
     /// Jobs run at once by one process.
     pub concurrency: usize,
-    /// How long a claimed job stays its worker's without the worker's
-    /// transaction holding it: a crashed worker's jobs run again after it.
-    /// (A live attempt keeps the row locked, and locked rows are never
-    /// taken over, however long the attempt takes.)
+    /// The longest an attempt may take (it then fails and is retried),
+    /// and how long a crashed or vanished worker's jobs wait before running
+    /// again. A live attempt keeps its row locked, so nobody takes it over.
     pub lease: Duration,
     /// How often to look for due retries and expired leases when no
     /// notification arrives.
@@ -196,6 +195,7 @@ pub struct Workers {
     settings: WorkerSettings,
     metrics: Option<Metrics>,
     name: String,
+    kinds: Vec<String>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -209,7 +209,8 @@ impl Workers {
     pub fn new(db: PgPool, handlers: Handlers, settings: WorkerSettings, metrics: Option<Metrics>) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let name = format!("{host}:{}", std::process::id());
-        Self { db, handlers, settings, metrics, name }
+        let kinds = handlers.0.keys().cloned().collect();
+        Self { db, handlers, settings, metrics, name, kinds }
     }
 
     /// Runs jobs until `stop` completes, then drains (see the module doc).
@@ -273,20 +274,28 @@ impl Workers {
             })
             .await;
             if drained.is_err() {
-                // Each cut-off job rolls back and gives itself back.
+                // Each cut-off job rolls back and gives itself back; one
+                // stuck on a dead connection is left to its lease.
                 let _ = cancel.send(true);
-                while running.join_next().await.is_some() {}
+                let released = tokio::time::timeout(Duration::from_secs(5), async {
+                    while running.join_next().await.is_some() {}
+                })
+                .await;
+                if released.is_err() {
+                    running.abort_all();
+                }
             }
         }
         tracing::info!("job workers stopped");
     }
 
-    /// Claims up to `n` due jobs.
+    /// Claims up to `n` due jobs of the kinds this process runs (during a
+    /// rolling deploy, older replicas leave newer kinds to newer ones).
     async fn claim(&self, n: usize) -> Result<Vec<Job>, sqlx::Error> {
         let rows: Vec<(i64, String, sqlx::types::Json<serde_json::Value>, i32, i32)> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
                              locked_by = $3, updated_at = now() \
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() \
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() AND kind = ANY($5) \
                           ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
         )
@@ -294,6 +303,7 @@ impl Workers {
         .bind(self.settings.lease)
         .bind(&self.name)
         .bind(self.settings.max_attempts)
+        .bind(&self.kinds)
         .fetch_all(&self.db)
         .await?;
         Ok(rows
@@ -318,7 +328,8 @@ impl Workers {
         .await
         .ok()
         .flatten();
-        let wait = Duration::try_from_secs_f64(wait?.max(0.0)).ok()?;
+        // Due rows still locked by another claimer: look again shortly, not in a spin.
+        let wait = Duration::try_from_secs_f64(wait?.max(0.02)).ok()?;
         (wait < self.settings.poll_interval).then(|| tokio::time::Instant::now() + wait)
     }
 
@@ -381,19 +392,31 @@ impl Workers {
         };
         let mut tx = self.db.begin().await?;
         // Completion first: it locks the row for the whole attempt and
-        // proves the attempt still owns the job.
-        let owned = sqlx::query("DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running'")
-            .bind(job.id)
-            .bind(job.attempt)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        // proves the attempt still owns the job. The attempt commits
+        // synchronously (unlike the pool's bookkeeping): what a handler
+        // makes may be seen by clients at once, so it must survive a crash.
+        let owned: i64 = sqlx::query_scalar(
+            "WITH done AS (DELETE FROM jobs WHERE id = $1 AND attempts = $2 AND state = 'running' RETURNING 1) \
+             SELECT (SELECT count(*) FROM done) FROM (SELECT set_config('synchronous_commit', 'on', true)) AS durable",
+        )
+        .bind(job.id)
+        .bind(job.attempt)
+        .fetch_one(&mut *tx)
+        .await?;
         if owned == 0 {
             tx.rollback().await?;
             return Ok(Outcome::Lost);
         }
+        // An attempt may take as long as the lease: past it, its worker
+        // counts as stuck (its database session would be ended too).
         let result = tokio::select! {
-            r = std::panic::AssertUnwindSafe(handler.run(job, &mut tx)).catch_unwind() => Some(r),
+            r = tokio::time::timeout(
+                self.settings.lease,
+                std::panic::AssertUnwindSafe(handler.run(job, &mut tx)).catch_unwind(),
+            ) => Some(r.unwrap_or_else(|_| Ok(Err(JobError(format!(
+                "timed out: an attempt may take at most JOB_LEASE ({:?})",
+                self.settings.lease
+            )))))),
             () = async { let _ = cancelled.wait_for(|c| *c).await; } => None,
         };
         match result {
@@ -421,7 +444,9 @@ impl Workers {
         }
     }
 
-    /// Schedules a retry, or buries the job after its last attempt.
+    /// Schedules a retry, or buries the job after its last attempt. The
+    /// row is this attempt's while `attempts` is its number (only a claim
+    /// raises it), whether or not a rescue re-queued it meanwhile.
     async fn fail(&self, job: &Job, error: &str) -> Result<&'static str, sqlx::Error> {
         let dead = job.attempt >= job.max_attempts;
         let delay = backoff(job.attempt, self.settings.retry_base, self.settings.retry_max);
@@ -429,7 +454,7 @@ impl Workers {
         sqlx::query(
             "UPDATE jobs SET state = CASE WHEN $3 THEN 'dead' ELSE 'queued' END, run_at = now() + $4, \
                              last_error = $5, locked_by = NULL, updated_at = now() \
-             WHERE id = $1 AND attempts = $2 AND state = 'running'",
+             WHERE id = $1 AND attempts = $2",
         )
         .bind(job.id)
         .bind(job.attempt)
@@ -446,7 +471,7 @@ impl Workers {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = now(), locked_by = NULL, \
                              last_error = 'interrupted by a worker shutting down', updated_at = now() \
-             WHERE id = $1 AND attempts = $2 AND state = 'running'",
+             WHERE id = $1 AND attempts = $2",
         )
         .bind(job.id)
         .bind(job.attempt)

@@ -65,16 +65,22 @@ pub async fn connect(
         .await
 }
 
-/// Opens the job workers' pool. Their transactions commit asynchronously
-/// (no wait for the WAL flush; 4x the job throughput, measured): a crash
-/// may lose an attempt's last commits, which only means the job runs again,
-/// its database work and completion having been lost together.
+/// Opens the job workers' pool. Their bookkeeping (claims, retries,
+/// rescues) commits asynchronously, without waiting for the WAL flush: a
+/// crash may lose the last of it, which only means a job runs again
+/// (attempts commit synchronously; see [`crate::jobs`]). A session idle in
+/// a transaction for longer than an attempt may take is ended, so that a
+/// worker whose host vanished does not hold its job's row for hours.
 pub async fn connect_workers(
     url: &str,
     max_connections: u32,
     acquire_timeout: std::time::Duration,
+    lease: std::time::Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("synchronous_commit", "off")]);
+    let idle = (lease + std::time::Duration::from_secs(10)).as_millis().to_string();
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("synchronous_commit", "off"), ("idle_in_transaction_session_timeout", idle.as_str())]);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
@@ -139,7 +145,15 @@ impl Application {
             0 => None,
             n => {
                 let size = u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1);
-                Some(connect_workers(settings.database_url.expose(), size, settings.db_acquire_timeout).await?)
+                Some(
+                    connect_workers(
+                        settings.database_url.expose(),
+                        size,
+                        settings.db_acquire_timeout,
+                        settings.jobs.lease,
+                    )
+                    .await?,
+                )
             }
         };
         let hub = crate::conduit::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
@@ -235,8 +249,10 @@ impl Application {
         if let Some(workers) = workers {
             let _ = workers.await;
         }
-        if let Some(jobs_db) = &self.jobs_db {
-            jobs_db.close().await;
+        if let Some(jobs_db) = &self.jobs_db
+            && tokio::time::timeout(std::time::Duration::from_secs(5), jobs_db.close()).await.is_err()
+        {
+            tracing::warn!("job connections still busy after 5 s; closing anyway");
         }
         let _ = admin_stop.send(());
         let _ = admin.await;
@@ -264,9 +280,10 @@ pub async fn run_worker(
     if jobs.concurrency == 0 {
         return Err(StartupError::Settings("JOB_WORKERS must be at least 1 for `conduit worker`".into()));
     }
-    // Each running job holds a connection; the rest serve claims and the listener.
-    let connections = settings.db_max_connections.max(u32::try_from(jobs.concurrency).unwrap_or(u32::MAX) + 2);
-    let db = connect_workers(url.expose(), connections, settings.db_acquire_timeout).await?;
+    // Each running job holds a connection; one more serves claims, one the
+    // queue's figures and the health check.
+    let connections = u32::try_from(jobs.concurrency).unwrap_or(u32::MAX).saturating_add(2);
+    let db = connect_workers(url.expose(), connections, settings.db_acquire_timeout, jobs.lease).await?;
     if settings.migrate_on_start {
         MIGRATOR.run(&db).await?;
     }

@@ -38,6 +38,8 @@ pub struct Exports {
     pub batch: usize,
     /// Exports running at once.
     pub max_concurrent: usize,
+    /// Longest a client may leave an export unread before it is ended.
+    pub stall_timeout: std::time::Duration,
 }
 
 /// The job handlers of the domain.
@@ -68,7 +70,7 @@ pub fn services(
 ) -> (tonic::service::Routes, Vec<Method>) {
     let users = Arc::new(users::Users::new(ctx.clone()));
     let profiles = Arc::new(profiles::Profiles::new(ctx.clone()));
-    let articles = Arc::new(articles::Articles::new(ctx.clone(), exports.batch, exports.max_concurrent));
+    let articles = Arc::new(articles::Articles::new(ctx.clone(), exports));
     let notifications = Arc::new(notifications::Notifications::new(ctx.clone(), hub));
     let comments = Arc::new(comments::Comments::new(ctx.clone()));
     let tags = Arc::new(articles::Tags::new(ctx));

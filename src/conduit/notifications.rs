@@ -194,12 +194,6 @@ impl Hub {
         }
     }
 
-    /// How many watches are open.
-    pub fn watches(&self) -> usize {
-        let users = self.0.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        users.values().map(watch::Sender::receiver_count).sum()
-    }
-
     /// Ends every watch with UNAVAILABLE (clients reconnect elsewhere and
     /// resume) and refuses new ones: the process is shutting down.
     pub fn close(&self) {
@@ -380,20 +374,20 @@ impl Notifications {
                 }
             },
         };
-        let start = request.into_inner().after.or(resume);
+        // An EventSource reconnects to the same URL (with its `after`) and
+        // adds the header: the later of the two is where the client is.
+        let start = request.into_inner().after.max(resume);
         let mut subscription = self.hub.subscribe(caller.user_id)?;
         // Subscribed first, then read where "now" is: nothing made in
-        // between is missed.
-        let cursor = match start {
-            Some(n) => n,
-            None => sqlx::query_scalar(
-                "SELECT COALESCE((SELECT last_seq FROM notification_counters WHERE user_id = $1), 0)",
-            )
-            .bind(caller.user_id)
-            .fetch_one(&self.ctx.db)
-            .await
-            .map_err(ConduitError::from)?,
-        };
+        // between is missed. A position past it (from a stale or made-up
+        // cursor) would hide what comes next: it counts as "now".
+        let now: i64 =
+            sqlx::query_scalar("SELECT COALESCE((SELECT last_seq FROM notification_counters WHERE user_id = $1), 0)")
+                .bind(caller.user_id)
+                .fetch_one(&self.ctx.db)
+                .await
+                .map_err(ConduitError::from)?;
+        let cursor = start.map_or(now, |n| n.min(now));
         let (tx, rx) = mpsc::channel(16);
         let (db, user, keep_alive) = (self.ctx.db.clone(), caller.user_id, self.hub.0.keep_alive);
         let mut closing = self.hub.0.closing.subscribe();

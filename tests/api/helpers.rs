@@ -159,7 +159,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
         },
         watch_max_per_user: 8,
         watch_keep_alive: Duration::from_secs(15),
-        exports: conduit::conduit::Exports { batch: 100, max_concurrent: 4 },
+        exports: conduit::conduit::Exports { batch: 100, max_concurrent: 4, stall_timeout: Duration::from_secs(30) },
     };
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");

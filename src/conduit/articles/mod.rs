@@ -21,7 +21,7 @@ use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 #[derive(Debug, Clone)]
 pub struct Articles {
     ctx: Ctx,
-    export_batch: usize,
+    exports_config: super::Exports,
     /// Each export holds a database connection for as long as its client
     /// reads: their number is bounded so that slow readers cannot take the pool.
     exports: std::sync::Arc<tokio::sync::Semaphore>,
@@ -79,11 +79,11 @@ fn filter_value(value: &Option<String>) -> Option<&str> {
 }
 
 impl Articles {
-    /// The service on a shared context; exports read `export_batch` rows
-    /// at a time, `max_exports` at once.
-    pub fn new(ctx: Ctx, export_batch: usize, max_exports: usize) -> Self {
-        let exports = std::sync::Arc::new(tokio::sync::Semaphore::new(max_exports.max(1)));
-        Self { ctx, export_batch: export_batch.max(1), exports }
+    /// The service on a shared context, exporting as `exports` says.
+    pub fn new(ctx: Ctx, exports: super::Exports) -> Self {
+        let running = std::sync::Arc::new(tokio::sync::Semaphore::new(exports.max_concurrent.max(1)));
+        let exports_config = super::Exports { batch: exports.batch.max(1), ..exports };
+        Self { ctx, exports_config, exports: running }
     }
 
     // GET /articles:export
@@ -97,23 +97,40 @@ impl Articles {
         };
         let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
-        let (db, batch) = (self.ctx.db.clone(), self.export_batch);
-        // A batch in flight at most: the reader's pace is the query's pace.
+        let (db, batch, stall) = (self.ctx.db.clone(), self.exports_config.batch, self.exports_config.stall_timeout);
+        // A batch waits here while the next is fetched: the reader's pace is
+        // the query's pace, with about two batches in memory.
         let (tx, rx) = tokio::sync::mpsc::channel(batch);
+        // How the export ended, given after the last article: a stream that
+        // just stops would look complete.
+        let (end, ended) = tokio::sync::oneshot::channel::<Result<(), Status>>();
         tokio::spawn(async move {
             let filter = Filter {
                 tag: filter_value(&r.tag),
                 author: filter_value(&r.author),
                 favorited: filter_value(&r.favorited),
             };
-            if let Err(e) = store::export(&db, viewer, filter, batch, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-            drop(permit);
+            let outcome = match store::export(&db, viewer, filter, batch, stall, &tx).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Status::deadline_exceeded(format!(
+                    "the export stopped: the client read nothing for {} s",
+                    stall.as_secs()
+                ))),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = end.send(outcome);
+            drop((tx, permit));
         });
-        Ok(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
-            .map(|row| row.map(Article::from).map_err(Status::from))
-            .boxed())
+        let articles = futures_util::stream::unfold((rx, Some(ended)), |(mut rx, ended)| async move {
+            match rx.recv().await {
+                Some(row) => Some((Ok(Article::from(row)), (rx, ended))),
+                None => match ended?.await {
+                    Ok(Err(status)) => Some((Err(status), (rx, None))),
+                    _ => None,
+                },
+            }
+        });
+        Ok(articles.boxed())
     }
 
     async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {

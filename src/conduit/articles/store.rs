@@ -258,14 +258,17 @@ fn article_row(row: &sqlx::postgres::PgRow, with_body: bool) -> Result<Option<Ar
 
 /// Streams the articles of an export into `out`, `batch` rows at a time,
 /// from a cursor in one read-only snapshot. Stops (closing the cursor and
-/// its transaction) as soon as `out` is closed by the reader going away.
+/// its transaction) as soon as `out` is closed by the reader going away;
+/// returns `false` when the reader took nothing for `stall`, which ends
+/// the export too (it holds a connection and a snapshot while it waits).
 pub(crate) async fn export(
     db: &PgPool,
     viewer: Option<i64>,
     filter: Filter<'_>,
     batch: usize,
-    out: &tokio::sync::mpsc::Sender<Result<ArticleRow, ConduitError>>,
-) -> ConduitResult<()> {
+    stall: std::time::Duration,
+    out: &tokio::sync::mpsc::Sender<ArticleRow>,
+) -> ConduitResult<bool> {
     let mut tx = db.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
     let mut declare =
@@ -275,7 +278,8 @@ pub(crate) async fn export(
     }
     declare.bind(crate::conduit::viewer_id(viewer)).execute(&mut *tx).await?;
     let fetch = format!("FETCH {batch} FROM export");
-    loop {
+    let mut read_on = true;
+    'batches: loop {
         let rows = tokio::select! {
             rows = sqlx::query(AssertSqlSafe(fetch.clone())).fetch_all(&mut *tx) => rows?,
             // Gone while the batch was read: the rollback below ends it.
@@ -284,16 +288,21 @@ pub(crate) async fn export(
         let last = rows.len() < batch;
         for row in &rows {
             let Some(article) = article_row(row, true)? else { continue };
-            if out.send(Ok(article)).await.is_err() {
-                break;
+            match out.send_timeout(article, stall).await {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    read_on = false;
+                    break 'batches;
+                }
+                Err(tokio::sync::mpsc::error::SendTimeoutError::Closed(_)) => break 'batches,
             }
         }
-        if last || out.is_closed() {
+        if last {
             break;
         }
     }
     tx.rollback().await?;
-    Ok(())
+    Ok(read_on)
 }
 
 /// The SQL of a whole list page in one statement: the page of ids (see
@@ -629,7 +638,10 @@ mod tests {
     #[test]
     fn export_sql_reads_the_articles_table_itself_unless_a_tag_or_favorites_drive() {
         let all = export_sql(&Filter::default());
-        assert!(all.contains("FROM articles a  JOIN users u") && all.contains("f.user_id = $1"), "{all}");
+        assert!(
+            all.contains("FROM articles a") && all.contains("JOIN users u") && all.contains("f.user_id = $1"),
+            "{all}"
+        );
         let author = export_sql(&Filter { author: Some("a"), ..Filter::default() });
         assert!(author.contains("WHERE a.author_id = (SELECT id FROM users WHERE username = $1)"), "{author}");
         assert!(author.contains("ORDER BY a.created_at DESC, a.id DESC"), "{author}");
