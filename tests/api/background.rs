@@ -709,7 +709,7 @@ async fn export_sessions(db: &PgPool, database: &str) -> i64 {
 #[tokio::test]
 async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leaves() {
     let app = spawn_app_with(|s| {
-        s.exports = conduit::conduit::Exports { batch: 50, max_concurrent: 1, stall_timeout: Duration::from_secs(30) }
+        s.exports = conduit::conduit::Exports { batch: 50, max_concurrent: 1, stall_timeout: Duration::from_secs(2) }
     })
     .await;
     app.register("prolific").await;
@@ -778,4 +778,24 @@ async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leave
     })
     .await;
     admin.close().await;
+
+    // A client that stops reading for longer than the stall timeout (2 s
+    // here): the export ends, and says so after what was sent.
+    let mut stalled = loop {
+        let stream = Stream::open(app.port, "GET", "/api/articles:export", &[], Bytes::new()).await;
+        if stream.status == 200 {
+            break stream;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stalled.line(5 * SECOND).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (mut articles, mut last) = (1, Value::Null);
+    while let Some(line) = stalled.line(5 * SECOND).await {
+        articles += 1;
+        last = line;
+    }
+    assert!(articles < 6001, "the export went on after the stall ({articles} lines)");
+    let message = last["error"]["errors"]["body"][0].as_str().unwrap_or_default();
+    assert!(message.contains("the client read nothing for 2 s"), "{last}");
 }
