@@ -419,6 +419,17 @@ impl Settings {
         }
     }
 
+    /// How connections are served (head limits, HTTP/2, drain deadline).
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            header_read_timeout: self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            http2_keep_alive: self.http2_keep_alive,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+
     /// The job workers' settings, checked.
     pub fn workers(&self) -> Result<crate::jobs::WorkerSettings, String> {
         for (name, value) in [
@@ -554,13 +565,7 @@ impl Settings {
             cors_max_age: self.cors_max_age,
             health_check_interval: self.health_check_interval,
             migrate_on_start: self.migrate_on_start,
-            connection_limits: crate::server::ConnectionLimits {
-                header_read_timeout: self.header_read_timeout,
-                max_header_bytes: self.max_header_bytes,
-                http2_max_concurrent_streams: self.http2_max_concurrent_streams,
-                http2_keep_alive: self.http2_keep_alive,
-                drain_timeout: self.drain_timeout,
-            },
+            connection_limits: self.connection_limits(),
             drain_delay: self.drain_delay,
             trusted_proxies,
             cache_ttl: self.cache_ttl,

@@ -114,6 +114,21 @@ pub struct Canary;
 impl Canary {
     /// Its kind.
     pub const KIND: &'static str = "canary";
+
+    /// Enqueues `count` canaries, each taking `sleep_ms` and failing its
+    /// first `fail_attempts` attempts; returns how many.
+    pub async fn enqueue(db: &PgPool, count: u32, sleep_ms: u64, fail_attempts: u32) -> Result<i64, sqlx::Error> {
+        let payload = serde_json::json!({ "sleep_ms": sleep_ms, "fail_attempts": fail_attempts });
+        sqlx::query_scalar(
+            "WITH ins AS (INSERT INTO jobs (kind, payload) SELECT $1, $2 FROM generate_series(1, $3) RETURNING 1) \
+             SELECT count(*) FROM ins",
+        )
+        .bind(Self::KIND)
+        .bind(sqlx::types::Json(&payload))
+        .bind(i64::from(count))
+        .fetch_one(db)
+        .await
+    }
 }
 
 impl Handler for Canary {
@@ -545,8 +560,6 @@ pub struct JobRow {
     pub max_attempts: Option<i32>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// Arguments.
-    pub payload: sqlx::types::Json<serde_json::Value>,
     /// When it was enqueued.
     pub created_at: time::OffsetDateTime,
     /// When it runs next (queued) or its lease ends (running).
@@ -556,7 +569,7 @@ pub struct JobRow {
 /// Jobs in `state`, oldest first.
 pub async fn list(db: &PgPool, state: &str, limit: i64) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, kind, state, attempts, max_attempts, last_error, payload, created_at, run_at \
+        "SELECT id, kind, state, attempts, max_attempts, last_error, created_at, run_at \
          FROM jobs WHERE state = $1 ORDER BY id LIMIT $2",
     )
     .bind(state)

@@ -105,16 +105,7 @@ async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx
             println!("re-queued {n} dead job(s)");
         }
         JobsCommand::Canary { count, sleep_ms, fail_attempts } => {
-            let payload = serde_json::json!({ "sleep_ms": sleep_ms, "fail_attempts": fail_attempts });
-            let n: i64 = sqlx::query_scalar(
-                "WITH ins AS (INSERT INTO jobs (kind, payload) SELECT $1, $2 FROM generate_series(1, $3) RETURNING 1) \
-                 SELECT count(*) FROM ins",
-            )
-            .bind(jobs::Canary::KIND)
-            .bind(sqlx::types::Json(&payload))
-            .bind(i64::from(count))
-            .fetch_one(db)
-            .await?;
+            let n = jobs::Canary::enqueue(db, count, sleep_ms, fail_attempts).await?;
             println!("enqueued {n} canary job(s)");
         }
     }
@@ -138,7 +129,7 @@ fn main() {
         let _entered = runtime.enter();
         conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format).unwrap_or_else(|e| refuse(e))
     };
-    match cli.command.clone().unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve) {
         Command::Worker => runtime.block_on(async {
             if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::shutdown::signal()).await {
                 refuse(e);

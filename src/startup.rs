@@ -70,14 +70,16 @@ pub async fn connect(
 /// crash may lose the last of it, which only means a job runs again
 /// (attempts commit synchronously; see [`crate::jobs`]). A session idle in
 /// a transaction for longer than an attempt may take is ended, so that a
-/// worker whose host vanished does not hold its job's row for hours.
+/// worker whose host vanished does not hold its job's row for hours. Each
+/// running job holds a connection; two more serve claims and the queue's
+/// figures.
 pub async fn connect_workers(
     url: &str,
-    max_connections: u32,
+    workers: &crate::jobs::WorkerSettings,
     acquire_timeout: std::time::Duration,
-    lease: std::time::Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let idle = (lease + std::time::Duration::from_secs(10)).as_millis().to_string();
+    let max_connections = u32::try_from(workers.concurrency).unwrap_or(u32::MAX).saturating_add(2);
+    let idle = (workers.lease + std::time::Duration::from_secs(10)).as_millis().to_string();
     let options = url
         .parse::<sqlx::postgres::PgConnectOptions>()?
         .options([("synchronous_commit", "off"), ("idle_in_transaction_session_timeout", idle.as_str())]);
@@ -143,18 +145,9 @@ impl Application {
         let metrics = crate::metrics::Metrics::new(db.clone());
         let jobs_db = match settings.jobs.concurrency {
             0 => None,
-            n => {
-                let size = u32::try_from(n).unwrap_or(u32::MAX).saturating_add(1);
-                Some(
-                    connect_workers(
-                        settings.database_url.expose(),
-                        size,
-                        settings.db_acquire_timeout,
-                        settings.jobs.lease,
-                    )
-                    .await?,
-                )
-            }
+            _ => Some(
+                connect_workers(settings.database_url.expose(), &settings.jobs, settings.db_acquire_timeout).await?,
+            ),
         };
         let hub = crate::conduit::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
         let (app, health, cache) = stack(ctx, settings, shared, metrics.clone(), hub.clone())?;
@@ -280,10 +273,7 @@ pub async fn run_worker(
     if jobs.concurrency == 0 {
         return Err(StartupError::Settings("JOB_WORKERS must be at least 1 for `conduit worker`".into()));
     }
-    // Each running job holds a connection; one more serves claims, one the
-    // queue's figures and the health check.
-    let connections = u32::try_from(jobs.concurrency).unwrap_or(u32::MAX).saturating_add(2);
-    let db = connect_workers(url.expose(), connections, settings.db_acquire_timeout, jobs.lease).await?;
+    let db = connect_workers(url.expose(), &jobs, settings.db_acquire_timeout).await?;
     if settings.migrate_on_start {
         MIGRATOR.run(&db).await?;
     }
@@ -299,17 +289,10 @@ pub async fn run_worker(
     ));
     let queue = tokio::spawn(crate::jobs::watch_queue(db.clone(), metrics.clone(), settings.health_check_interval));
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let limits = crate::server::ConnectionLimits {
-        header_read_timeout: settings.header_read_timeout,
-        max_header_bytes: settings.max_header_bytes,
-        http2_max_concurrent_streams: settings.http2_max_concurrent_streams,
-        http2_keep_alive: settings.http2_keep_alive,
-        drain_timeout: settings.drain_timeout,
-    };
     let admin = tokio::spawn(crate::server::serve(
         admin,
         crate::health::admin_routes(health.clone(), metrics.clone()),
-        limits,
+        settings.connection_limits(),
         None,
         async move {
             let _ = admin_stopped.await;

@@ -108,22 +108,6 @@ impl Handler for Fanout {
     }
 }
 
-/// The payload of a notification job.
-pub(crate) fn payload(
-    actor: i64,
-    recipient: Option<i64>,
-    article: Option<i64>,
-    comment: Option<i32>,
-) -> serde_json::Value {
-    let mut payload = serde_json::json!({ "actor": actor });
-    for (key, value) in [("recipient", recipient), ("article", article), ("comment", comment.map(i64::from))] {
-        if let Some(value) = value {
-            payload[key] = value.into();
-        }
-    }
-    payload
-}
-
 /// Watch streams of this process, by user, woken when the user's
 /// notifications change on any replica.
 #[derive(Clone, Debug)]

@@ -41,14 +41,20 @@ fn settings(poll: Duration) -> WorkerSettings {
     }
 }
 
-/// Runs workers in this process until the returned sender fires.
-fn run_workers(db: &PgPool, handlers: Handlers, settings: WorkerSettings) -> tokio::sync::oneshot::Sender<()> {
+/// Runs workers in this process until the returned sender fires; their
+/// metrics are the returned registry's.
+fn run_workers(
+    db: &PgPool,
+    handlers: Handlers,
+    settings: WorkerSettings,
+) -> (tokio::sync::oneshot::Sender<()>, conduit::metrics::Metrics) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let workers = Workers::new(db.clone(), handlers, settings, None);
+    let metrics = conduit::metrics::Metrics::new(db.clone());
+    let workers = Workers::new(db.clone(), handlers, settings, Some(metrics.clone()));
     tokio::spawn(workers.run(async move {
         let _ = stopped.await;
     }));
-    stop
+    (stop, metrics)
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.
@@ -102,7 +108,7 @@ async fn a_job_that_fails_twice_then_succeeds_backs_off_and_its_work_commits_onc
     let mut patient = settings(Duration::from_secs(3600));
     patient.retry_base = Duration::from_secs(1);
     patient.retry_max = Duration::from_secs(2);
-    let stop = run_workers(&db, handlers, patient);
+    let (stop, metrics) = run_workers(&db, handlers, patient);
 
     let id = conduit::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
     // After the first failure the job waits, queued, with the error kept.
@@ -121,6 +127,13 @@ async fn a_job_that_fails_twice_then_succeeds_backs_off_and_its_work_commits_onc
     // Only the successful attempt's work is there.
     let effects: Vec<(i64, i32)> = sqlx::query_as("SELECT job, attempt FROM effects").fetch_all(&db).await.unwrap();
     assert_eq!(effects, [(id, 3)]);
+    let counted = metrics.render();
+    for line in [
+        r#"conduit_jobs_total{kind="flaky",outcome="retried"} 2"#,
+        r#"conduit_jobs_total{kind="flaky",outcome="succeeded"} 1"#,
+    ] {
+        assert!(counted.contains(line), "{line} is missing from:\n{counted}");
+    }
     let _ = stop.send(());
     db.close().await;
     drop_database(&name).await;
@@ -135,7 +148,7 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
     // Polling once an hour: only NOTIFY can wake these workers in time.
     let mut slow = settings(Duration::from_secs(3600));
     slow.max_attempts = 3;
-    let stop = run_workers(&db, handlers, slow);
+    let (stop, metrics) = run_workers(&db, handlers, slow);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A rolled-back write leaves no job behind.
@@ -161,6 +174,7 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(attempts.lock().unwrap().len(), 3, "a dead job is not run again");
+    assert!(metrics.render().contains(r#"conduit_jobs_total{kind="flaky",outcome="dead"} 1"#));
 
     // The operator sees it and puts it back: it runs with fresh attempts
     // (the fourth run overall, attempt 1 again; it fails while attempt <= 3).
@@ -200,7 +214,7 @@ async fn an_attempt_longer_than_the_lease_fails_and_is_retried() {
     let mut short = settings(Duration::from_millis(50));
     short.lease = Duration::from_millis(300);
     short.max_attempts = 2;
-    let stop = run_workers(&db, Handlers::new(), short);
+    let (stop, _) = run_workers(&db, Handlers::new(), short);
     let id = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 5000})).await.unwrap();
     eventually(Duration::from_secs(10), "the job to time out twice", || async {
         matches!(job_row(&db, id).await, Some((state, 2, Some(error)))
@@ -580,9 +594,14 @@ async fn a_notification_made_on_one_replica_reaches_watches_on_another_over_ever
         let message = grpc_web.grpc_web(5 * SECOND).await.expect("a gRPC-Web message");
         assert_eq!(message.id, Some(n as i64 + 1));
         assert_eq!(message.notification.unwrap().actor.unwrap().username, format!("follower{n}"));
-        let message = tokio::time::timeout(2 * SECOND, grpc.message()).await.unwrap().unwrap().unwrap();
+        let message = tokio::time::timeout(5 * SECOND, grpc.message()).await.unwrap().unwrap().unwrap();
         assert_eq!(message.notification.unwrap().kind(), pb::NotificationKind::Follow);
     }
+    // Workers switched off on the watching replica: every job ran on the writer.
+    let (_, _, watched) = crate::ops::http(watcher.admin_port, "GET", "/metrics", &[], "").await;
+    assert!(!watched.contains("conduit_jobs_total{"), "{watched}");
+    let (_, _, wrote) = crate::ops::http(writer.admin_port, "GET", "/metrics", &[], "").await;
+    assert!(wrote.contains(r#"conduit_jobs_total{kind="notify.follow",outcome="succeeded"} 5"#), "{wrote}");
 }
 
 #[tokio::test]

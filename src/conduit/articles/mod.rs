@@ -78,6 +78,11 @@ fn filter_value(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
 
+/// The list filters of a request (lists and exports take the same ones).
+fn filters<'a>(tag: &'a Option<String>, author: &'a Option<String>, favorited: &'a Option<String>) -> Filter<'a> {
+    Filter { tag: filter_value(tag), author: filter_value(author), favorited: filter_value(favorited) }
+}
+
 impl Articles {
     /// The service on a shared context, exporting as `exports` says.
     pub fn new(ctx: Ctx, exports: super::Exports) -> Self {
@@ -105,11 +110,7 @@ impl Articles {
         // just stops would look complete.
         let (end, ended) = tokio::sync::oneshot::channel::<Result<(), Status>>();
         tokio::spawn(async move {
-            let filter = Filter {
-                tag: filter_value(&r.tag),
-                author: filter_value(&r.author),
-                favorited: filter_value(&r.favorited),
-            };
+            let filter = filters(&r.tag, &r.author, &r.favorited);
             let outcome = match store::export(&db, viewer, filter, batch, stall, &tx).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(Status::deadline_exceeded(format!(
@@ -155,11 +156,7 @@ impl Articles {
         let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset);
-        let filter = Filter {
-            tag: filter_value(&r.tag),
-            author: filter_value(&r.author),
-            favorited: filter_value(&r.favorited),
-        };
+        let filter = filters(&r.tag, &r.author, &r.favorited);
         let (total, rows) = store::list(&self.ctx.db, viewer, filter, limit, offset).await?;
         Ok(MultipleArticlesResponse {
             articles: rows.into_iter().map(Into::into).collect(),

@@ -212,6 +212,20 @@ impl Driving {
     }
 }
 
+/// The read model's columns of article `a` and author `u` as the viewer
+/// bound at `$viewer` sees them, with or without the body.
+fn article_columns(viewer: usize, with_body: bool) -> String {
+    format!(
+        "a.id, a.slug, a.title, a.description, {body}a.tag_list, a.created_at, a.updated_at, \
+         a.favorites_count, u.username, u.bio, u.image, \
+         COALESCE((SELECT true FROM favorites f WHERE f.user_id = ${viewer} AND f.article_id = a.id), false) \
+             AS favorited, \
+         COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = ${viewer} \
+                   AND fo.followee_id = a.author_id), false) AS following",
+        body = if with_body { "a.body, " } else { "" }
+    )
+}
+
 /// The SQL of an export: every article matching, bodies included, newest
 /// first, as `viewer` (the parameter after the filters) sees them.
 pub(crate) fn export_sql(filter: &Filter<'_>) -> String {
@@ -222,13 +236,8 @@ pub(crate) fn export_sql(filter: &Filter<'_>) -> String {
     let condition =
         if d.conditions.is_empty() { String::new() } else { format!("WHERE {}", d.conditions.join(" AND ")) };
     format!(
-        "SELECT a.id, a.slug, a.title, a.description, a.body, a.tag_list, a.created_at, a.updated_at, \
-                a.favorites_count, u.username, u.bio, u.image, \
-                COALESCE((SELECT true FROM favorites f WHERE f.user_id = ${viewer} AND f.article_id = a.id), false) \
-                    AS favorited, \
-                COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = ${viewer} \
-                          AND fo.followee_id = a.author_id), false) AS following \
-         FROM {from} {join} JOIN users u ON u.id = a.author_id {condition} ORDER BY {order}",
+        "SELECT {columns} FROM {from} {join} JOIN users u ON u.id = a.author_id {condition} ORDER BY {order}",
+        columns = article_columns(viewer, true),
         from = d.from,
         order = d.order,
     )
@@ -313,15 +322,11 @@ fn list_sql(filter: &Filter<'_>) -> String {
     let viewer = [filter.tag, filter.favorited, filter.author].iter().flatten().count() + 3;
     format!(
         "WITH page AS ({page}) \
-         SELECT page.total, a.id, a.slug, a.title, a.description, a.tag_list, a.created_at, a.updated_at, \
-                a.favorites_count, u.username, u.bio, u.image, \
-                COALESCE((SELECT true FROM favorites f WHERE f.user_id = ${viewer} AND f.article_id = a.id), false) \
-                    AS favorited, \
-                COALESCE((SELECT true FROM follows fo WHERE fo.follower_id = ${viewer} \
-                          AND fo.followee_id = a.author_id), false) AS following \
+         SELECT page.total, {columns} \
          FROM page LEFT JOIN articles a ON a.id = ANY(page.ids) LEFT JOIN users u ON u.id = a.author_id \
          ORDER BY array_position(page.ids, a.id)",
-        page = page_sql(filter)
+        page = page_sql(filter),
+        columns = article_columns(viewer, false)
     )
 }
 
@@ -439,7 +444,7 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
         };
         link_tags(&mut tx, id, created_at, &article.tags).await?;
         // The author's followers are told by a job, committed with the article.
-        let payload = notifications::payload(author, None, Some(id), None);
+        let payload = serde_json::json!({ "actor": author, "article": id });
         crate::jobs::enqueue(&mut *tx, notifications::kinds::ARTICLE, &payload).await?;
         tx.commit().await?;
         return Ok(id);
