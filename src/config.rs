@@ -116,13 +116,13 @@ pub struct Settings {
 
     /// Calls allowed per identity (user, else client address), as N/s,
     /// N/min or N/h; more get 429 / RESOURCE_EXHAUSTED.
-    #[arg(long, env = "RATE_LIMIT", default_value = "600/min", value_parser = crate::ratelimit::Rate::parse, global = true)]
-    pub rate_limit: crate::ratelimit::Rate,
+    #[arg(long, env = "RATE_LIMIT", default_value = "600/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    pub rate_limit: crate::middleware::ratelimit::Rate,
 
     /// Logins and registrations allowed per identity (against credential
     /// stuffing), as N/s, N/min or N/h.
-    #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::ratelimit::Rate::parse, global = true)]
-    pub rate_limit_credentials: crate::ratelimit::Rate,
+    #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    pub rate_limit_credentials: crate::middleware::ratelimit::Rate,
 
     /// Redis URL (redis://host:port/db): rate-limit buckets are shared
     /// through it by every replica; unset, each process keeps its own.
@@ -356,9 +356,9 @@ pub struct ServeSettings {
     /// Server-side bound of a call.
     pub request_timeout: Duration,
     /// Calls per identity.
-    pub rate_limit: crate::ratelimit::Rate,
+    pub rate_limit: crate::middleware::ratelimit::Rate,
     /// Logins and registrations per identity.
-    pub rate_limit_credentials: crate::ratelimit::Rate,
+    pub rate_limit_credentials: crate::middleware::ratelimit::Rate,
     /// Redis for shared rate limits.
     pub redis_url: Option<Secret>,
     /// Whether calls pass when Redis fails.
@@ -386,7 +386,7 @@ pub struct ServeSettings {
     /// Not-ready time before accepting stops, when draining.
     pub drain_delay: Duration,
     /// Proxies whose forwarding headers are believed.
-    pub trusted_proxies: Vec<crate::ratelimit::Network>,
+    pub trusted_proxies: Vec<crate::middleware::ratelimit::Network>,
     /// Age bound of the response cache (zero: off).
     pub cache_ttl: Duration,
     /// Memory bound of the response cache.
@@ -398,16 +398,26 @@ pub struct ServeSettings {
     /// Certificate and key files, when the main listener speaks TLS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// Background job workers (none when concurrency is 0).
-    pub jobs: crate::jobs::WorkerSettings,
+    pub jobs: crate::postgres::jobs::WorkerSettings,
     /// Watch streams per user.
     pub watch_max_per_user: usize,
     /// Keep-alive period of watch streams.
     pub watch_keep_alive: Duration,
     /// How exports read.
-    pub exports: crate::conduit::Exports,
+    pub exports: crate::domain::Exports,
 }
 
 impl Settings {
+    /// The documented defaults, whatever the environment says (the `env`
+    /// of every setting is ignored): what tests and tools start from before
+    /// changing the few settings they care about.
+    pub fn defaults() -> Self {
+        use clap::FromArgMatches as _;
+        let command = Self::augment_args(clap::Command::new("conduit")).mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["conduit"]).expect("every setting has a default or is optional");
+        Self::from_arg_matches(&matches).expect("the defaults parse")
+    }
+
     /// The database URL, or why it is missing.
     pub fn require_database_url(&self) -> Result<Secret, String> {
         match &self.database_url {
@@ -431,7 +441,7 @@ impl Settings {
     }
 
     /// The job workers' settings, checked.
-    pub fn workers(&self) -> Result<crate::jobs::WorkerSettings, String> {
+    pub fn workers(&self) -> Result<crate::postgres::jobs::WorkerSettings, String> {
         for (name, value) in [
             ("JOB_LEASE", self.job_lease),
             ("JOB_POLL_INTERVAL", self.job_poll_interval),
@@ -444,7 +454,7 @@ impl Settings {
         if self.job_retry_max < self.job_retry_base {
             return Err("JOB_RETRY_MAX must be at least JOB_RETRY_BASE".into());
         }
-        Ok(crate::jobs::WorkerSettings {
+        Ok(crate::postgres::jobs::WorkerSettings {
             concurrency: self.job_workers,
             lease: self.job_lease,
             poll_interval: self.job_poll_interval,
@@ -538,7 +548,7 @@ impl Settings {
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| crate::ratelimit::Network::parse(n).map_err(|e| format!("TRUSTED_PROXIES: {e}")))
+            .map(|n| crate::middleware::ratelimit::Network::parse(n).map_err(|e| format!("TRUSTED_PROXIES: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(ServeSettings {
             database_url,
@@ -576,7 +586,7 @@ impl Settings {
             jobs,
             watch_max_per_user: self.watch_max_per_user,
             watch_keep_alive: self.watch_keep_alive,
-            exports: crate::conduit::Exports {
+            exports: crate::domain::Exports {
                 batch: self.export_batch as usize,
                 max_concurrent: self.export_max_concurrent,
                 stall_timeout: self.export_stall_timeout,
@@ -615,6 +625,20 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let defaults = Settings::defaults();
+        assert_eq!(defaults.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(defaults.jwt_ttl, Duration::from_secs(86_400));
+        assert_eq!(defaults.job_workers, 4);
+        assert!(defaults.database_url.is_none());
+        assert_eq!(
+            defaults.for_serve().err().as_deref(),
+            Some("DATABASE_URL (or --database-url) is required"),
+            "everything but the database has a usable default"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use clap::Parser;
 use conduit::config::Secret;
 use conduit::config::{Cli, Command, JobsCommand};
-use conduit::localdb::{self, LocalPostgres};
-use conduit::startup::{Application, MIGRATOR, connect};
+use conduit::postgres::private::{self, LocalPostgres};
+use conduit::postgres::{MIGRATOR, connect};
+use conduit::startup::Application;
 
 /// Prints one line and exits with status 2: the service refuses to start.
 fn refuse(message: impl std::fmt::Display) -> ! {
@@ -27,8 +28,8 @@ fn return_large_allocations() {
 /// Starts the private PostgreSQL (no DATABASE_URL) and points `settings`
 /// at it; a missing JWT_SECRET is generated and kept beside it.
 async fn start_private_database(settings: &mut conduit::config::Settings) -> LocalPostgres {
-    let root = localdb::data_dir(settings.data_dir.as_deref());
-    let bin = localdb::find_binaries(settings.pg_bin.as_deref()).unwrap_or_else(|e| refuse(e));
+    let root = private::data_dir(settings.data_dir.as_deref());
+    let bin = private::find_binaries(settings.pg_bin.as_deref()).unwrap_or_else(|e| refuse(e));
     let local = LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| refuse(e));
     tracing::info!(
         data = %local.data_dir().display(),
@@ -37,7 +38,7 @@ async fn start_private_database(settings: &mut conduit::config::Settings) -> Loc
     );
     settings.database_url = Some(Secret::from(local.url()));
     if settings.jwt_secret.is_none() {
-        match localdb::jwt_secret(&root) {
+        match private::jwt_secret(&root) {
             Ok(secret) => settings.jwt_secret = Some(Secret::from(secret)),
             Err(e) => {
                 local.stop().await;
@@ -74,7 +75,7 @@ fn announce(settings: &conduit::config::ServeSettings, app: &Application) {
 
 /// `conduit jobs …`: prints to stdout what it did.
 async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx::Error> {
-    use conduit::jobs;
+    use conduit::postgres::jobs;
     match action {
         JobsCommand::List { state, limit } => {
             let rows = jobs::list(db, &state, limit).await?;
@@ -127,11 +128,12 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap_or_else(|e| refuse(e));
     let telemetry = {
         let _entered = runtime.enter();
-        conduit::telemetry::init(&cli.settings.log_level, &cli.settings.log_format).unwrap_or_else(|e| refuse(e))
+        conduit::observability::logs::init(&cli.settings.log_level, &cli.settings.log_format)
+            .unwrap_or_else(|e| refuse(e))
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Worker => runtime.block_on(async {
-            if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::shutdown::signal()).await {
+            if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::server::shutdown::signal()).await {
                 refuse(e);
             }
         }),
@@ -165,7 +167,7 @@ fn main() {
                 }
             };
             announce(&settings, &app);
-            let served = app.run_until_stopped(conduit::shutdown::signal()).await;
+            let served = app.run_until_stopped(conduit::server::shutdown::signal()).await;
             if let Some(local) = local {
                 local.stop().await;
             }

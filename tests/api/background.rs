@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use conduit::jobs::{Handler, Handlers, Job, JobError, WorkerSettings, Workers};
 use conduit::pb::conduit::v1 as pb;
+use conduit::postgres::jobs::{Handler, Handlers, Job, JobError, WorkerSettings, Workers};
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
@@ -24,8 +24,8 @@ use crate::ops::Served;
 async fn database(name: &str) -> (String, PgPool) {
     let name = format!("conduit_jobs_{name}_{}", std::process::id());
     let url = create_database(&name).await;
-    let db = conduit::startup::connect(&url, 8, Duration::from_secs(5)).await.unwrap();
-    conduit::startup::MIGRATOR.run(&db).await.unwrap();
+    let db = conduit::postgres::connect(&url, 8, Duration::from_secs(5)).await.unwrap();
+    conduit::postgres::MIGRATOR.run(&db).await.unwrap();
     (name, db)
 }
 
@@ -47,9 +47,9 @@ fn run_workers(
     db: &PgPool,
     handlers: Handlers,
     settings: WorkerSettings,
-) -> (tokio::sync::oneshot::Sender<()>, conduit::metrics::Metrics) {
+) -> (tokio::sync::oneshot::Sender<()>, conduit::observability::metrics::Metrics) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = conduit::metrics::Metrics::new(db.clone());
+    let metrics = conduit::observability::metrics::Metrics::new(db.clone());
     let workers = Workers::new(db.clone(), handlers, settings, Some(metrics.clone()));
     tokio::spawn(workers.run(async move {
         let _ = stopped.await;
@@ -110,7 +110,7 @@ async fn a_job_that_fails_twice_then_succeeds_backs_off_and_its_work_commits_onc
     patient.retry_max = Duration::from_secs(2);
     let (stop, metrics) = run_workers(&db, handlers, patient);
 
-    let id = conduit::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    let id = conduit::postgres::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
     // After the first failure the job waits, queued, with the error kept.
     eventually(Duration::from_secs(5), "the first failure", || async {
         matches!(job_row(&db, id).await, Some((state, 1, Some(error))) if state == "queued" && error == "failure number 1")
@@ -153,21 +153,22 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
 
     // A rolled-back write leaves no job behind.
     let mut tx = db.begin().await.unwrap();
-    conduit::jobs::enqueue(&mut *tx, conduit::jobs::Canary::KIND, &json!({})).await.unwrap();
+    conduit::postgres::jobs::enqueue(&mut *tx, conduit::postgres::jobs::Canary::KIND, &json!({})).await.unwrap();
     tx.rollback().await.unwrap();
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&db).await.unwrap();
     assert_eq!(jobs, 0);
 
     // A committed one runs at once.
     let mut tx = db.begin().await.unwrap();
-    let canary = conduit::jobs::enqueue(&mut *tx, conduit::jobs::Canary::KIND, &json!({})).await.unwrap();
+    let canary =
+        conduit::postgres::jobs::enqueue(&mut *tx, conduit::postgres::jobs::Canary::KIND, &json!({})).await.unwrap();
     tx.commit().await.unwrap();
     let started = Instant::now();
     eventually(Duration::from_secs(3), "the canary to run", || async { job_row(&db, canary).await.is_none() }).await;
     assert!(started.elapsed() < Duration::from_secs(2), "woken in {:?}", started.elapsed());
 
     // A job failing every attempt dies after the third and stays.
-    let id = conduit::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    let id = conduit::postgres::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
     eventually(Duration::from_secs(10), "the job to die", || async {
         matches!(job_row(&db, id).await, Some((state, 3, _)) if state == "dead")
     })
@@ -215,7 +216,9 @@ async fn an_attempt_longer_than_the_lease_fails_and_is_retried() {
     short.lease = Duration::from_millis(300);
     short.max_attempts = 2;
     let (stop, _) = run_workers(&db, Handlers::new(), short);
-    let id = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 5000})).await.unwrap();
+    let id = conduit::postgres::jobs::enqueue(&db, conduit::postgres::jobs::Canary::KIND, &json!({"sleep_ms": 5000}))
+        .await
+        .unwrap();
     eventually(Duration::from_secs(10), "the job to time out twice", || async {
         matches!(job_row(&db, id).await, Some((state, 2, Some(error)))
             if state == "dead" && error.starts_with("timed out: an attempt may take at most JOB_LEASE"))
@@ -243,7 +246,9 @@ async fn worker(url: &str, extra: &[(&str, &str)]) -> Served {
 async fn a_worker_killed_mid_job_leaves_it_to_another_after_the_lease() {
     let (name, db) = database("kill").await;
     let url = url_for(&name);
-    let id = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 1500})).await.unwrap();
+    let id = conduit::postgres::jobs::enqueue(&db, conduit::postgres::jobs::Canary::KIND, &json!({"sleep_ms": 1500}))
+        .await
+        .unwrap();
     let first = worker(&url, &[]).await;
     eventually(Duration::from_secs(10), "the job to start", || async {
         matches!(job_row(&db, id).await, Some((state, 1, _)) if state == "running")
@@ -276,8 +281,14 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_after_the_lease() {
 async fn a_worker_stopped_mid_job_gives_it_back_within_the_drain_deadline() {
     let (name, db) = database("drain").await;
     let url = url_for(&name);
-    let short = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 3000})).await.unwrap();
-    let long = conduit::jobs::enqueue(&db, conduit::jobs::Canary::KIND, &json!({"sleep_ms": 60000})).await.unwrap();
+    let short =
+        conduit::postgres::jobs::enqueue(&db, conduit::postgres::jobs::Canary::KIND, &json!({"sleep_ms": 3000}))
+            .await
+            .unwrap();
+    let long =
+        conduit::postgres::jobs::enqueue(&db, conduit::postgres::jobs::Canary::KIND, &json!({"sleep_ms": 60000}))
+            .await
+            .unwrap();
     // A lease longer than the long job: only the drain deadline cuts it.
     let served = worker(&url, &[("DRAIN_TIMEOUT", "5s"), ("JOB_LEASE", "90s")]).await;
     eventually(Duration::from_secs(10), "both jobs to start", || async {
@@ -728,7 +739,7 @@ async fn export_sessions(db: &PgPool, database: &str) -> i64 {
 #[tokio::test]
 async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leaves() {
     let app = spawn_app_with(|s| {
-        s.exports = conduit::conduit::Exports { batch: 50, max_concurrent: 1, stall_timeout: Duration::from_secs(2) }
+        s.exports = conduit::domain::Exports { batch: 50, max_concurrent: 1, stall_timeout: Duration::from_secs(2) }
     })
     .await;
     app.register("prolific").await;
@@ -783,7 +794,7 @@ async fn an_export_streams_every_match_and_stops_its_query_when_the_client_leave
     // A client that reads a little and leaves: its query is gone soon after.
     // (30 MB to send: more than socket buffers hold, so the export is
     // still reading when the client leaves.)
-    let admin = conduit::startup::connect(&url_for("postgres"), 1, Duration::from_secs(5)).await.unwrap();
+    let admin = conduit::postgres::connect(&url_for("postgres"), 1, Duration::from_secs(5)).await.unwrap();
     let mut export = Stream::open(app.port, "GET", "/api/articles:export", &[], Bytes::new()).await;
     export.line(5 * SECOND).await.unwrap();
     assert_eq!(export_sessions(&admin, &app.db_name).await, 1, "the export holds its cursor while the client reads");

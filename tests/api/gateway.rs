@@ -314,7 +314,7 @@ async fn grpc_health_reports_serving_then_not_serving_when_the_database_goes_awa
     wait_for("conduit.v1.Users", ServingStatus::NotServing).await;
     assert_eq!((probe("/healthz").await, probe("/readyz").await), (200, 503), "alive, not ready");
     // The liveness service (what Kubernetes' gRPC liveness probe asks) stays SERVING.
-    assert_eq!(status(conduit::health::LIVENESS_SERVICE).await.unwrap(), ServingStatus::Serving);
+    assert_eq!(status(conduit::observability::health::LIVENESS_SERVICE).await.unwrap(), ServingStatus::Serving);
 
     // Calls now fail fast, in every protocol, saying when to retry.
     let started = std::time::Instant::now();
@@ -432,7 +432,9 @@ async fn calls_past_the_request_timeout_get_504() {
 /// RESOURCE_EXHAUSTED with RetryInfo over gRPC; other calls keep theirs.
 #[tokio::test]
 async fn credential_calls_are_rate_limited_per_client_in_every_protocol() {
-    let app = spawn_app_with(|s| s.rate_limit_credentials = conduit::ratelimit::Rate::parse("3/min").unwrap()).await;
+    let app =
+        spawn_app_with(|s| s.rate_limit_credentials = conduit::middleware::ratelimit::Rate::parse("3/min").unwrap())
+            .await;
     let login = json!({"user": {"email": "nobody@example.com", "password": "wrong-password"}});
     for _ in 0..3 {
         assert_eq!(app.json("POST", "/api/users/login", None, Some(login.clone())).await.status, 401);
@@ -486,7 +488,7 @@ async fn replicas_share_rate_limits_through_redis() {
     let tune = |s: &mut conduit::config::ServeSettings| {
         s.redis_url = Some(conduit::config::Secret::from("redis://127.0.0.1:6379".to_owned()));
         s.rate_limit_redis_prefix = prefix.clone();
-        s.rate_limit_credentials = conduit::ratelimit::Rate::parse("3/min").unwrap();
+        s.rate_limit_credentials = conduit::middleware::ratelimit::Rate::parse("3/min").unwrap();
     };
     let (a, b) = (spawn_app_with(tune).await, spawn_app_with(tune).await);
     let login = json!({"user": {"email": "nobody@example.com", "password": "wrong-password"}});

@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use conduit::config::{Secret, ServeSettings};
+use conduit::config::{Secret, ServeSettings, Settings};
+use conduit::middleware::ratelimit::Rate;
 use conduit::pb::conduit::v1 as pb;
 use conduit::startup::Application;
 use http_body_util::{BodyExt, Full};
@@ -43,8 +44,9 @@ async fn admin_url() -> String {
             std::fs::create_dir_all(&root).unwrap();
             std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
             let pg_bin = std::env::var_os("CONDUIT_PG_BIN").map(std::path::PathBuf::from);
-            let bin = conduit::localdb::find_binaries(pg_bin.as_deref()).unwrap_or_else(|e| panic!("{e}"));
-            let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| panic!("{e}"));
+            let bin = conduit::postgres::private::find_binaries(pg_bin.as_deref()).unwrap_or_else(|e| panic!("{e}"));
+            let local =
+                conduit::postgres::private::LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| panic!("{e}"));
             let url = local.url_for("postgres");
             // Kept for the whole run; the server dies with this process.
             Box::leak(Box::new(local));
@@ -118,49 +120,32 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
     );
     let url = create_database(&db_name).await;
 
-    let mut settings = ServeSettings {
-        database_url: Secret::from(url),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: Secret::from(JWT_SECRET.to_owned()),
-        jwt_ttl: Duration::from_secs(3600),
-        body_limit: 1024 * 1024,
-        max_concurrent_requests: 64,
-        request_timeout: Duration::from_secs(30),
-        rate_limit: conduit::ratelimit::Rate::parse("100000/s").unwrap(),
-        rate_limit_credentials: conduit::ratelimit::Rate::parse("100000/s").unwrap(),
-        redis_url: None,
-        rate_limit_redis_fail_open: true,
-        rate_limit_redis_prefix: "conduit:test:".into(),
-        db_max_connections: 5,
-        db_acquire_timeout: Duration::from_secs(5),
-        password_hash_concurrency: 2,
-        cors_allowed_origins: None,
-        cors_allowed_headers: Vec::new(),
-        cors_max_age: Duration::from_secs(3600),
-        health_check_interval: Duration::from_millis(200),
-        migrate_on_start: true,
-        connection_limits: conduit::server::ConnectionLimits::default(),
-        drain_delay: Duration::ZERO,
-        trusted_proxies: Vec::new(),
-        cache_ttl: Duration::ZERO,
-        cache_max_bytes: 16 * 1024 * 1024,
-        compression_min_bytes: 1024,
-        minimal_middleware: false,
-        tls: None,
-        jobs: conduit::jobs::WorkerSettings {
-            concurrency: 2,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_millis(100),
-            max_attempts: 10,
-            retry_base: Duration::from_millis(50),
-            retry_max: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(5),
-        },
-        watch_max_per_user: 8,
-        watch_keep_alive: Duration::from_secs(15),
-        exports: conduit::conduit::Exports { batch: 100, max_concurrent: 4, stall_timeout: Duration::from_secs(30) },
-    };
+    // The documented defaults, and what the tests need otherwise: a free
+    // port, a known secret, limits no test trips by accident, fast health
+    // checks and workers, no cache, and no drain delay.
+    let mut base = Settings::defaults();
+    base.database_url = Some(Secret::from(url));
+    base.jwt_secret = Some(Secret::from(JWT_SECRET.to_owned()));
+    base.listen = "127.0.0.1:0".parse().unwrap();
+    base.admin_listen = "127.0.0.1:0".parse().unwrap();
+    base.jwt_ttl = Duration::from_secs(3600);
+    base.max_concurrent_requests = 64;
+    base.rate_limit = Rate::parse("100000/s").unwrap();
+    base.rate_limit_credentials = Rate::parse("100000/s").unwrap();
+    base.rate_limit_redis_prefix = "conduit:test:".into();
+    base.db_max_connections = 5;
+    base.password_hash_concurrency = 2;
+    base.health_check_interval = Duration::from_millis(200);
+    base.drain_delay = Duration::ZERO;
+    base.cache_ttl = Duration::ZERO;
+    base.cache_max_bytes = 16 * 1024 * 1024;
+    base.job_workers = 2;
+    base.job_poll_interval = Duration::from_millis(100);
+    base.job_retry_base = Duration::from_millis(50);
+    base.job_retry_max = Duration::from_secs(1);
+    base.export_batch = 100;
+    let mut settings = base.for_serve().expect("the test settings are valid");
+    settings.jobs.drain_timeout = Duration::from_secs(5);
     tune(&mut settings);
     let app = Application::build(&settings).await.expect("the app starts");
     let port = app.port();

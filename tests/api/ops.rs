@@ -482,8 +482,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn service_resumes_when_its_database_comes_back() {
     let root = tempdir("restart");
-    let bin = conduit::localdb::find_binaries(None).expect("PostgreSQL server binaries");
-    let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap();
+    let bin = conduit::postgres::private::find_binaries(None).expect("PostgreSQL server binaries");
+    let local = conduit::postgres::private::LocalPostgres::start(&bin, &root).await.unwrap();
     let url = local.url();
     let app = spawn_app_with(|s| {
         s.database_url = conduit::config::Secret::from(url.clone());
@@ -509,7 +509,7 @@ async fn service_resumes_when_its_database_comes_back() {
         assert!(Instant::now() < deadline, "readiness stayed true with the database down");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let local = conduit::localdb::LocalPostgres::start(&bin, &root).await.unwrap();
+    let local = conduit::postgres::private::LocalPostgres::start(&bin, &root).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if app.get("/api/tags", None).await.status == 200
@@ -621,7 +621,7 @@ async fn readiness_waits_for_migrations_it_does_not_apply_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.get("/api/tags", None).await.status, 503);
-    conduit::startup::MIGRATOR.run(&app.db).await.unwrap();
+    conduit::postgres::MIGRATOR.run(&app.db).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 200 {
         assert!(Instant::now() < deadline, "not ready once migrated");

@@ -2,10 +2,10 @@
 //!
 //! Transport-neutral: the token is the `authorization` header (gRPC
 //! metadata), whichever protocol carried it. Both the RealWorld
-//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted. [`Authenticate`] checks
-//! it once per request, above the protocol split, for every method declared
-//! `(gateway.v1.access).authenticated` in the protos — before the request is
-//! decoded or validated — and hands the [`Caller`] to the service.
+//! `Token <jwt>` scheme and `Bearer <jwt>` are accepted. The authentication
+//! layer (`crate::middleware::authenticate`) checks it once per request, for
+//! every method declared `(gateway.v1.access).authenticated` in the protos,
+//! and hands the [`Caller`] to the service.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,7 +98,7 @@ impl Tokens {
     }
 
     /// The caller of an `authorization` value, if there is one.
-    fn caller_of(&self, value: Option<&[u8]>) -> ConduitResult<Option<Caller>> {
+    pub(crate) fn caller_of(&self, value: Option<&[u8]>) -> ConduitResult<Option<Caller>> {
         let Some(value) = value else { return Ok(None) };
         let text = std::str::from_utf8(value).map_err(|_| token_invalid("the authorization header is malformed"))?;
         let token = match text.split_once(' ') {
@@ -121,7 +121,7 @@ impl Tokens {
         self.caller(request.metadata()).ok().flatten().map(|c| c.user_id)
     }
 
-    /// The caller, who must be authenticated: the one [`Authenticate`] found,
+    /// The caller, who must be authenticated: the one the authentication layer found,
     /// or (when the service is used without it) read from the metadata.
     pub fn require<T>(&self, request: &tonic::Request<T>) -> ConduitResult<Caller> {
         if let Some(caller) = request.extensions().get::<Caller>() {
@@ -131,7 +131,8 @@ impl Tokens {
     }
 }
 
-fn token_missing() -> ConduitError {
+/// A call that needs a token came without one.
+pub(crate) fn token_missing() -> ConduitError {
     ConduitError::Unauthenticated { key: "token", problem: "is missing", message: "this call requires a token" }
 }
 
@@ -211,47 +212,3 @@ impl Passwords {
 
 /// A hash of nothing in particular, made once, for [`Passwords::verify_nothing`].
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Authenticates every request once, above the protocol split (used as
-/// `gateway::GateLayer::new(Authenticate::new(…))`): a method declared
-/// `(gateway.v1.access).authenticated` without valid credentials is refused
-/// with UNAUTHENTICATED in the request's own protocol before it is decoded or
-/// validated; valid credentials become a [`Caller`] in the request's
-/// extensions, which services read instead of checking again. On other
-/// methods a bad token counts as none.
-#[derive(Clone)]
-pub struct Authenticate {
-    gateway: gateway::Gateway,
-    tokens: Tokens,
-}
-
-impl Authenticate {
-    /// Reads each method's requirement from `gateway`, checks with `tokens`.
-    pub fn new(gateway: gateway::Gateway, tokens: Tokens) -> Self {
-        Self { gateway, tokens }
-    }
-}
-
-impl gateway::Admission for Authenticate {
-    fn refuse(&self, req: &mut http::Request<axum::body::Body>) -> Option<http::Response<axum::body::Body>> {
-        let required = req
-            .extensions()
-            .get::<gateway::RpcMethod>()
-            .and_then(|rpc| self.gateway.method(rpc.0))
-            .is_some_and(|spec| spec.authenticated);
-        let value = req.headers().get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let refusal = match (self.tokens.caller_of(value), required) {
-            (Ok(Some(caller)), _) => {
-                if let Some(slot) = req.extensions().get::<crate::telemetry::UserSlot>() {
-                    let _ = slot.0.set(caller.user_id);
-                }
-                req.extensions_mut().insert(caller);
-                None
-            }
-            (Ok(None), true) => Some(token_missing()),
-            (Err(error), true) => Some(error),
-            (_, false) => None,
-        };
-        refusal.map(|error| self.gateway.reject(req, &tonic::Status::from(error)))
-    }
-}

@@ -67,7 +67,7 @@ pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
-    tls: Option<crate::tls::Tls>,
+    tls: Option<crate::server::tls::Tls>,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());

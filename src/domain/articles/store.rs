@@ -4,9 +4,9 @@
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 
-use crate::conduit::error::{ConduitError, ConduitResult};
-use crate::conduit::notifications;
-use crate::conduit::validate::RESERVED_SLUGS;
+use crate::domain::error::{ConduitError, ConduitResult};
+use crate::domain::notifications;
+use crate::domain::validate::RESERVED_SLUGS;
 
 /// An article as the API shows it to one viewer.
 #[derive(Debug)]
@@ -61,7 +61,7 @@ pub(crate) async fn read(
     key: Key<'_>,
     with_body: bool,
 ) -> ConduitResult<Vec<ArticleRow>> {
-    let viewer = crate::conduit::viewer_id(viewer);
+    let viewer = crate::domain::viewer_id(viewer);
     let (ids, slug) = match key {
         Key::Ids(ids) => (ids, None),
         Key::Slug(slug) => (&[][..], Some(slug)),
@@ -285,7 +285,7 @@ pub(crate) async fn export(
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         declare = declare.bind(value);
     }
-    declare.bind(crate::conduit::viewer_id(viewer)).execute(&mut *tx).await?;
+    declare.bind(crate::domain::viewer_id(viewer)).execute(&mut *tx).await?;
     let fetch = format!("FETCH {batch} FROM export");
     let mut read_on = true;
     'batches: loop {
@@ -345,7 +345,7 @@ pub(crate) async fn list(
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         query = query.bind(value);
     }
-    let rows = query.bind(limit).bind(offset).bind(crate::conduit::viewer_id(viewer)).fetch_all(db).await?;
+    let rows = query.bind(limit).bind(offset).bind(crate::domain::viewer_id(viewer)).fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.try_get::<i64, _>("total")?,
         None => 0,
@@ -445,7 +445,7 @@ pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &
         link_tags(&mut tx, id, created_at, &article.tags).await?;
         // The author's followers are told by a job, committed with the article.
         let payload = serde_json::json!({ "actor": author, "article": id });
-        crate::jobs::enqueue(&mut *tx, notifications::kinds::ARTICLE, &payload).await?;
+        crate::postgres::jobs::enqueue(&mut *tx, notifications::kinds::ARTICLE, &payload).await?;
         tx.commit().await?;
         return Ok(id);
     }

@@ -21,8 +21,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 
-use crate::listen::Heard;
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
+use crate::postgres::listen::Heard;
 
 /// The notification channel shared by the replicas.
 const CHANNEL: &str = "conduit_cache";
@@ -66,9 +66,11 @@ impl Store {
     }
 }
 
-/// The cache, shared by every connection of one process.
+/// The cache layer, and the handle of the cache it fills: one per process,
+/// shared by every connection; [`CacheLayer::listen`] keeps it in step with
+/// the other replicas.
 #[derive(Clone)]
-pub struct ResponseCache {
+pub struct CacheLayer {
     store: Arc<Mutex<Store>>,
     /// Bumped by every invalidation: an answer computed across one is not kept.
     generation: Arc<AtomicU64>,
@@ -80,13 +82,13 @@ pub struct ResponseCache {
     notify: Option<(sqlx::PgPool, Arc<str>)>,
 }
 
-impl std::fmt::Debug for ResponseCache {
+impl std::fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCache").field("ttl", &self.ttl).field("max_bytes", &self.max_bytes).finish()
+        f.debug_struct("CacheLayer").field("ttl", &self.ttl).field("max_bytes", &self.max_bytes).finish()
     }
 }
 
-impl ResponseCache {
+impl CacheLayer {
     /// A cache of at most `max_bytes` whose entries live at most `ttl`;
     /// with `db`, invalidations are shared with the other replicas.
     pub fn new(
@@ -139,7 +141,7 @@ impl ResponseCache {
     /// Listens for the other replicas' invalidations until the pool closes.
     pub async fn listen(self) {
         let Some((db, id)) = self.notify.clone() else { return };
-        crate::listen::listen(db, CHANNEL, move |heard| match heard {
+        crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
             // Whatever was missed while not listening is unknown: start clean.
             Heard::Connected => self.clear(),
             Heard::Payload(from) if from != &*id => self.clear(),
@@ -213,22 +215,22 @@ fn start_nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
-impl<S> tower::Layer<S> for ResponseCache {
-    type Service = Cached<S>;
+impl<S> tower::Layer<S> for CacheLayer {
+    type Service = Cache<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Cached { cache: self.clone(), inner }
+        Cache { cache: self.clone(), inner }
     }
 }
 
-/// The service of [`ResponseCache`].
+/// The service of [`CacheLayer`].
 #[derive(Clone, Debug)]
-pub struct Cached<S> {
-    cache: ResponseCache,
+pub struct Cache<S> {
+    cache: CacheLayer,
     inner: S,
 }
 
-impl<S> tower::Service<Request<Body>> for Cached<S>
+impl<S> tower::Service<Request<Body>> for Cache<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,

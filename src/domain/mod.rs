@@ -43,8 +43,8 @@ pub struct Exports {
 }
 
 /// The job handlers of the domain.
-pub fn job_handlers() -> crate::jobs::Handlers {
-    let mut handlers = crate::jobs::Handlers::new();
+pub fn job_handlers() -> crate::postgres::jobs::Handlers {
+    let mut handlers = crate::postgres::jobs::Handlers::new();
     notifications::register(&mut handlers);
     handlers
 }

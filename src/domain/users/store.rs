@@ -2,7 +2,7 @@
 
 use sqlx::PgPool;
 
-use crate::conduit::error::{ConduitError, ConduitResult, FieldError};
+use crate::domain::error::{ConduitError, ConduitResult, FieldError};
 
 /// A user row as the account calls need it.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! `conduit.v1.Notifications`: what happened to a user's profile and
 //! articles, made by background jobs and delivered live.
 //!
-//! Writes enqueue a job in their own transaction (see [`crate::jobs`]);
+//! Writes enqueue a job in their own transaction (see [`crate::postgres::jobs`]);
 //! [`Fanout`] turns each job into notifications, numbered per recipient in
 //! commit order. An insert trigger notifies `conduit_notifications` with
 //! the recipient at commit; every replica's [`Hub`] listens and wakes the
@@ -22,12 +22,12 @@ use tonic::{Request, Response, Status};
 
 use super::Ctx;
 use super::error::{ConduitError, ConduitResult, FieldError};
-use crate::jobs::{Handler, Handlers, Job, JobError};
-use crate::listen::Heard;
 use crate::pb::conduit::v1::{
     ListNotificationsRequest, ListNotificationsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,
     Notification, NotificationKind, WatchNotificationsRequest, WatchNotificationsResponse, notifications_server,
 };
+use crate::postgres::jobs::{Handler, Handlers, Job, JobError};
+use crate::postgres::listen::Heard;
 
 /// The channel the notification trigger notifies, with the recipient's id.
 pub const CHANNEL: &str = "conduit_notifications";
@@ -186,7 +186,7 @@ impl Hub {
 
     /// Listens for every replica's new notifications until the pool closes.
     pub async fn listen(self, db: PgPool) {
-        crate::listen::listen(db, CHANNEL, move |heard| match heard {
+        crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
             // What was missed while not listening: every watch looks again.
             Heard::Connected => self.changed_all(),
             Heard::Payload(user) => {

@@ -22,7 +22,7 @@ use http::{HeaderValue, Request, Response};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::conduit::auth::Caller;
+use crate::domain::auth::Caller;
 
 /// `count` calls per `period`, in bursts of up to `count`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -228,7 +228,7 @@ pub struct SharedBuckets {
     script: Arc<redis::Script>,
     prefix: String,
     fail_open: bool,
-    metrics: Option<crate::metrics::Metrics>,
+    metrics: Option<crate::observability::metrics::Metrics>,
 }
 
 impl SharedBuckets {
@@ -272,18 +272,18 @@ impl SharedBuckets {
 
 /// The rate-limit layer; see the module documentation.
 #[derive(Clone)]
-pub struct RateLimit {
+pub struct RateLimitLayer {
     gateway: gateway::Gateway,
     default: Rate,
     credentials: Rate,
     buckets: Arc<Mutex<Buckets>>,
     max_buckets: usize,
     shared: Option<SharedBuckets>,
-    metrics: Option<crate::metrics::Metrics>,
+    metrics: Option<crate::observability::metrics::Metrics>,
     trusted_proxies: Arc<[Network]>,
 }
 
-impl RateLimit {
+impl RateLimitLayer {
     /// Limits calls to `default`, and logins and registrations to
     /// `credentials`, with buckets in `shared` (Redis) or in the process.
     pub fn new(gateway: gateway::Gateway, default: Rate, credentials: Rate, shared: Option<SharedBuckets>) -> Self {
@@ -306,7 +306,7 @@ impl RateLimit {
     }
 
     /// Counts refusals and Redis failures in `metrics`.
-    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+    pub fn with_metrics(mut self, metrics: crate::observability::metrics::Metrics) -> Self {
         if let Some(shared) = &mut self.shared {
             shared.metrics = Some(metrics.clone());
         }
@@ -378,22 +378,22 @@ impl RateLimit {
     }
 }
 
-impl<S> tower::Layer<S> for RateLimit {
-    type Service = RateLimited<S>;
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimited { limit: self.clone(), inner }
+        RateLimit { limit: self.clone(), inner }
     }
 }
 
-/// The service of [`RateLimit`].
+/// The service of [`RateLimitLayer`].
 #[derive(Clone)]
-pub struct RateLimited<S> {
-    limit: RateLimit,
+pub struct RateLimit<S> {
+    limit: RateLimitLayer,
     inner: S,
 }
 
-impl<S> tower::Service<Request<Body>> for RateLimited<S>
+impl<S> tower::Service<Request<Body>> for RateLimit<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -430,7 +430,7 @@ where
     }
 }
 
-impl RateLimit {
+impl RateLimitLayer {
     /// The class and identity of a call to one of the gateway's methods.
     fn subject<B>(&self, req: &Request<B>) -> Option<(Class, Identity)> {
         let rpc = req.extensions().get::<gateway::RpcMethod>()?;
@@ -457,7 +457,7 @@ mod tests {
             assert!(Rate::parse(bad).is_err(), "{bad}");
         }
         let gateway = gateway::Gateway::builder().build().unwrap();
-        let limit = RateLimit::new(gateway, Rate::parse("2/s").unwrap(), Rate::parse("1/min").unwrap(), None);
+        let limit = RateLimitLayer::new(gateway, Rate::parse("2/s").unwrap(), Rate::parse("1/min").unwrap(), None);
         let (who, now) = (Identity::User(1), Instant::now());
         assert_eq!(limit.take(Class::Default, who, now), Ok(1));
         assert_eq!(limit.take(Class::Default, who, now), Ok(0));
@@ -472,7 +472,8 @@ mod tests {
     #[test]
     fn a_full_table_is_swept_at_most_once_a_second_and_overflows_into_one_bucket() {
         let gateway = gateway::Gateway::builder().build().unwrap();
-        let mut limit = RateLimit::new(gateway, Rate::parse("2/min").unwrap(), Rate::parse("1/min").unwrap(), None);
+        let mut limit =
+            RateLimitLayer::new(gateway, Rate::parse("2/min").unwrap(), Rate::parse("1/min").unwrap(), None);
         limit.max_buckets = 2;
         let now = Instant::now();
         assert!(limit.take(Class::Default, Identity::User(1), now).is_ok());

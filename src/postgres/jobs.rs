@@ -40,7 +40,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::metrics::Metrics;
+use crate::observability::metrics::Metrics;
 
 /// The channel the enqueue trigger notifies.
 pub const CHANNEL: &str = "conduit_jobs";
@@ -520,7 +520,7 @@ impl Workers {
 /// Wakes the workers on every `NOTIFY conduit_jobs`, and on (re)connecting:
 /// anything enqueued while not listening is found by that look.
 async fn listen(db: PgPool, wake: Arc<Notify>) {
-    crate::listen::listen(db, CHANNEL, move |_| wake.notify_one()).await;
+    crate::postgres::listen::listen(db, CHANNEL, move |_| wake.notify_one()).await;
 }
 
 /// The queue's figures for the metrics: counts by state and the age of

@@ -77,7 +77,7 @@ pub struct QueueLabels {
 }
 
 /// Database timings, fed by the statement log of sqlx (see
-/// [`crate::observe::DatabaseObserver`]); process-wide because the log is.
+/// [`crate::observability::observe::DatabaseObserver`]); process-wide because the log is.
 #[derive(Debug)]
 pub struct DatabaseTimings {
     /// Time each statement took.

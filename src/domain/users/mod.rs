@@ -68,7 +68,7 @@ impl Users {
     // GET /user
     async fn current(&self, request: Request<GetCurrentUserRequest>) -> ConduitResult<UserResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let row = store::by_id(&self.ctx.db, caller.user_id).await?.ok_or_else(crate::conduit::auth::user_gone)?;
+        let row = store::by_id(&self.ctx.db, caller.user_id).await?.ok_or_else(crate::domain::auth::user_gone)?;
         Ok(Self::reply(row, caller.token))
     }
 
@@ -117,7 +117,7 @@ impl Users {
             image: clear_or(user.image, "image"),
         };
         let row =
-            store::update(&self.ctx.db, caller.user_id, changes).await?.ok_or_else(crate::conduit::auth::user_gone)?;
+            store::update(&self.ctx.db, caller.user_id, changes).await?.ok_or_else(crate::domain::auth::user_gone)?;
         let token = self.ctx.tokens.issue(row.id)?;
         Ok(Self::reply(row, token))
     }

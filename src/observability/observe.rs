@@ -18,7 +18,7 @@ use opentelemetry::{Context as OtelContext, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
-use crate::metrics::{DATABASE, InFlight, Metrics};
+use crate::observability::metrics::{DATABASE, InFlight, Metrics};
 
 /// The tracer of the OTLP export, set once at start-up when it is configured.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();

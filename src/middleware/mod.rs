@@ -1,0 +1,25 @@
+//! The cross-cutting layers every protocol passes through, keyed by the RPC
+//! that [`gateway::ClassifyLayer`] names; [`crate::stack`] puts them in
+//! order. None of them knows the protocol it serves: each refuses in the
+//! request's own protocol through [`gateway::Gateway::reject`].
+//!
+//! - [`authenticate`]: tokens checked once, callers handed to the services;
+//! - [`availability`]: fail fast while the database is down;
+//! - [`shed`]: a bound on the calls served at once;
+//! - [`ratelimit`]: token buckets per caller and route class, shared
+//!   through Redis;
+//! - [`cache`]: hot anonymous reads served from memory;
+//! - [`conditional`]: entity tags, 304s and cache directives;
+//! - [`compress`]: response compression with tags that stay strong;
+//! - [`cors`]: browser clients of every protocol;
+//! - [`request_log`]: one line per request, and its request id.
+
+pub mod authenticate;
+pub mod availability;
+pub mod cache;
+pub mod compress;
+pub mod conditional;
+pub mod cors;
+pub mod ratelimit;
+pub mod request_log;
+pub mod shed;

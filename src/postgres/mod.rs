@@ -1,0 +1,56 @@
+//! PostgreSQL plumbing, below the domain: the pools, the embedded
+//! migrations, the private server started when no `DATABASE_URL` is given,
+//! the `LISTEN` loop every cross-replica signal uses, and the durable job
+//! queue.
+
+pub mod jobs;
+pub mod listen;
+pub mod private;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Opens a pool to the database.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        // Each acquisition's wait goes to the log at TRACE, which the
+        // metrics read (conduit_db_pool_acquire_duration_seconds).
+        .acquire_time_level(log::LevelFilter::Trace)
+        .connect(url)
+        .await
+}
+
+/// Opens the job workers' pool. Their bookkeeping (claims, retries,
+/// rescues) commits asynchronously, without waiting for the WAL flush: a
+/// crash may lose the last of it, which only means a job runs again
+/// (attempts commit synchronously; see [`crate::postgres::jobs`]). A session idle in
+/// a transaction for longer than an attempt may take is ended, so that a
+/// worker whose host vanished does not hold its job's row for hours. Each
+/// running job holds a connection; two more serve claims and the queue's
+/// figures.
+pub async fn connect_workers(
+    url: &str,
+    workers: &crate::postgres::jobs::WorkerSettings,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, sqlx::Error> {
+    let max_connections = u32::try_from(workers.concurrency).unwrap_or(u32::MAX).saturating_add(2);
+    let idle = (workers.lease + std::time::Duration::from_secs(10)).as_millis().to_string();
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("synchronous_commit", "off"), ("idle_in_transaction_session_timeout", idle.as_str())]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .acquire_time_level(log::LevelFilter::Trace)
+        .connect_with(options)
+        .await
+}
