@@ -25,8 +25,18 @@ use crate::middleware::{
     shed::ShedLayer,
 };
 use crate::observability::{health::Health, metrics::Metrics, observe::ObserveLayer};
-use crate::startup::StartupError;
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
+
+/// Why the stack could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// An HTTP rule is malformed.
+    #[error("invalid HTTP rule: {0}")]
+    Route(#[from] gateway::TemplateError),
+    /// The descriptors for reflection do not decode.
+    #[error("cannot serve reflection: {0}")]
+    Reflection(tonic_reflection::server::Error),
+}
 
 /// What the stack is made of, beside the service itself, that the
 /// application runs or reports on.
@@ -55,7 +65,7 @@ pub(crate) fn build(
     shared: Option<SharedBuckets>,
     metrics: Metrics,
     hub: Hub,
-) -> Result<Stack, StartupError> {
+) -> Result<Stack, StackError> {
     let tokens = ctx.tokens.clone();
     let db = ctx.db.clone();
     let (grpc, methods) = domain::services(ctx, settings.body_limit, hub, settings.exports);
@@ -85,8 +95,8 @@ pub(crate) fn build(
     };
     let grpc = grpc
         .add_service(health_service)
-        .add_service(reflection().build_v1().map_err(StartupError::Reflection)?)
-        .add_service(reflection().build_v1alpha().map_err(StartupError::Reflection)?);
+        .add_service(reflection().build_v1().map_err(StackError::Reflection)?)
+        .add_service(reflection().build_v1alpha().map_err(StackError::Reflection)?);
 
     let cache =
         CacheLayer::new(gateway.clone(), settings.cache_ttl, settings.cache_max_bytes, metrics.clone(), Some(db));
@@ -100,7 +110,11 @@ pub(crate) fn build(
     }
     let service = tower::ServiceBuilder::new()
         // Browsers' preflights are answered before anything else is spent on them.
-        .layer(middleware::cors::layer(settings))
+        .layer(middleware::cors::layer(
+            settings.cors_allowed_origins.as_deref(),
+            &settings.cors_allowed_headers,
+            settings.cors_max_age,
+        ))
         // Names the protocol and RPC once, so every layer below is keyed by the RPC.
         .layer(ClassifyLayer::new(gateway.clone()))
         // Counts, times and traces every call, refused ones included, to its last byte.

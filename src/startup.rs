@@ -26,9 +26,10 @@ pub enum StartupError {
     /// The listen address is unusable.
     #[error("cannot listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
-    /// An HTTP rule is malformed.
-    #[error("invalid HTTP rule: {0}")]
-    Route(#[from] gateway::TemplateError),
+    /// The service stack cannot be assembled (a malformed HTTP rule, or
+    /// descriptors that do not decode).
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
     /// `REDIS_URL` is set and Redis does not answer.
     #[error("cannot connect to Redis (REDIS_URL): {0}")]
     Redis(redis::RedisError),
@@ -38,9 +39,6 @@ pub enum StartupError {
     /// A setting is missing or wrong.
     #[error("{0}")]
     Settings(String),
-    /// The descriptors for reflection do not decode.
-    #[error("cannot serve reflection: {0}")]
-    Reflection(tonic_reflection::server::Error),
 }
 
 /// A built application, listening but not yet serving.

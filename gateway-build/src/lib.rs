@@ -28,11 +28,11 @@
 //!
 //! [`gateway::MethodSpec`]: https://docs.rs/gateway
 
-#[path = "../../gateway/src/template.rs"]
+#[path = "../../gateway/src/rule/template.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod template;
 
-#[path = "../../gateway/src/router.rs"]
+#[path = "../../gateway/src/rule/router.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod router;
 

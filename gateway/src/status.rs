@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn default_body_is_rpc_status_json() {
-        let status = crate::binding::invalid_field("a.b", "bad".into());
+        let status = crate::rule::binding::invalid_field("a.b", "bad".into());
         let body: serde_json::Value = serde_json::from_slice(&RpcStatusRenderer.body(&status)).unwrap();
         assert_eq!(body["code"], 3);
         assert_eq!(body["details"][0]["fieldViolations"][0]["field"], "a.b");

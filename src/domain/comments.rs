@@ -4,8 +4,8 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
 use super::articles::store::owner;
+use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::Check;
 use crate::pb::conduit::v1::{
@@ -53,7 +53,7 @@ async fn read(db: &PgPool, viewer: Option<i64>, article: i64, only: Option<i32>)
            WHERE c.article_id = $1 AND (c.id = $3 OR $3 IS NULL)
            ORDER BY c.id"#,
         article,
-        super::viewer_id(viewer),
+        super::context::viewer_id(viewer),
         only
     )
     .fetch_all(db)

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
+use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult, FieldError};
 use crate::pb::conduit::v1::{
     ListNotificationsRequest, ListNotificationsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,

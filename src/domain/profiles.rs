@@ -3,7 +3,7 @@
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
+use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult, FieldError};
 use crate::pb::conduit::v1::{
     FollowUserRequest, GetProfileRequest, Profile, ProfileResponse, UnfollowUserRequest, profiles_server,
@@ -42,7 +42,7 @@ async fn profile(db: &PgPool, username: &str, viewer: Option<i64>) -> ConduitRes
                   EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id) AS "following!"
            FROM users u WHERE u.username = $1"#,
         username,
-        super::viewer_id(viewer)
+        super::context::viewer_id(viewer)
     )
     .fetch_optional(db)
     .await?

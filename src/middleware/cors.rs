@@ -2,9 +2,9 @@
 //! request and response headers that JSON, gRPC-Web and Connect clients
 //! need (no type of our own is needed).
 
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use std::time::Duration;
 
-use crate::config::ServeSettings;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Request headers every protocol may need from a browser.
 const CORS_HEADERS: &[&str] = &[
@@ -31,14 +31,20 @@ const CORS_EXPOSED: &[&str] = &["grpc-status", "grpc-message", "grpc-status-deta
 
 /// CORS for browser clients of every protocol (JSON, gRPC-Web, Connect):
 /// frontends are served from another origin; tokens travel in the
-/// Authorization header, never in cookies.
-pub fn layer(settings: &ServeSettings) -> CorsLayer {
-    let origins = match &settings.cors_allowed_origins {
+/// Authorization header, never in cookies. `origins` are those allowed
+/// (`None`: any), `extra_headers` request headers allowed beyond those the
+/// protocols need, and `max_age` how long a preflight's answer is kept.
+pub fn layer(
+    origins: Option<&[http::HeaderValue]>,
+    extra_headers: &[http::HeaderName],
+    max_age: Duration,
+) -> CorsLayer {
+    let origins = match origins {
         None => AllowOrigin::any(),
         Some(list) => AllowOrigin::list(list.iter().cloned()),
     };
     let mut headers: Vec<http::HeaderName> = CORS_HEADERS.iter().map(|h| http::HeaderName::from_static(h)).collect();
-    headers.extend(settings.cors_allowed_headers.iter().cloned());
+    headers.extend(extra_headers.iter().cloned());
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([
@@ -51,5 +57,5 @@ pub fn layer(settings: &ServeSettings) -> CorsLayer {
         ])
         .allow_headers(headers)
         .expose_headers(CORS_EXPOSED.iter().map(|h| http::HeaderName::from_static(h)).collect::<Vec<_>>())
-        .max_age(settings.cors_max_age)
+        .max_age(max_age)
 }

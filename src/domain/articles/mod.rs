@@ -6,7 +6,7 @@ pub(crate) mod store;
 
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
+use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::{self, Check};
 use crate::pb::conduit::v1::{
@@ -21,7 +21,7 @@ use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
 #[derive(Debug, Clone)]
 pub struct Articles {
     ctx: Ctx,
-    exports_config: super::Exports,
+    exports_config: super::context::Exports,
     /// Each export holds a database connection for as long as its client
     /// reads: their number is bounded so that slow readers cannot take the pool.
     exports: std::sync::Arc<tokio::sync::Semaphore>,
@@ -85,9 +85,9 @@ fn filters<'a>(tag: &'a Option<String>, author: &'a Option<String>, favorited: &
 
 impl Articles {
     /// The service on a shared context, exporting as `exports` says.
-    pub fn new(ctx: Ctx, exports: super::Exports) -> Self {
+    pub fn new(ctx: Ctx, exports: super::context::Exports) -> Self {
         let running = std::sync::Arc::new(tokio::sync::Semaphore::new(exports.max_concurrent.max(1)));
-        let exports_config = super::Exports { batch: exports.batch.max(1), ..exports };
+        let exports_config = super::context::Exports { batch: exports.batch.max(1), ..exports };
         Self { ctx, exports_config, exports: running }
     }
 

@@ -61,7 +61,7 @@ pub(crate) async fn read(
     key: Key<'_>,
     with_body: bool,
 ) -> ConduitResult<Vec<ArticleRow>> {
-    let viewer = crate::domain::viewer_id(viewer);
+    let viewer = crate::domain::context::viewer_id(viewer);
     let (ids, slug) = match key {
         Key::Ids(ids) => (ids, None),
         Key::Slug(slug) => (&[][..], Some(slug)),
@@ -285,7 +285,7 @@ pub(crate) async fn export(
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         declare = declare.bind(value);
     }
-    declare.bind(crate::domain::viewer_id(viewer)).execute(&mut *tx).await?;
+    declare.bind(crate::domain::context::viewer_id(viewer)).execute(&mut *tx).await?;
     let fetch = format!("FETCH {batch} FROM export");
     let mut read_on = true;
     'batches: loop {
@@ -345,7 +345,7 @@ pub(crate) async fn list(
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         query = query.bind(value);
     }
-    let rows = query.bind(limit).bind(offset).bind(crate::domain::viewer_id(viewer)).fetch_all(db).await?;
+    let rows = query.bind(limit).bind(offset).bind(crate::domain::context::viewer_id(viewer)).fetch_all(db).await?;
     let total = match rows.first() {
         Some(row) => row.try_get::<i64, _>("total")?,
         None => 0,

@@ -4,7 +4,7 @@ mod store;
 
 use tonic::{Request, Response, Status};
 
-use super::Ctx;
+use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::Check;
 use crate::pb::conduit::v1::{

@@ -15,11 +15,12 @@ use http::{HeaderMap, HeaderValue, Request, Response, header};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::Gateway;
-use crate::connect::{envelope, media_type, unwrap_envelope};
-use crate::deadline::{grpc_timeout, next_before, with_deadline};
-use crate::method::{Answer, Call, Encoding, Output, Payload};
-use crate::spec::MethodKind;
+use crate::gateway::Gateway;
+use crate::message::method::{Answer, Call, Encoding, Output, Payload};
+use crate::protocol::deadline::{deadline_exceeded, grpc_timeout, next_before, with_deadline};
+use crate::protocol::envelope::{envelope, unwrap_envelope};
+use crate::protocol::media_type;
+use crate::rule::spec::MethodKind;
 
 /// The content type of requests and answers.
 pub(crate) const CONTENT_TYPE: &str = "application/grpc-web+json";
@@ -32,7 +33,7 @@ pub(crate) fn is_json<B>(req: &Request<B>) -> bool {
 /// Serves one `application/grpc-web+json` request.
 pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
     let path = req.uri().path();
-    let method = match gateway.inner.methods.get(path) {
+    let method = match gateway.handler(path) {
         Some(m) if matches!(m.spec.kind, MethodKind::Unary | MethodKind::ServerStreaming) => m.clone(),
         Some(m) => {
             return trailers_only(&Status::unimplemented(format!(
@@ -65,7 +66,7 @@ pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Bod
     };
     let frames = futures_util::stream::unfold(Some(messages), move |state| async move {
         let mut messages = state?;
-        let timed_out = || Err(crate::connect::deadline_exceeded());
+        let timed_out = || Err(deadline_exceeded());
         match next_before(deadline, &mut messages, timed_out).await {
             Some(Ok(message)) => Some((Ok::<_, Status>(envelope(0, &message)), Some(messages))),
             Some(Err(status)) => Some((Ok(trailer_frame(&status)), None)),

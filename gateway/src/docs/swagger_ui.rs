@@ -6,8 +6,8 @@
 use axum::body::Body;
 use http::{HeaderValue, Response, StatusCode, header};
 
-const BUNDLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui-bundle.js");
-const STYLE: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
+const BUNDLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js");
+const STYLE: &[u8] = include_bytes!("../../assets/swagger-ui/swagger-ui.css");
 
 const PAGE: &str = r##"<!doctype html>
 <html lang="en">

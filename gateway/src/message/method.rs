@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::binding;
-use crate::spec::{MethodKind, MethodSpec, RouteSpec, lower_camel};
-use crate::validate::Validate;
+use crate::message::validate::Validate;
+use crate::rule::binding;
+use crate::rule::spec::{MethodKind, MethodSpec, RouteSpec, lower_camel};
 
 /// How the request message arrives.
 #[derive(Debug)]
@@ -188,11 +188,11 @@ fn encode<O: prost::Message + Serialize>(message: &O, encoding: Encoding) -> Res
     let failed = |e: serde_json::Error| Status::internal(format!("cannot encode the response as JSON: {e}"));
     match encoding {
         Encoding::Proto => Ok(message.encode_to_vec().into()),
-        Encoding::Json { response_body: "" } => crate::json::to_vec(message).map(Bytes::from).map_err(failed),
+        Encoding::Json { response_body: "" } => crate::message::json::to_vec(message).map(Bytes::from).map_err(failed),
         Encoding::Json { response_body } => {
             // Through the proto3 writer first, so non-finite floats survive.
             let mut value: serde_json::Value =
-                serde_json::from_slice(&crate::json::to_vec(message).map_err(failed)?).map_err(failed)?;
+                serde_json::from_slice(&crate::message::json::to_vec(message).map_err(failed)?).map_err(failed)?;
             for part in response_body.split('.') {
                 value = match value {
                     serde_json::Value::Object(mut map) => {

@@ -17,11 +17,11 @@ use http_body_util::{BodyExt, BodyStream};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::Gateway;
-use crate::connect::{
-    self, deadline_exceeded, end_of_stream, error, media_type, timeout, unsupported_media, unwrap_envelope,
-};
-use crate::deadline::{grpc_timeout_header, next_before};
+use crate::gateway::Gateway;
+use crate::protocol::connect::{self, end_of_stream, error, timeout, unsupported_media};
+use crate::protocol::deadline::{deadline_exceeded, grpc_timeout_header, next_before};
+use crate::protocol::envelope::{envelope, unwrap_envelope};
+use crate::protocol::media_type;
 
 /// What the Connect client sent: a unary message or an enveloped stream.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ pub(crate) async fn to_grpc(gateway: &Gateway, req: Request<Body>) -> Result<Rel
     let body = match shape {
         Shape::Unary => {
             let message = gateway.read_body(&parts.headers, body).await.map_err(|(_, status)| error(&status))?;
-            Body::from(connect::envelope(0, &message))
+            Body::from(envelope(0, &message))
         }
         Shape::Stream => body,
     };

@@ -16,6 +16,11 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tonic::Status;
 
+/// The status of a call that outlived its timeout.
+pub(crate) fn deadline_exceeded() -> Status {
+    Status::deadline_exceeded("the call did not finish within its timeout")
+}
+
 /// The deadline a client set with `grpc-timeout` (at most 8 digits and a
 /// unit: `H`, `M`, `S`, `m`, `u`, `n`). A malformed value is ignored, as
 /// tonic's own server does.
@@ -167,13 +172,13 @@ mod tests {
 /// answer to start; a started stream is the service's to end.
 #[derive(Clone, Debug)]
 pub struct TimeoutLayer {
-    gateway: crate::Gateway,
+    gateway: crate::gateway::Gateway,
     limit: Duration,
 }
 
 impl TimeoutLayer {
     /// Answers calls still pending after `limit`.
-    pub fn new(gateway: crate::Gateway, limit: Duration) -> Self {
+    pub fn new(gateway: crate::gateway::Gateway, limit: Duration) -> Self {
         Self { gateway, limit }
     }
 }

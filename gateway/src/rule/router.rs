@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::template::{PathTemplate, SegmentPattern, TemplateError};
+use super::template::{PathTemplate, SegmentPattern, TemplateError};
 
 #[derive(Default, Debug)]
 struct Node {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::spec::{FieldKind, FieldSpec, MessageSpec, RouteSpec};
+use crate::rule::spec::{FieldKind, FieldSpec, MessageSpec, RouteSpec};
 
 /// A `BadRequest` status for one field (`""`: the request as a whole).
 /// `description` says what is wrong without naming the field; the status
@@ -75,8 +75,10 @@ pub(crate) fn decode_http<I: DeserializeOwned>(
         bind_query(&mut root, spec, params, query)?;
     }
     if spec.update_mask && !root.contains_key("updateMask") && !root.contains_key("update_mask") {
-        let camel: Vec<String> =
-            mask.iter().map(|p| p.split('.').map(crate::spec::lower_camel).collect::<Vec<_>>().join(".")).collect();
+        let camel: Vec<String> = mask
+            .iter()
+            .map(|p| p.split('.').map(crate::rule::spec::lower_camel).collect::<Vec<_>>().join("."))
+            .collect();
         root.insert("updateMask".to_owned(), Value::String(camel.join(",")));
     }
     from_json(Value::Object(root))

@@ -27,7 +27,7 @@ impl serde::Serialize for FieldMask {
         let camel: Vec<String> = self
             .paths
             .iter()
-            .map(|p| p.split('.').map(crate::spec::lower_camel).collect::<Vec<_>>().join("."))
+            .map(|p| p.split('.').map(crate::rule::spec::lower_camel).collect::<Vec<_>>().join("."))
             .collect();
         serializer.serialize_str(&camel.join(","))
     }

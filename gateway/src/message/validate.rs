@@ -247,7 +247,7 @@ macro_rules! no_rules {
     };
 }
 
-use crate::wkt;
+use crate::message::wkt;
 no_rules!(
     wkt::Timestamp,
     wkt::Duration,

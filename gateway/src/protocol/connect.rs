@@ -17,17 +17,19 @@ use std::time::Duration;
 
 use axum::body::Body;
 use base64::Engine as _;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::Gateway;
-use crate::deadline::{next_before, with_deadline};
-use crate::method::{Answer, Call, Encoding, Method, Output, Payload};
-use crate::spec::MethodKind;
+use crate::gateway::Gateway;
+use crate::message::method::{Answer, Call, Encoding, Method, Output, Payload};
+use crate::protocol::deadline::{deadline_exceeded, next_before, with_deadline};
+use crate::protocol::envelope::{envelope, unwrap_envelope};
+use crate::protocol::media_type;
+use crate::rule::spec::MethodKind;
 use crate::status::{connect_code, http_status};
 
 /// Largest `connect-timeout-ms` the spec allows (10 digits).
@@ -59,7 +61,7 @@ impl Codec {
 
 /// Serves one Connect request to a known method.
 pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
-    let Some(method) = gateway.inner.methods.get(req.uri().path()).cloned() else {
+    let Some(method) = gateway.handler(req.uri().path()).cloned() else {
         return error(&Status::unimplemented(format!("no method {}", req.uri().path())));
     };
     if let Err(status) = check_version(req.headers()) {
@@ -99,11 +101,6 @@ pub(crate) fn check_identity(headers: &HeaderMap, name: &str) -> Result<(), Stat
     }
 }
 
-/// The status of a call that outlived its timeout.
-pub(crate) fn deadline_exceeded() -> Status {
-    Status::deadline_exceeded("the call did not finish within its timeout")
-}
-
 /// The `connect-timeout-ms` deadline, if any.
 pub(crate) fn timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
     let Some(value) = headers.get("connect-timeout-ms") else { return Ok(None) };
@@ -124,11 +121,6 @@ pub(crate) fn unsupported_media(accepted: &'static str) -> Response<Body> {
     *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
     response.headers_mut().insert("accept-post", HeaderValue::from_static(accepted));
     response
-}
-
-pub(crate) fn media_type(headers: &HeaderMap) -> &str {
-    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    value.split(';').next().unwrap_or_default().trim()
 }
 
 async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: Option<Duration>) -> Response<Body> {
@@ -243,30 +235,6 @@ async fn streaming(
     };
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
-}
-
-/// The single enveloped request message of a server-streaming call.
-pub(crate) fn unwrap_envelope(bytes: Bytes) -> Result<Bytes, Status> {
-    if bytes.len() < 5 {
-        return Err(Status::invalid_argument("the request is not an enveloped message"));
-    }
-    let flags = bytes[0];
-    if flags & 0x01 != 0 {
-        return Err(Status::unimplemented("compressed messages are not supported"));
-    }
-    let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-    if bytes.len() != 5 + length {
-        return Err(Status::invalid_argument("the request envelope's length does not match its body"));
-    }
-    Ok(bytes.slice(5..))
-}
-
-pub(crate) fn envelope(flags: u8, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(5 + payload.len());
-    out.put_u8(flags);
-    out.put_u32(payload.len() as u32);
-    out.put_slice(payload);
-    out.freeze()
 }
 
 /// The end-of-stream envelope: the error (if any) and trailers.

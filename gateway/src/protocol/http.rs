@@ -6,84 +6,48 @@ use axum::body::Body;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use tonic::{Code, Status};
 
-use crate::method::{Call, Encoding, Output, Payload};
-use crate::{Gateway, Match, Matched};
+use crate::gateway::{Gateway, Matched};
+use crate::message::method::{Call, Encoding, Output, Payload};
+use crate::rule::router::Match;
 
-impl Gateway {
-    /// Writes an error as the installed renderer wants it.
-    pub fn error_response(&self, http_status: Option<StatusCode>, status: &Status) -> Response<Body> {
-        let renderer = &self.inner.renderer;
-        let mut response = Response::new(Body::from(renderer.body(status)));
-        *response.status_mut() = http_status.unwrap_or_else(|| renderer.http_status(status.code()));
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        crate::status::retry_after(status, headers);
-        renderer.headers(status, headers);
-        response
-    }
-
-    /// Reads the body up to the limit; a larger one is refused (resource
-    /// exhausted, 413) before (from `Content-Length`) or while reading,
-    /// never read to the end.
-    pub(crate) async fn read_body(&self, headers: &http::HeaderMap, body: Body) -> Result<Bytes, (StatusCode, Status)> {
-        let limit = self.inner.body_limit;
-        let too_large = || {
-            let status = Status::new(Code::ResourceExhausted, format!("the request body is larger than {limit} bytes"));
-            (StatusCode::PAYLOAD_TOO_LARGE, status)
-        };
-        let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-            Err(e) => Err((
-                StatusCode::BAD_REQUEST,
-                Status::new(Code::InvalidArgument, format!("cannot read the request body: {e}")),
-            )),
-        }
-    }
-
-    fn unmatched(&self, req: &Request<Body>, outcome: Match) -> Response<Body> {
-        match outcome {
-            Match::MethodNotAllowed(methods) => {
-                let status = Status::new(
-                    Code::Unimplemented,
-                    format!("method {} is not allowed on {}", req.method(), req.uri().path()),
-                );
-                let mut response = self.error_response(Some(StatusCode::METHOD_NOT_ALLOWED), &status);
-                let allow: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
-                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
-                    response.headers_mut().insert(header::ALLOW, value);
-                }
-                response
+/// The answer to a request that matched no rule: 405 with `Allow` when the
+/// path matches under other methods, else 404.
+fn unmatched(gateway: &Gateway, req: &Request<Body>, outcome: Match) -> Response<Body> {
+    match outcome {
+        Match::MethodNotAllowed(methods) => {
+            let status = Status::new(
+                Code::Unimplemented,
+                format!("method {} is not allowed on {}", req.method(), req.uri().path()),
+            );
+            let mut response = gateway.error_response(Some(StatusCode::METHOD_NOT_ALLOWED), &status);
+            let allow: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+            if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                response.headers_mut().insert(header::ALLOW, value);
             }
-            _ => {
-                let status = Status::new(Code::NotFound, format!("no route for {} {}", req.method(), req.uri().path()));
-                self.error_response(Some(StatusCode::NOT_FOUND), &status)
-            }
+            response
+        }
+        _ => {
+            let status = Status::new(Code::NotFound, format!("no route for {} {}", req.method(), req.uri().path()));
+            gateway.error_response(Some(StatusCode::NOT_FOUND), &status)
         }
     }
 }
 
 /// Serves one JSON/HTTP request.
-pub(crate) async fn json(gateway: &Gateway, mut req: Request<Body>) -> Response<Body> {
+pub(crate) async fn serve(gateway: &Gateway, mut req: Request<Body>) -> Response<Body> {
     let matched = match req.extensions_mut().remove::<Matched>() {
         Some(m) => m,
-        None => match gateway.inner.router.find(req.method(), req.uri().path()) {
+        None => match gateway.find(req.method(), req.uri().path()) {
             Match::Found { route, params } => Matched { route, params },
-            other => return gateway.unmatched(&req, other),
+            other => return unmatched(gateway, &req, other),
         },
     };
-    let route = gateway.inner.routes[matched.route];
-    let Some(method) = gateway.inner.methods.get(route.rpc) else {
-        return gateway.unmatched(&req, Match::NotFound);
+    let (route, template) = gateway.route(matched.route);
+    let Some(method) = gateway.handler(route.rpc) else {
+        return unmatched(gateway, &req, Match::NotFound);
     };
-    let template = gateway.inner.router.template(matched.route);
     let params = template.variables.iter().map(|v| v.field_path.clone()).zip(matched.params).collect();
     let sse = accepts_event_stream(req.headers());
 
@@ -154,7 +118,7 @@ fn ndjson_line(gateway: &Gateway, message: Result<Bytes, Status>) -> Bytes {
 }
 
 fn error_object(gateway: &Gateway, status: &Status) -> Bytes {
-    let body = gateway.inner.renderer.body(status);
+    let body = gateway.renderer().body(status);
     let mut out = BytesMut::with_capacity(body.len() + 10);
     out.put_slice(b"{\"error\":");
     out.put_slice(if body.is_empty() { b"null" } else { &body });

@@ -1,0 +1,39 @@
+//! A call refused before it reaches a service (authentication, limits,
+//! timeouts), answered in the request's own protocol.
+
+use axum::body::Body;
+use http::{Request, Response, header};
+use tonic::Status;
+
+use crate::gateway::{Gateway, Protocol};
+
+impl Gateway {
+    /// A failed answer to `req` in the request's own protocol (classified by
+    /// [`crate::ClassifyLayer`]): trailers-only gRPC or gRPC-Web, the Connect error
+    /// JSON, or the JSON error of the installed renderer; with `Retry-After`
+    /// when the status carries a `google.rpc.RetryInfo`. For layers that
+    /// refuse a call before it reaches a service (authentication, limits).
+    pub fn reject<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
+        let mut response = self.rejection(req, status);
+        crate::status::retry_after(status, response.headers_mut());
+        response
+    }
+
+    fn rejection<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
+        match req.extensions().get::<Protocol>() {
+            Some(Protocol::Grpc) => status.clone().into_http(),
+            Some(Protocol::GrpcWeb) => {
+                let mut response: Response<Body> = status.clone().into_http();
+                let content_type = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .cloned()
+                    .unwrap_or(::http::HeaderValue::from_static("application/grpc-web+proto"));
+                response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+                response
+            }
+            Some(Protocol::Connect) => crate::protocol::connect::error(status),
+            _ => self.error_response(None, status),
+        }
+    }
+}
