@@ -8,7 +8,6 @@ mod clients;
 mod comments;
 mod gateway;
 mod helpers;
-mod lab;
 mod openapi;
 mod ops;
 mod profiles;

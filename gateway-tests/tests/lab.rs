@@ -1,4 +1,4 @@
-//! The gateway against a test-only API (`tests/proto/gatewaytest/v1/lab.proto`)
+//! The gateway against a test-only API (`proto/gatewaytest/v1/lab.proto`)
 //! whose service answers with what it was sent: the `google.api.http`
 //! grammar, the proto3 JSON mapping, field presence and update masks,
 //! server streaming over NDJSON, SSE, Connect, gRPC and gRPC-Web, and a
@@ -20,12 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
-#[allow(missing_docs, unreachable_pub, dead_code, clippy::all, clippy::pedantic)]
-mod pb {
-    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.rs"));
-    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.serde.rs"));
-    include!(concat!(env!("OUT_DIR"), "/tests/gatewaytest.v1.gateway.rs"));
-}
+use gateway_tests::pb;
 
 /// What the service saw of streams.
 #[derive(Default)]
@@ -165,8 +160,8 @@ async fn lab() -> LabServer {
     let app = axum::Router::new().fallback_service(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let limits = conduit::server::ConnectionLimits::default();
-    tokio::spawn(conduit::server::serve(listener, app, limits, None, std::future::pending()));
+    // HTTP/1.1 and HTTP/2 with prior knowledge on one listener, as a service would.
+    tokio::spawn(async move { axum::serve(listener, app).await });
     LabServer { port, seen, recorded, http: Client::builder(TokioExecutor::new()).build_http() }
 }
 
