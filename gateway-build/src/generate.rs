@@ -10,8 +10,8 @@ use prost_reflect::{
 };
 
 use crate::BuildError;
-use crate::router::Router;
-use crate::template::PathTemplate;
+use crate::names::{field_at, snake_case};
+use gateway_rules::{PathTemplate, Router};
 
 /// One HTTP binding of a method, read from its `google.api.http` rule.
 struct Binding {
@@ -79,24 +79,6 @@ fn authenticated(method: &MethodDescriptor, ext: Option<&ExtensionDescriptor>) -
 
 /// `(gateway.v1.errors).codes`, checked against the gRPC code names.
 fn error_codes(method: &MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> Result<Vec<String>, BuildError> {
-    const CODES: [&str; 16] = [
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     let Some(ext) = ext.filter(|e| method.options().has_extension(e)) else { return Ok(Vec::new()) };
     let Value::Message(options) = method.options().get_extension(ext).into_owned() else { return Ok(Vec::new()) };
     let Some(Value::List(codes)) = options.get_field_by_name("codes").map(|v| v.into_owned()) else {
@@ -105,7 +87,7 @@ fn error_codes(method: &MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> 
     codes
         .iter()
         .map(|code| match code.as_str() {
-            Some(name) if CODES.contains(&name) => Ok(name.to_owned()),
+            Some(name) if gateway_rules::codes::is_error_code(name) => Ok(name.to_owned()),
             other => Err(format!("{}: (gateway.v1.errors) names no gRPC code: {other:?}", method.full_name()).into()),
         })
         .collect()
@@ -127,23 +109,6 @@ fn event_id(message: &MessageDescriptor, ext: Option<&ExtensionDescriptor>) -> S
         })
         .map(|f| f.json_name().to_owned())
         .unwrap_or_default()
-}
-
-/// Follows a dotted field path through messages; the last field.
-pub(crate) fn field_at(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
-    let mut current = message.clone();
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        let field = current.get_field_by_name(part)?;
-        if parts.peek().is_none() {
-            return Some(field);
-        }
-        match field.kind() {
-            Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
-            _ => return None,
-        }
-    }
-    None
 }
 
 fn method_kind(method: &MethodDescriptor) -> &'static str {
@@ -477,26 +442,6 @@ fn write_spec(code: &mut String, message: &MessageDescriptor) -> Result<(), Buil
     }
     writeln!(code, "    ],\n}};\n")?;
     Ok(())
-}
-
-/// `GetCurrentUser` → `get_current_user`, as prost and tonic name things.
-pub(crate) fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    let chars: Vec<char> = name.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        if c.is_ascii_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
-            let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
-            if i > 0 && chars[i - 1] != '_' && (prev_lower || (prev_upper && next_lower)) {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Rewrites pbjson's serializers so that an unset field with presence is

@@ -10,14 +10,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost_reflect::{
-    Cardinality, DescriptorPool, DynamicMessage, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor,
-    MethodDescriptor, Value,
+    Cardinality, DescriptorPool, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, MethodDescriptor,
 };
 use serde_json::{Map, Value as Json, json};
 
 use crate::BuildError;
-use crate::generate::field_at;
-use crate::template::PathTemplate;
+use crate::names::field_at;
+use crate::rules::{FieldRules, StringRules};
+use gateway_rules::PathTemplate;
 
 /// What the document says of the API as a whole.
 #[derive(Debug, Clone)]
@@ -69,94 +69,44 @@ struct Writer<'a> {
     names: HashMap<String, String>,
 }
 
-fn rules_of(pool: &DescriptorPool, field: &FieldDescriptor) -> Option<DynamicMessage> {
-    let ext = pool.get_extension_by_name("buf.validate.field")?;
-    let options = field.options();
-    if !options.has_extension(&ext) {
-        return None;
-    }
-    match options.get_extension(&ext).into_owned() {
-        Value::Message(m) => Some(m),
-        _ => None,
-    }
-}
-
-fn sub(message: &DynamicMessage, name: &str) -> Option<DynamicMessage> {
-    if !message.has_field_by_name(name) {
-        return None;
-    }
-    match message.get_field_by_name(name)?.into_owned() {
-        Value::Message(m) => Some(m),
-        _ => None,
-    }
-}
-
-fn number(message: &DynamicMessage, name: &str) -> Option<Json> {
-    if !message.has_field_by_name(name) {
-        return None;
-    }
-    Some(match message.get_field_by_name(name)?.into_owned() {
-        Value::U64(n) => json!(n),
-        Value::U32(n) => json!(n),
-        Value::I64(n) => json!(n),
-        Value::I32(n) => json!(n),
-        Value::Bool(b) => json!(b),
-        _ => return None,
-    })
-}
-
 /// Adds the JSON Schema keywords of a field's `buf.validate` rules.
-fn apply_rules(schema: &mut Map<String, Json>, rules: &DynamicMessage, repeated: bool) {
-    if let Some(string) = sub(rules, "string") {
-        let target = if repeated { None } else { Some(&mut *schema) };
-        if let Some(target) = target {
-            string_keywords(target, &string);
-        }
+fn apply_rules(schema: &mut Map<String, Json>, rules: &FieldRules, repeated: bool) {
+    if let Some(string) = rules.string.as_ref().filter(|_| !repeated) {
+        string_keywords(schema, string);
     }
-    if let Some(list) = sub(rules, "repeated") {
-        for (rule, keyword) in [("min_items", "minItems"), ("max_items", "maxItems"), ("unique", "uniqueItems")] {
-            if let Some(value) = number(&list, rule) {
-                schema.insert(keyword.into(), value);
+    if let Some(list) = &rules.repeated {
+        for (value, keyword) in [(list.min_items, "minItems"), (list.max_items, "maxItems")] {
+            if let Some(value) = value {
+                schema.insert(keyword.into(), json!(value));
             }
         }
-        if let (Some(items), Some(Json::Object(item_schema))) = (sub(&list, "items"), schema.get_mut("items"))
-            && let Some(string) = sub(&items, "string")
-        {
-            string_keywords(item_schema, &string);
+        if list.unique {
+            schema.insert("uniqueItems".into(), json!(true));
+        }
+        if let (Some(items), Some(Json::Object(item_schema))) = (&list.items, schema.get_mut("items")) {
+            string_keywords(item_schema, items);
         }
     }
-    for kind in ["int32", "int64"] {
-        if let Some(int) = sub(rules, kind) {
-            for (rule, keyword) in
-                [("gte", "minimum"), ("lte", "maximum"), ("gt", "exclusiveMinimum"), ("lt", "exclusiveMaximum")]
-            {
-                if let Some(value) = number(&int, rule) {
-                    schema.insert(keyword.into(), value);
-                }
+    if let Some(int) = &rules.int {
+        for (value, keyword) in
+            [(int.gte, "minimum"), (int.lte, "maximum"), (int.gt, "exclusiveMinimum"), (int.lt, "exclusiveMaximum")]
+        {
+            if let Some(value) = value {
+                schema.insert(keyword.into(), json!(value));
             }
         }
     }
 }
 
-fn string_keywords(schema: &mut Map<String, Json>, string: &DynamicMessage) {
-    for (rule, keyword) in [("min_len", "minLength"), ("max_len", "maxLength")] {
-        if let Some(value) = number(string, rule) {
-            schema.insert(keyword.into(), value);
+fn string_keywords(schema: &mut Map<String, Json>, string: &StringRules) {
+    for (value, keyword) in [(string.min_len, "minLength"), (string.max_len, "maxLength")] {
+        if let Some(value) = value {
+            schema.insert(keyword.into(), json!(value));
         }
     }
-    if number(string, "email") == Some(json!(true)) {
+    if string.email {
         schema.insert("format".into(), json!("email"));
     }
-}
-
-/// Whether a rule makes the field required on input: `required`, or a
-/// minimum length on a field without presence (an `optional` field's rules
-/// apply only when it is sent).
-fn required_by_rules(field: &FieldDescriptor, rules: Option<&DynamicMessage>) -> bool {
-    let Some(rules) = rules else { return false };
-    number(rules, "required") == Some(json!(true))
-        || (!field.field_descriptor_proto().proto3_optional()
-            && sub(rules, "string").and_then(|s| number(&s, "min_len")).is_some_and(|n| n.as_u64().unwrap_or(0) > 0))
 }
 
 impl Writer<'_> {
@@ -192,8 +142,11 @@ impl Writer<'_> {
         let mut required = Vec::new();
         let output = self.outputs.contains(message.full_name());
         for field in message.fields().filter(|f| !skip.contains(&f.name())) {
-            let rules = rules_of(self.pool, &field);
-            let mut schema = self.field_schema(&field, rules.as_ref());
+            // The API's own messages were checked for unsupported rules when
+            // their validation was generated; what could not be read has no
+            // keywords here.
+            let rules = FieldRules::of(self.pool, &field).unwrap_or_default();
+            let mut schema = self.field_schema(&field, Some(&rules));
             if let (Some(text), Json::Object(map)) =
                 (self.comments.get(&field.parent_file(), field.path()).map(str::to_owned), &mut schema)
             {
@@ -201,12 +154,12 @@ impl Writer<'_> {
             }
             let name = self.json_name(&field);
             let nullable = is_nullable(&field);
-            if required_by_rules(&field, rules.as_ref()) {
+            if rules.required_on_input(&field) {
                 // A required field is never null, whatever its presence.
                 schema = strip_null(schema);
             }
             let always = output && self.settings.emit_defaults && (!nullable || self.settings.null_for_unset);
-            if required_by_rules(&field, rules.as_ref()) || always {
+            if rules.required_on_input(&field) || always {
                 required.push(json!(name));
             }
             properties.insert(name, schema);
@@ -221,7 +174,7 @@ impl Writer<'_> {
         schema
     }
 
-    fn field_schema(&mut self, field: &FieldDescriptor, rules: Option<&DynamicMessage>) -> Json {
+    fn field_schema(&mut self, field: &FieldDescriptor, rules: Option<&FieldRules>) -> Json {
         let item = self.kind_schema(&field.kind());
         let repeated = field.cardinality() == Cardinality::Repeated;
         let mut schema = if field.is_map() {
@@ -367,13 +320,13 @@ pub(crate) fn document(
                 if matches!(field.kind(), Kind::Message(ref m) if !m.full_name().starts_with("google.protobuf.")) {
                     continue;
                 }
-                let rules = rules_of(pool, &field);
-                let schema = strip_null(writer.field_schema(&field, rules.as_ref()));
+                let rules = FieldRules::of(pool, &field)?;
+                let schema = strip_null(writer.field_schema(&field, Some(&rules)));
                 let mut parameter = json!({ "name": writer.json_name(&field), "in": "query", "schema": schema });
                 if let Some(text) = writer.comments.get(&field.parent_file(), field.path()) {
                     parameter["description"] = json!(text);
                 }
-                if required_by_rules(&field, rules.as_ref()) {
+                if rules.required_on_input(&field) {
                     parameter["required"] = json!(true);
                 }
                 parameters.push(parameter);

@@ -1,16 +1,17 @@
-//! Compiles `buf.validate` field rules into `impl gateway::validate::Validate`
-//! for every message of a package. A rule the runtime does not implement
-//! fails the build, naming the field and the rule, rather than being ignored.
+//! Compiles `buf.validate` field rules (read by [`crate::rules`]) into
+//! `impl gateway::validate::Validate` for every message of a package.
 
 use std::fmt::Write as _;
 
-use prost_reflect::{Cardinality, DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+use prost_reflect::{Cardinality, DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 
 use crate::BuildError;
+use crate::names::rust_field;
+use crate::rules::{FieldRules, IntRules, RepeatedRules, StringRules, refuse_message_rules};
 
-/// The rules read off one field, in the runtime's terms.
+/// The rules of one field as the runtime's rule values (Rust expressions).
 #[derive(Default)]
-struct Rules {
+struct Checks {
     required: bool,
     string: Option<String>,
     items: Option<String>,
@@ -18,141 +19,49 @@ struct Rules {
     int: Option<String>,
 }
 
-fn set_fields(message: &DynamicMessage) -> Vec<(String, Value)> {
-    message.fields().map(|(f, v)| (f.name().to_owned(), v.clone())).collect()
-}
-
-fn unsupported(field: &FieldDescriptor, rule: &str) -> BuildError {
+/// `::gateway::validate::StringRules { … }`.
+fn string_code(rules: &StringRules, required: bool) -> String {
+    let StringRules { min_len, max_len, email } = rules;
     format!(
-        "{}: buf.validate rule `{rule}` is not supported (supported: required; string min_len, max_len, email; \
-         repeated min_items, max_items, unique, items; int32/int64 gt, gte, lt, lte)",
-        field.full_name()
+        "::gateway::validate::StringRules {{ required: {required}, min_len: {min_len:?}, max_len: {max_len:?}, email: {email} }}"
     )
-    .into()
 }
 
-fn u64_of(value: &Value) -> u64 {
-    match value {
-        Value::U64(n) => *n,
-        Value::U32(n) => u64::from(*n),
-        _ => 0,
-    }
-}
-
-fn i64_of(value: &Value) -> i64 {
-    match value {
-        Value::I64(n) => *n,
-        Value::I32(n) => i64::from(*n),
-        _ => 0,
-    }
-}
-
-/// `::gateway::validate::StringRules { … }` from a `StringRules` message.
-fn string_rules(field: &FieldDescriptor, rules: &DynamicMessage, required: bool) -> Result<String, BuildError> {
-    let (mut min, mut max, mut email) = (None, None, false);
-    for (name, value) in set_fields(rules) {
-        match name.as_str() {
-            "min_len" => min = Some(u64_of(&value)),
-            "max_len" => max = Some(u64_of(&value)),
-            "email" => email = matches!(value, Value::Bool(true)),
-            other => return Err(unsupported(field, &format!("string.{other}"))),
+impl Checks {
+    fn of(field: &FieldDescriptor, rules: &FieldRules) -> Self {
+        let string = match &rules.string {
+            Some(string) => Some(string_code(string, rules.required)),
+            // A required string without rules of its own must not be empty.
+            None if rules.required && matches!(field.kind(), Kind::String) => {
+                Some(format!("::gateway::validate::StringRules {{ required: true, ..{DEFAULT} }}"))
+            }
+            None => None,
+        };
+        Self {
+            required: rules.required,
+            string,
+            int: rules.int.map(|IntRules { gt, gte, lt, lte }| {
+                format!("::gateway::validate::IntRules {{ gt: {gt:?}, gte: {gte:?}, lt: {lt:?}, lte: {lte:?} }}")
+            }),
+            repeated: rules.repeated.map(|RepeatedRules { min_items, max_items, unique, .. }| {
+                format!(
+                    "::gateway::validate::RepeatedRules {{ min_items: {min_items:?}, max_items: {max_items:?}, unique: {unique} }}"
+                )
+            }),
+            items: rules.repeated.and_then(|r| r.items).map(|items| string_code(&items, false)),
         }
     }
-    Ok(format!(
-        "::gateway::validate::StringRules {{ required: {required}, min_len: {min:?}, max_len: {max:?}, email: {email} }}"
-    ))
-}
-
-fn rules_of(field: &FieldDescriptor, field_rules: &DynamicMessage) -> Result<Rules, BuildError> {
-    let mut rules = Rules::default();
-    let fields = set_fields(field_rules);
-    rules.required = fields.iter().any(|(name, value)| name == "required" && matches!(value, Value::Bool(true)));
-    for (name, value) in fields {
-        match (name.as_str(), value) {
-            ("required", _) => {}
-            ("string", Value::Message(m)) => rules.string = Some(string_rules(field, &m, rules.required)?),
-            ("int32" | "int64", Value::Message(m)) => {
-                let mut bounds = [None; 4];
-                for (bound, value) in set_fields(&m) {
-                    let at = match bound.as_str() {
-                        "gt" => 0,
-                        "gte" => 1,
-                        "lt" => 2,
-                        "lte" => 3,
-                        other => return Err(unsupported(field, &format!("{name}.{other}"))),
-                    };
-                    bounds[at] = Some(i64_of(&value));
-                }
-                rules.int = Some(format!(
-                    "::gateway::validate::IntRules {{ gt: {:?}, gte: {:?}, lt: {:?}, lte: {:?} }}",
-                    bounds[0], bounds[1], bounds[2], bounds[3]
-                ));
-            }
-            ("repeated", Value::Message(m)) => {
-                let (mut min, mut max, mut unique) = (None, None, false);
-                for (rule, value) in set_fields(&m) {
-                    match (rule.as_str(), value) {
-                        ("min_items", v) => min = Some(u64_of(&v)),
-                        ("max_items", v) => max = Some(u64_of(&v)),
-                        ("unique", v) => unique = matches!(v, Value::Bool(true)),
-                        ("items", Value::Message(items)) => {
-                            for (kind, value) in set_fields(&items) {
-                                match (kind.as_str(), value) {
-                                    ("string", Value::Message(s)) => {
-                                        rules.items = Some(string_rules(field, &s, false)?);
-                                    }
-                                    (other, _) => return Err(unsupported(field, &format!("repeated.items.{other}"))),
-                                }
-                            }
-                        }
-                        (other, _) => return Err(unsupported(field, &format!("repeated.{other}"))),
-                    }
-                }
-                rules.repeated = Some(format!(
-                    "::gateway::validate::RepeatedRules {{ min_items: {min:?}, max_items: {max:?}, unique: {unique} }}"
-                ));
-            }
-            (other, _) => return Err(unsupported(field, other)),
-        }
-    }
-    if rules.required && rules.string.is_none() && matches!(field.kind(), Kind::String) {
-        rules.string = Some(format!("::gateway::validate::StringRules {{ required: true, ..{DEFAULT} }}"));
-    }
-    Ok(rules)
 }
 
 const DEFAULT: &str =
     "::gateway::validate::StringRules { required: false, min_len: None, max_len: None, email: false }";
 
-/// A Rust field name as prost writes it.
-fn rust_field(field: &FieldDescriptor) -> String {
-    let name = crate::generate::snake_case(field.name());
-    match name.as_str() {
-        "type" | "match" | "ref" | "mod" | "use" | "fn" | "impl" | "self" | "struct" | "enum" | "trait" | "loop"
-        | "move" | "where" | "async" | "await" | "dyn" | "box" | "in" | "for" | "if" | "else" | "return" => {
-            format!("r#{name}")
-        }
-        _ => name,
-    }
-}
-
 /// The `check` body of one message.
 fn check_body(pool: &DescriptorPool, message: &MessageDescriptor, package: &str) -> Result<String, BuildError> {
-    let ext = pool.get_extension_by_name("buf.validate.field");
-    if let Some(message_ext) = pool.get_extension_by_name("buf.validate.message")
-        && message.options().has_extension(&message_ext)
-    {
-        return Err(format!("{}: buf.validate message rules are not supported", message.full_name()).into());
-    }
+    refuse_message_rules(pool, message)?;
     let mut body = String::new();
     for field in message.fields() {
-        let rules = match &ext {
-            Some(ext) if field.options().has_extension(ext) => match field.options().get_extension(ext).as_ref() {
-                Value::Message(m) => rules_of(&field, m)?,
-                _ => Rules::default(),
-            },
-            _ => Rules::default(),
-        };
+        let rules = Checks::of(&field, &FieldRules::of(pool, &field)?);
         let name = field.name();
         let access = rust_field(&field);
         let optional = field.supports_presence() && !matches!(field.kind(), Kind::Message(_));

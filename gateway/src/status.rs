@@ -34,30 +34,9 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// The canonical names of the gRPC codes, by number (`google/rpc/code.proto`).
-const CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 /// The canonical name of a code (`NOT_FOUND`, …), as metrics and traces label it.
 pub fn code_name(code: Code) -> &'static str {
-    CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+    gateway_rules::codes::CODE_NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
 }
 
 /// The code an HTTP status stands for: the inverse of [`http_status`]

@@ -12,7 +12,7 @@ use crate::status::ErrorRenderer;
 
 /// gRPC code names as `x-grpc-errors` lists them.
 fn code_named(name: &str) -> Option<Code> {
-    (0..=16).map(Code::from_i32).find(|c| format!("{c:?}").eq_ignore_ascii_case(&name.replace('_', "")))
+    gateway_rules::codes::code_number(name).map(Code::from_i32)
 }
 
 /// The document with an error response for every code each operation can

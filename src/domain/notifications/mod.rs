@@ -32,18 +32,7 @@ use crate::postgres::listen::Heard;
 /// The channel the notification trigger notifies, with the recipient's id.
 pub const CHANNEL: &str = "conduit_notifications";
 
-/// Job kinds, one per kind of notification; payloads carry `actor` and,
-/// as the kind needs, `recipient`, `article` and `comment` ids.
-pub mod kinds {
-    /// `actor` followed `recipient`.
-    pub const FOLLOW: &str = "notify.follow";
-    /// `actor` favorited `article`.
-    pub const FAVORITE: &str = "notify.favorite";
-    /// `actor` wrote `comment` on `article`.
-    pub const COMMENT: &str = "notify.comment";
-    /// `actor` published `article`: every follower is told.
-    pub const ARTICLE: &str = "notify.article";
-}
+pub mod kinds;
 
 /// Registers the notification jobs' handler.
 pub fn register(handlers: &mut Handlers) {

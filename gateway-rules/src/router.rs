@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::template::{PathTemplate, SegmentPattern, TemplateError};
+use crate::template::{PathTemplate, SegmentPattern, TemplateError};
 
 #[derive(Default, Debug)]
 struct Node {
