@@ -11,7 +11,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, MessageDesc
 use crate::BuildError;
 
 /// Every rule of one field.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct FieldRules {
     /// `required`: the field must be set (a string non-empty).
     pub(crate) required: bool,
@@ -23,40 +23,32 @@ pub(crate) struct FieldRules {
     pub(crate) repeated: Option<RepeatedRules>,
 }
 
-/// `buf.validate.StringRules`, as far as they are supported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `buf.validate.StringRules`, as far as they are supported: `min_len` and
+/// `max_len` in characters, and whether the value must be an email address.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct StringRules {
-    /// `min_len`.
     pub(crate) min_len: Option<u64>,
-    /// `max_len`.
     pub(crate) max_len: Option<u64>,
-    /// `email`.
     pub(crate) email: bool,
 }
 
-/// `buf.validate.Int32Rules` / `Int64Rules`: exclusive and inclusive bounds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `buf.validate.Int32Rules` / `Int64Rules`: the exclusive (`gt`, `lt`) and
+/// inclusive (`gte`, `lte`) bounds, each optional.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct IntRules {
-    /// `gt`.
     pub(crate) gt: Option<i64>,
-    /// `gte`.
     pub(crate) gte: Option<i64>,
-    /// `lt`.
     pub(crate) lt: Option<i64>,
-    /// `lte`.
     pub(crate) lte: Option<i64>,
 }
 
-/// `buf.validate.RepeatedRules`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// `buf.validate.RepeatedRules`: `min_items`, `max_items`, `unique`, and
+/// `items.string`, the rules every item must pass.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RepeatedRules {
-    /// `min_items`.
     pub(crate) min_items: Option<u64>,
-    /// `max_items`.
     pub(crate) max_items: Option<u64>,
-    /// `unique`.
     pub(crate) unique: bool,
-    /// `items.string`: the rules of each item.
     pub(crate) items: Option<StringRules>,
 }
 
