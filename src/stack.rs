@@ -11,7 +11,8 @@
 //! `Foo<S>` service. Two shapes recur and are written once, in the gateway:
 //! a check that refuses a call or lets it pass is a [`gateway::Admission`]
 //! under [`GateLayer`], and work before a call and after its answer is a
-//! [`gateway::Around`] under [`AroundLayer`]. CORS and compression are
+//! [`gateway::Around`] under [`AroundLayer`] (whose service is
+//! `AroundService`, the trait having the short name). CORS and compression are
 //! tower-http's own layers, configured in [`middleware::cors`] and
 //! [`middleware::compress`].
 
@@ -123,6 +124,7 @@ pub(crate) fn build(
         .layer(AroundLayer::new(RequestLog))
         // Compressed answers get tags of their own; outside compression so it sees its coding.
         .layer(AroundLayer::new(EncodedTags))
+        // One body type for the layers above, whatever compression answers with.
         .map_response(|response: http::Response<_>| response.map(axum::body::Body::new))
         // Compresses what is worth it, never gRPC or streams.
         .layer(middleware::compress::layer(settings.compression_min_bytes))

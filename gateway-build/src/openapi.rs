@@ -143,8 +143,9 @@ impl Writer<'_> {
         let output = self.outputs.contains(message.full_name());
         for field in message.fields().filter(|f| !skip.contains(&f.name())) {
             // The API's own messages were checked for unsupported rules when
-            // their validation was generated; what could not be read has no
-            // keywords here.
+            // their validation was generated (which fails the build); the
+            // document never fails it, and a field whose rules cannot be
+            // read gets no keywords.
             let rules = FieldRules::of(self.pool, &field).unwrap_or_default();
             let mut schema = self.field_schema(&field, Some(&rules));
             if let (Some(text), Json::Object(map)) =
@@ -320,7 +321,7 @@ pub(crate) fn document(
                 if matches!(field.kind(), Kind::Message(ref m) if !m.full_name().starts_with("google.protobuf.")) {
                     continue;
                 }
-                let rules = FieldRules::of(pool, &field)?;
+                let rules = FieldRules::of(pool, &field).unwrap_or_default();
                 let schema = strip_null(writer.field_schema(&field, Some(&rules)));
                 let mut parameter = json!({ "name": writer.json_name(&field), "in": "query", "schema": schema });
                 if let Some(text) = writer.comments.get(&field.parent_file(), field.path()) {

@@ -160,7 +160,11 @@ async fn lab() -> LabServer {
     let app = axum::Router::new().fallback_service(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    // HTTP/1.1 and HTTP/2 with prior knowledge on one listener, as a service would.
+    // HTTP/1.1 and HTTP/2 with prior knowledge on one listener, as a service
+    // would; answers are sent at once (no Nagle delay on gRPC's last write).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, app).await });
     LabServer { port, seen, recorded, http: Client::builder(TokioExecutor::new()).build_http() }
 }

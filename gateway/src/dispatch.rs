@@ -59,7 +59,7 @@ impl tower::Service<Request<Body>> for Gateway {
     }
 }
 
-/// Tags each request with its [`Protocol`] and [`RpcMethod`] before any
+/// Tags each request with its [`Protocol`] and [`RpcMethod`](crate::RpcMethod) before any
 /// other layer runs.
 #[derive(Clone, Debug)]
 pub struct ClassifyLayer {

@@ -25,17 +25,17 @@ use crate::status::{ErrorRenderer, RpcStatusRenderer};
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// The RPC a request calls, as `/package.Service/Method`; set by
-/// [`ClassifyLayer`] for requests to declared methods in every protocol.
+/// [`ClassifyLayer`](crate::ClassifyLayer) for requests to declared methods in every protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RpcMethod(pub &'static str);
 
 /// The path template of the HTTP rule a JSON request matched
-/// (`/api/articles/{slug}`); set by [`ClassifyLayer`]. A label for logs and
+/// (`/api/articles/{slug}`); set by [`ClassifyLayer`](crate::ClassifyLayer). A label for logs and
 /// metrics that, unlike the raw path, has few values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteTemplate(pub &'static str);
 
-/// The protocol a request speaks; set by [`ClassifyLayer`] on every request.
+/// The protocol a request speaks; set by [`ClassifyLayer`](crate::ClassifyLayer) on every request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// gRPC over HTTP/2 (`application/grpc*`).
@@ -134,7 +134,7 @@ impl GatewayBuilder {
     }
 
     /// Declares more gRPC method paths (`/package.Service/Method`) served
-    /// by tonic only (health, reflection), so that [`ClassifyLayer`] names
+    /// by tonic only (health, reflection), so that [`ClassifyLayer`](crate::ClassifyLayer) names
     /// them too.
     pub fn grpc_methods(mut self, paths: impl IntoIterator<Item = &'static str>) -> Self {
         self.grpc_methods.extend(paths);

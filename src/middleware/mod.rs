@@ -13,6 +13,15 @@
 //! - [`compress`]: response compression with tags that stay strong;
 //! - [`cors`]: browser clients of every protocol;
 //! - [`request_log`]: one line per request, and its request id.
+//!
+//! Shapes: a layer with a service of its own is a `FooLayer` making a
+//! `Foo<S>` ([`shed::ShedLayer`], [`ratelimit::RateLimitLayer`],
+//! [`cache::CacheLayer`]). A check that only refuses or lets pass is a
+//! [`gateway::Admission`] under [`gateway::GateLayer`] (authenticate,
+//! availability), and work before a call and after its answer is a
+//! [`gateway::Around`] under [`gateway::AroundLayer`] (request log,
+//! conditional, entity tags): the tower plumbing of those two shapes is
+//! written once, in the gateway. CORS and compression are tower-http's.
 
 pub mod authenticate;
 pub mod availability;
