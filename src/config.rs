@@ -138,6 +138,15 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_REDIS_PREFIX", default_value = "conduit:ratelimit:", global = true)]
     pub rate_limit_redis_prefix: String,
 
+    /// Longest a rate-limit check waits for Redis; a check that fails or
+    /// takes longer makes checks do without Redis until it answers again.
+    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "25ms", value_parser = parse_duration, global = true)]
+    pub rate_limit_redis_timeout: Duration,
+
+    /// How often a Redis found failing is pinged until it answers.
+    #[arg(long, env = "RATE_LIMIT_REDIS_PROBE", default_value = "500ms", value_parser = parse_duration, global = true)]
+    pub rate_limit_redis_probe: Duration,
+
     /// Most requests served at once; more are refused at once with 503 /
     /// UNAVAILABLE and `Retry-After` rather than queued without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
@@ -365,6 +374,8 @@ pub struct ServeSettings {
     pub rate_limit_redis_fail_open: bool,
     /// Prefix of the rate-limit keys.
     pub rate_limit_redis_prefix: String,
+    /// How long Redis may take, and how often it is probed while down.
+    pub rate_limit_redis_timings: crate::middleware::ratelimit::StoreTimings,
     /// Pool size.
     pub db_max_connections: u32,
     /// Pool acquire timeout.
@@ -495,6 +506,9 @@ impl Settings {
         if self.request_timeout.is_zero() {
             return Err("REQUEST_TIMEOUT must be longer than zero".into());
         }
+        if self.rate_limit_redis_timeout.is_zero() || self.rate_limit_redis_probe.is_zero() {
+            return Err("RATE_LIMIT_REDIS_TIMEOUT and RATE_LIMIT_REDIS_PROBE must be longer than zero".into());
+        }
         if self.max_concurrent_requests == 0 {
             return Err("MAX_CONCURRENT_REQUESTS must be at least 1".into());
         }
@@ -564,6 +578,10 @@ impl Settings {
             redis_url: self.redis_url.clone().map(Secret::from),
             rate_limit_redis_fail_open: self.rate_limit_redis_failure == "open",
             rate_limit_redis_prefix: self.rate_limit_redis_prefix.clone(),
+            rate_limit_redis_timings: crate::middleware::ratelimit::StoreTimings {
+                timeout: self.rate_limit_redis_timeout,
+                probe_interval: self.rate_limit_redis_probe,
+            },
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
             password_hash_concurrency: match self.password_hash_concurrency {

@@ -82,6 +82,7 @@ impl Application {
                     url.expose(),
                     &settings.rate_limit_redis_prefix,
                     settings.rate_limit_redis_fail_open,
+                    settings.rate_limit_redis_timings,
                 )
                 .await
                 .map_err(StartupError::Redis)?,

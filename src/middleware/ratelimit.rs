@@ -9,11 +9,16 @@
 //!
 //! Buckets live in the process, or in Redis when `REDIS_URL` is set, so
 //! that replicas share them: one atomic script per check, timed by the
-//! Redis server's clock. If Redis fails, calls are let through or refused
-//! (`RATE_LIMIT_REDIS_FAILURE`), and the failure is logged.
+//! Redis server's clock. A dead or hung Redis costs a call at most
+//! `RATE_LIMIT_REDIS_TIMEOUT`, and only until it is noticed: a check that
+//! fails or times out opens a breaker, checks then pass or are refused at
+//! once (`RATE_LIMIT_REDIS_FAILURE`) without asking Redis, and one
+//! background probe pings it every `RATE_LIMIT_REDIS_PROBE` until it
+//! answers. Each transition is logged and counted once, not each call.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,6 +226,15 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / per_ms) + 1000)
 return {allowed, wait}
 ";
 
+/// How long Redis may take, and how often a down Redis is probed.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreTimings {
+    /// Longest a check (or a probe) waits for Redis before it counts as failed.
+    pub timeout: Duration,
+    /// How often a Redis found failing is pinged until it answers.
+    pub probe_interval: Duration,
+}
+
 /// Buckets shared through Redis.
 #[derive(Clone)]
 pub struct SharedBuckets {
@@ -228,25 +242,45 @@ pub struct SharedBuckets {
     script: Arc<redis::Script>,
     prefix: String,
     fail_open: bool,
+    timings: StoreTimings,
+    /// Set while Redis is believed down: checks do not ask it, one probe does.
+    down: Arc<AtomicBool>,
     metrics: Option<crate::observability::metrics::Metrics>,
 }
 
 impl SharedBuckets {
     /// Connects to `url`; keys start with `prefix`. When Redis fails later,
-    /// calls pass if `fail_open`, else they are refused.
-    pub async fn connect(url: &str, prefix: &str, fail_open: bool) -> Result<Self, redis::RedisError> {
+    /// calls pass if `fail_open`, else they are refused, without waiting
+    /// for it longer than `timings.timeout`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        fail_open: bool,
+        timings: StoreTimings,
+    ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let connection = redis::aio::ConnectionManager::new(client).await?;
+        // Connecting may take a little longer than a command (a new TCP or
+        // TLS session), but never long: the probe retries anyway.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(timings.timeout)
+            .set_connection_timeout(timings.timeout.max(Duration::from_secs(1)))
+            .set_number_of_retries(1);
+        let connection = redis::aio::ConnectionManager::new_with_config(client, config).await?;
         Ok(Self {
             connection,
             script: Arc::new(redis::Script::new(SCRIPT)),
             prefix: prefix.to_owned(),
             fail_open,
+            timings,
+            down: Arc::new(AtomicBool::new(false)),
             metrics: None,
         })
     }
 
     async fn take(&self, class: Class, identity: Identity, rate: Rate) -> Result<(), Duration> {
+        if self.down.load(Ordering::Acquire) {
+            return self.unchecked();
+        }
         let key = match identity {
             Identity::User(id) => format!("{}{}:u{id}", self.prefix, class.name()),
             Identity::Address(ip) => format!("{}{}:a{ip}", self.prefix, class.name()),
@@ -254,19 +288,59 @@ impl SharedBuckets {
         };
         let per_ms = f64::from(rate.count) / rate.period.as_millis() as f64;
         let mut connection = self.connection.clone();
-        let answer: Result<(i64, i64), _> =
-            self.script.key(key).arg(rate.count).arg(per_ms).invoke_async(&mut connection).await;
-        match answer {
-            Ok((1, _)) => Ok(()),
-            Ok((_, wait)) => Err(Duration::from_millis(wait.max(1) as u64)),
-            Err(error) => {
-                tracing::warn!(%error, fail_open = self.fail_open, "the rate-limit store (Redis) failed");
-                if let Some(metrics) = &self.metrics {
-                    metrics.rate_limit_store_error();
-                }
-                if self.fail_open { Ok(()) } else { Err(Duration::from_secs(1)) }
+        let mut invocation = self.script.key(key);
+        let call = invocation.arg(rate.count).arg(per_ms).invoke_async::<(i64, i64)>(&mut connection);
+        match tokio::time::timeout(self.timings.timeout, call).await {
+            Ok(Ok((1, _))) => Ok(()),
+            Ok(Ok((_, wait))) => Err(Duration::from_millis(wait.max(1) as u64)),
+            Ok(Err(error)) => {
+                self.trip(&error);
+                self.unchecked()
+            }
+            Err(_) => {
+                self.trip(&format_args!("no answer within {:?}", self.timings.timeout));
+                self.unchecked()
             }
         }
+    }
+
+    /// The answer while Redis cannot be asked.
+    fn unchecked(&self) -> Result<(), Duration> {
+        if self.fail_open { Ok(()) } else { Err(Duration::from_secs(1)) }
+    }
+
+    /// Marks Redis down (once, however many calls fail together) and
+    /// starts the probe that marks it up again.
+    fn trip(&self, error: &dyn std::fmt::Display) {
+        if self.down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            fail_open = self.fail_open,
+            "the rate-limit store (Redis) failed; checks {} without asking it until it answers again",
+            if self.fail_open { "pass" } else { "are refused" }
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.rate_limit_store(false);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.timings.probe_interval).await;
+                let mut connection = this.connection.clone();
+                let ping = redis::cmd("PING");
+                let answer = ping.query_async::<String>(&mut connection);
+                if let Ok(Ok(_)) = tokio::time::timeout(this.timings.timeout, answer).await {
+                    break;
+                }
+            }
+            this.down.store(false, Ordering::Release);
+            tracing::info!("the rate-limit store (Redis) answers again; checks ask it again");
+            if let Some(metrics) = &this.metrics {
+                metrics.rate_limit_store(true);
+            }
+        });
     }
 }
 

@@ -101,6 +101,7 @@ struct Inner {
     in_flight: Family<RpcLabels, Gauge>,
     rate_limited: Family<ClassLabels, Counter>,
     rate_limit_store_errors: Counter,
+    rate_limit_store_up: Gauge,
     cache: Family<CacheLabels, Counter>,
     shed: Counter,
     jobs: Family<JobLabels, Counter>,
@@ -126,6 +127,8 @@ impl Metrics {
         let in_flight = Family::<RpcLabels, Gauge>::default();
         let rate_limited = Family::<ClassLabels, Counter>::default();
         let rate_limit_store_errors = Counter::default();
+        let rate_limit_store_up = Gauge::default();
+        rate_limit_store_up.set(1);
         let cache = Family::<CacheLabels, Counter>::default();
         let shed = Counter::default();
         let jobs = Family::<JobLabels, Counter>::default();
@@ -156,8 +159,13 @@ impl Metrics {
         registry.register("rate_limited", "Calls refused by a rate limit, by route class", rate_limited.clone());
         registry.register(
             "rate_limit_store_errors",
-            "Rate-limit checks that could not reach Redis (let through or refused as RATE_LIMIT_REDIS_FAILURE says)",
+            "Times the rate-limit store (Redis) was found failing; checks then pass or are refused (RATE_LIMIT_REDIS_FAILURE) without asking it until a probe finds it answering",
             rate_limit_store_errors.clone(),
+        );
+        registry.register(
+            "rate_limit_store_up",
+            "1 while the rate-limit store (Redis) is believed to answer, 0 while checks do without it",
+            rate_limit_store_up.clone(),
         );
         registry.register(
             "cache_events",
@@ -174,6 +182,7 @@ impl Metrics {
             in_flight,
             rate_limited,
             rate_limit_store_errors,
+            rate_limit_store_up,
             cache,
             shed,
             jobs,
@@ -196,9 +205,12 @@ impl Metrics {
         self.0.rate_limited.get_or_create(&ClassLabels { class }).inc();
     }
 
-    /// Counts a rate-limit check that Redis could not answer.
-    pub fn rate_limit_store_error(&self) {
-        self.0.rate_limit_store_errors.inc();
+    /// Records the rate-limit store (Redis) going down (counted) or up.
+    pub fn rate_limit_store(&self, up: bool) {
+        if !up {
+            self.0.rate_limit_store_errors.inc();
+        }
+        self.0.rate_limit_store_up.set(i64::from(up));
     }
 
     /// Counts a response-cache event.

@@ -7,6 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use conduit::pb::conduit::v1 as pb;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use crate::helpers::{create_database, drop_database, spawn_app_with};
 
@@ -694,41 +697,143 @@ async fn tls_serves_both_http_versions_and_reloads_on_sighup() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// When the Redis of the shared rate limits fails, calls pass (fail open,
-/// the default) or are refused (fail closed), as set; failures are counted.
-#[tokio::test]
-async fn a_failed_redis_fails_open_or_closed_as_set_and_is_counted() {
-    let port = free_port();
-    let mut redis = Command::new("redis-server")
+/// A private Redis on `port`, keeping nothing on disk.
+fn start_redis(port: u16) -> std::process::Child {
+    Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .spawn()
-        .expect("redis-server is installed");
-    let url = format!("redis://127.0.0.1:{port}");
+        .expect("redis-server is installed")
+}
+
+async fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis did not start");
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Eight clients at once, half over JSON and half over gRPC, each timed:
+/// the HTTP statuses (gRPC answers mapped to 200 or 429) and the slowest.
+async fn burst(app: &crate::helpers::TestApp) -> (Vec<u16>, Duration) {
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        let url = app.url("/api/tags");
+        let channel = app.channel().await;
+        calls.spawn(async move {
+            let started = Instant::now();
+            let status = if n % 2 == 0 {
+                let client = Client::builder(TokioExecutor::new()).build_http::<http_body_util::Empty<Bytes>>();
+                client.get(url.parse().unwrap()).await.map(|r| r.status().as_u16()).unwrap_or(0)
+            } else {
+                let mut tags = pb::tags_client::TagsClient::new(channel);
+                match tags.list_tags(pb::ListTagsRequest {}).await {
+                    Ok(_) => 200,
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => 429,
+                    Err(_) => 0,
+                }
+            };
+            (status, started.elapsed())
+        });
+    }
+    let mut statuses = Vec::new();
+    let mut slowest = Duration::ZERO;
+    while let Some(result) = calls.join_next().await {
+        let (status, took) = result.unwrap();
+        statuses.push(status);
+        slowest = slowest.max(took);
+    }
+    (statuses, slowest)
+}
+
+/// A dead or hung Redis behind the shared rate limits costs a call
+/// milliseconds, not the service: under `SIGSTOP` and after `kill -9`,
+/// bursts of calls from several clients over JSON and gRPC are each
+/// answered within 1 s (before: 20 s and 40–70 s), passing when failing
+/// open and refused with 429 and `Retry-After` when failing closed; each
+/// outage is counted once, and once Redis answers again the limits are
+/// kept in it again.
+#[tokio::test]
+async fn a_dead_or_hung_redis_costs_calls_milliseconds_and_is_used_again_when_back() {
+    let port = free_port();
+    let mut redis = start_redis(port);
+    wait_for_port(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let prefix = |open: bool| format!("conduit:test:{}:{open}:", std::process::id());
     let tune = |open: bool| {
-        let url = url.clone();
+        let (url, prefix) = (url.clone(), prefix(open));
         move |s: &mut conduit::config::ServeSettings| {
             s.redis_url = Some(conduit::config::Secret::from(url));
             s.rate_limit_redis_fail_open = open;
-            s.rate_limit_redis_prefix = format!("conduit:test:{}:{open}:", std::process::id());
+            s.rate_limit_redis_prefix = prefix;
+            s.rate_limit_redis_timings.probe_interval = Duration::from_millis(200);
         }
     };
     let (open, closed) = (spawn_app_with(tune(true)).await, spawn_app_with(tune(false)).await);
-    assert_eq!(open.get("/api/tags", None).await.status, 200);
-    assert_eq!(closed.get("/api/tags", None).await.status, 200);
+    for app in [&open, &closed] {
+        assert_eq!(burst(app).await.0, vec![200; 8]);
+    }
+    let up = |app: &crate::helpers::TestApp| sample(app.admin_port, "conduit_rate_limit_store_up ");
+    let outages = |app: &crate::helpers::TestApp| sample(app.admin_port, "conduit_rate_limit_store_errors_total ");
+
+    // Hung: the connection stays open and nothing answers.
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(redis.id() as i32, libc::SIGSTOP) };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (statuses, slowest) = burst(&open).await;
+        assert_eq!(statuses, vec![200; 8], "failing open lets calls through");
+        assert!(slowest < Duration::from_secs(1), "a hung Redis held a call {slowest:?}");
+        let (statuses, refused) = burst(&closed).await;
+        assert_eq!(statuses, vec![429; 8], "failing closed refuses");
+        assert!(refused < Duration::from_secs(1), "a hung Redis held a refusal {refused:?}");
+        seen.push((slowest, refused));
+    }
+    eprintln!("Redis stopped: slowest call of each burst (open, closed): {seen:?}");
+    let refused = closed.get("/api/tags", None).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.headers.get("retry-after").is_some(), "{refused:?}");
+    assert_eq!((up(&open).await, outages(&open).await), (0.0, 1.0), "one outage, counted once");
+
+    // Back: the probe notices and checks ask Redis again.
+    // SAFETY: as above.
+    unsafe { libc::kill(redis.id() as i32, libc::SIGCONT) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up(&open).await != 1.0 || up(&closed).await != 1.0 {
+        assert!(Instant::now() < deadline, "Redis answers again but the limiter does not use it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(burst(&closed).await.0, vec![200; 8]);
+
+    // Dead: the process is gone and connections are refused.
     let _ = redis.kill();
     let _ = redis.wait();
-    let started = Instant::now();
-    assert_eq!(open.get("/api/tags", None).await.status, 200, "fail open lets calls through");
-    let refused = closed.get("/api/tags", None).await;
-    assert_eq!(refused.status, 429, "fail closed refuses: {refused:?}");
-    assert!(refused.headers.get("retry-after").is_some());
-    assert!(started.elapsed() < Duration::from_secs(5), "no long wait on a dead Redis: {:?}", started.elapsed());
-    let errors = sample(open.admin_port, "conduit_rate_limit_store_errors_total ").await;
-    assert!(errors >= 1.0, "Redis failures are counted: {errors}");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (statuses, slowest) = burst(&open).await;
+        assert_eq!(statuses, vec![200; 8]);
+        assert!(slowest < Duration::from_secs(1), "a dead Redis held a call {slowest:?}");
+        let (statuses, refused) = burst(&closed).await;
+        assert_eq!(statuses, vec![429; 8]);
+        assert!(refused < Duration::from_secs(1), "a dead Redis held a refusal {refused:?}");
+        seen.push((slowest, refused));
+    }
+    eprintln!("Redis killed: slowest call of each burst (open, closed): {seen:?}");
+    assert_eq!((up(&open).await, outages(&open).await), (0.0, 2.0));
+
+    // Restarted empty on the same port: buckets are kept in it again.
+    let mut redis = start_redis(port);
+    wait_for_port(port).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up(&open).await != 1.0 {
+        assert!(Instant::now() < deadline, "a restarted Redis is not used again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(burst(&open).await.0, vec![200; 8]);
+    let mut store = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}*", prefix(true))).query_async(&mut store).await.unwrap();
+    assert!(!keys.is_empty(), "the calls' buckets are in the restarted Redis");
+    let _ = redis.kill();
+    let _ = redis.wait();
 }
