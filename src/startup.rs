@@ -175,6 +175,7 @@ impl Application {
             }))
         });
         let (health, hub) = (self.health.clone(), self.hub.clone());
+        let stopping_rx = stopping.subscribe();
         let delay = self.drain_delay;
         let drain = async move {
             shutdown.await;
@@ -186,11 +187,14 @@ impl Application {
         };
         let admin_app = crate::server::admin::admin_routes(self.health.clone(), self.metrics.clone());
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-        let admin = tokio::spawn(crate::server::serve(self.admin, admin_app, self.limits, None, async move {
+        // Probes keep their connections while the process drains.
+        let never = tokio::sync::watch::channel(false).1;
+        let admin = tokio::spawn(crate::server::serve(self.admin, admin_app, self.limits, None, never, async move {
             let _ = admin_stopped.await;
         }));
         let reloads = self.tls.clone().map(|tls| tokio::spawn(tls.watch()));
-        crate::server::serve(self.listener, self.app, self.limits, self.tls, drain).await;
+        let draining = stopping_rx;
+        crate::server::serve(self.listener, self.app, self.limits, self.tls, draining, drain).await;
         if let Some(reloads) = reloads {
             reloads.abort();
         }
@@ -250,6 +254,7 @@ pub async fn run_worker(
         crate::server::admin::admin_routes(health.clone(), metrics.clone()),
         settings.connection_limits(),
         None,
+        tokio::sync::watch::channel(false).1,
         async move {
             let _ = admin_stopped.await;
         },

@@ -1,17 +1,20 @@
 //! The connection loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one
 //! listener, with bounds on slow or oversized request heads, keep-alive
-//! settings, and a drain that stops accepting, lets open calls finish
-//! until a deadline, then gives up on what is left.
+//! settings, and a drain that first moves clients off their connections
+//! (`Connection: close`, GOAWAY), then stops accepting, lets open calls
+//! finish until a deadline, and gives up on what is left.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 /// How connections are served.
@@ -59,15 +62,32 @@ pub async fn accept(listener: &TcpListener) -> std::io::Result<(tokio::net::TcpS
 /// hyper's smallest read buffer for HTTP/1.1.
 const MIN_HTTP1_BUFFER: usize = 8192;
 
-/// Serves `app` on `listener` until `stop` completes, then stops accepting,
-/// asks every open connection to finish (HTTP/2 GOAWAY; HTTP/1.1 closes
-/// after its current answer) and waits for them up to
-/// `limits.drain_timeout`; calls still open then are dropped.
+/// A plain or TLS connection.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// Completes once `draining` turns true; never if its sender is gone first.
+async fn drain_started(draining: &mut watch::Receiver<bool>) {
+    if draining.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves `app` on `listener` until `stop` completes. Once `draining` turns
+/// true (readiness has dropped; connections are still accepted while load
+/// balancers notice), every HTTP/1.1 answer carries `Connection: close` and
+/// HTTP/2 connections get GOAWAY, so clients move to new connections
+/// instead of reusing one that is about to close under a request they are
+/// sending. When `stop` completes, accepting stops, every open connection
+/// is asked to finish (HTTP/2 GOAWAY; HTTP/1.1 closes after its current
+/// answer) and waited for up to `limits.drain_timeout`; calls still open
+/// then are dropped.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
     tls: Option<crate::server::tls::Tls>,
+    draining: watch::Receiver<bool>,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -84,7 +104,8 @@ pub async fn serve(
         .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .keep_alive_interval(limits.http2_keep_alive)
         .keep_alive_timeout(limits.http2_keep_alive);
-    let graceful = GracefulShutdown::new();
+    let (stopping, stopped) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -97,42 +118,78 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Finished connections are reaped as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut stop => break,
         };
-        // The peer's address identifies anonymous callers for rate limits.
-        let service = app.clone().map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
-        let service = TowerToHyperService::new(service);
-        let Some(tls) = &tls else {
-            let connection = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+        let http2 = Arc::new(AtomicBool::new(false));
+        let (seen, speaks_h2, closing) = (http2.clone(), http2.clone(), draining.clone());
+        // Each request carries the peer's address (anonymous callers are
+        // rate-limited by it); the connection remembers whether it speaks
+        // HTTP/2; while draining, HTTP/1.1 answers say `Connection: close`.
+        let service = app
+            .clone()
+            .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                if req.version() == http::Version::HTTP_2 {
+                    seen.store(true, Ordering::Relaxed);
                 }
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            })
+            .map_response(move |mut response: axum::response::Response| {
+                // HTTP/2 has no such header (it is told with GOAWAY).
+                if *closing.borrow() && !speaks_h2.load(Ordering::Relaxed) {
+                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                response
             });
-            continue;
-        };
-        let (acceptor, builder, watcher) = (tls.acceptor(), builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            // The handshake is bounded like a request head.
-            let stream = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        let service = TowerToHyperService::new(service);
+        let (builder, tls) = (builder.clone(), tls.as_ref().map(|tls| tls.acceptor()));
+        let (mut draining, mut stopped) = (draining.clone(), stopped.clone());
+        connections.spawn(async move {
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                Some(acceptor) => {
+                    // The handshake is bounded like a request head.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => return tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             };
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let (mut goaway_sent, mut finishing) = (false, false);
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    () = drain_started(&mut draining), if !goaway_sent && !finishing => {
+                        // HTTP/1.1 is told to close by its answers instead.
+                        goaway_sent = true;
+                        if http2.load(Ordering::Relaxed) {
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                    () = drain_started(&mut stopped), if !finishing => {
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
         });
     }
     drop(listener);
-    let open = graceful.count();
-    tracing::info!(connections = open, "stopped accepting; finishing calls in flight");
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    let _ = stopping.send(true);
+    tracing::info!(connections = connections.len(), "stopped accepting; finishing calls in flight");
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain_timeout, finished).await.is_err() {
         tracing::warn!("the drain deadline passed with calls still in flight; they are dropped");
+        connections.abort_all();
     }
 }
