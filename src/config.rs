@@ -152,8 +152,9 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
     pub max_concurrent_requests: usize,
 
-    /// Longest a client may take to send a request's head (HTTP/1.1); idle
-    /// keep-alive connections are closed after it too.
+    /// Longest a client may take to send a request's head (HTTP/1.1) or the
+    /// HTTP/2 preface and SETTINGS; a new connection that sends neither in
+    /// time is closed, and idle keep-alive connections are closed after it too.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub header_read_timeout: Duration,
 
@@ -161,6 +162,17 @@ pub struct Settings {
     /// 431 over HTTP/1.1, the HTTP/2 header list limit.
     #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_header_bytes: usize,
+
+    /// Most connections open at once; 0 sizes it from the open-files limit
+    /// (raised to its hard limit at start), keeping 512 descriptors for the
+    /// admin listener, the database pools and files. More are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0, global = true)]
+    pub max_connections: usize,
+
+    /// Most connections open at once from one peer address; 0 turns the
+    /// bound off (set it above a proxy's connection pool when one is in front).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, global = true)]
+    pub max_connections_per_address: usize,
 
     /// Most concurrent streams (calls) on one HTTP/2 connection.
     #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256, global = true)]
@@ -445,6 +457,8 @@ impl Settings {
         crate::server::ConnectionLimits {
             header_read_timeout: self.header_read_timeout,
             max_header_bytes: self.max_header_bytes,
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
             http2_keep_alive: self.http2_keep_alive,
             drain_timeout: self.drain_timeout,

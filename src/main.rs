@@ -113,8 +113,29 @@ async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx
     Ok(())
 }
 
+/// Raises the soft open-files limit to the hard one: every connection is a
+/// descriptor, and distributions default the soft limit to 1,024. Returns
+/// the limit in force.
+fn raise_open_files_limit() -> Option<libc::rlim_t> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 fn main() {
     return_large_allocations();
+    let open_files = raise_open_files_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
@@ -131,6 +152,7 @@ fn main() {
         conduit::observability::logs::init(&cli.settings.log_level, &cli.settings.log_format)
             .unwrap_or_else(|e| refuse(e))
     };
+    tracing::debug!(open_files, "open-files limit");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Worker => runtime.block_on(async {
             if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::server::shutdown::signal()).await {

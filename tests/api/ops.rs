@@ -373,6 +373,71 @@ async fn sigterm_drains_without_failing_an_accepted_call() {
     assert!(before > 0 && during >= before, "calls were served before and during the drain: {before} {during}");
 }
 
+/// Whether the server has closed `stream`: a read ends (EOF or reset)
+/// within `wait`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 64];
+    loop {
+        match tokio::time::timeout(wait, stream.read(&mut byte)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Silent sockets cannot take the process's descriptors: connections
+/// that send nothing, half a request head or half the HTTP/2 preface are
+/// closed after the header timeout (before: still open after 70 s), one
+/// address holds at most `MAX_CONNECTIONS_PER_ADDRESS` (the rest are closed
+/// at once), and meanwhile another address is served and the admin
+/// listener answers. The soft open-files limit is raised to the hard one.
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_header_timeout_and_bounded_per_address() {
+    use tokio::io::AsyncWriteExt;
+    let served = Served::start(&[("HEADER_READ_TIMEOUT", "1s"), ("MAX_CONNECTIONS_PER_ADDRESS", "100")]).await;
+    let server: std::net::SocketAddr = format!("127.0.0.1:{}", served.port).parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(socket.connect(server).await.expect("the kernel accepts"));
+    }
+    let started = Instant::now();
+    // All at once, in a window well inside the header timeout: what closes
+    // now is what the per-address bound refused.
+    let checks = silent.iter_mut().map(|stream| closed_within(stream, Duration::from_millis(500)));
+    let at_once = futures_util::future::join_all(checks).await.into_iter().filter(|closed| *closed).count();
+    assert!(
+        (200..=210).contains(&at_once),
+        "100 connections from one address are kept and the rest closed at once: {at_once} of 300 closed"
+    );
+    let mut partial = Vec::new();
+    for opening in [&b"GET /api/tags HTTP/1.1\r\nhost: x\r\n"[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        for _ in 0..5 {
+            let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+            stream.write_all(opening).await.unwrap();
+            partial.push(stream);
+        }
+    }
+    // Another address is served, and the probes answer, while the flood holds its places.
+    assert_eq!(http(served.port, "GET", "/api/tags", &[], "").await.0, 200);
+    assert_eq!(http(served.admin, "GET", "/readyz", &[], "").await.0, 200);
+    for stream in silent.iter_mut().chain(partial.iter_mut()) {
+        assert!(closed_within(stream, Duration::from_secs(4)).await, "a silent connection outlived the header timeout");
+    }
+    eprintln!(
+        "silent connections: {at_once} of 300 closed at once by the per-address bound, all 310 closed {:?} after opening",
+        started.elapsed()
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", served.pid())).unwrap();
+    let open_files: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    assert_eq!(open_files[3], open_files[4], "the soft open-files limit is raised to the hard one: {open_files:?}");
+    served.stop().await;
+}
+
 /// What one keep-alive client saw through a drain.
 #[derive(Default)]
 struct KeepAliveTally {
