@@ -163,6 +163,9 @@ impl Opening {
 struct Watched<I> {
     io: I,
     opening: Arc<Opening>,
+    /// Bytes recorded so far: once the opening is complete, reads no
+    /// longer touch the shared record.
+    recorded: usize,
 }
 
 impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<I> {
@@ -173,11 +176,15 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<I> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        let mut start = self.opening.start.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if start.len() < HTTP2_OPENING {
+        if self.recorded < HTTP2_OPENING {
             let new = &buf.filled()[before..];
-            let wanted = (HTTP2_OPENING - start.len()).min(new.len());
-            start.extend_from_slice(&new[..wanted]);
+            let wanted = (HTTP2_OPENING - self.recorded).min(new.len());
+            self.opening
+                .start
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(&new[..wanted]);
+            self.recorded += wanted;
         }
         polled
     }
@@ -325,7 +332,7 @@ pub async fn serve(
                     }
                 }
             };
-            let io = Watched { io, opening: opening.clone() };
+            let io = Watched { io, opening: opening.clone(), recorded: 0 };
             let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             // A peer that sends no request head (nor the HTTP/2 opening) in
