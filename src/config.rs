@@ -109,6 +109,18 @@ pub struct Settings {
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
     pub body_limit: usize,
 
+    /// Longest a client may take to send the body of a unary or
+    /// server-streaming call, which is read before the call is admitted;
+    /// longer gets 408 / DEADLINE_EXCEEDED (10 s carry BODY_LIMIT at 1 Mbit/s).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub body_read_timeout: Duration,
+
+    /// Most request bodies read at once from one client address (see
+    /// TRUSTED_PROXIES); more get 429 / RESOURCE_EXHAUSTED at once. 0 turns
+    /// the bound off.
+    #[arg(long, env = "BODY_READS_PER_ADDRESS", default_value_t = 64, global = true)]
+    pub body_reads_per_address: usize,
+
     /// Longest a call may take before its answer starts; longer ones get
     /// 504 / DEADLINE_EXCEEDED (client deadlines that are shorter win).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
@@ -374,6 +386,10 @@ pub struct ServeSettings {
     pub body_limit: usize,
     /// Most requests served at once.
     pub max_concurrent_requests: usize,
+    /// Longest wait for a unary call's body.
+    pub body_read_timeout: Duration,
+    /// Most bodies read at once per client address (`usize::MAX`: no bound).
+    pub body_reads_per_address: usize,
     /// Server-side bound of a call.
     pub request_timeout: Duration,
     /// Calls per identity.
@@ -409,7 +425,7 @@ pub struct ServeSettings {
     /// Not-ready time before accepting stops, when draining.
     pub drain_delay: Duration,
     /// Proxies whose forwarding headers are believed.
-    pub trusted_proxies: Vec<crate::middleware::ratelimit::Network>,
+    pub trusted_proxies: Vec<crate::middleware::client::Network>,
     /// Age bound of the response cache (zero: off).
     pub cache_ttl: Duration,
     /// Memory bound of the response cache.
@@ -523,6 +539,9 @@ impl Settings {
         if self.rate_limit_redis_timeout.is_zero() || self.rate_limit_redis_probe.is_zero() {
             return Err("RATE_LIMIT_REDIS_TIMEOUT and RATE_LIMIT_REDIS_PROBE must be longer than zero".into());
         }
+        if self.body_read_timeout.is_zero() {
+            return Err("BODY_READ_TIMEOUT must be longer than zero".into());
+        }
         if self.max_concurrent_requests == 0 {
             return Err("MAX_CONCURRENT_REQUESTS must be at least 1".into());
         }
@@ -576,7 +595,7 @@ impl Settings {
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| crate::middleware::ratelimit::Network::parse(n).map_err(|e| format!("TRUSTED_PROXIES: {e}")))
+            .map(|n| crate::middleware::client::Network::parse(n).map_err(|e| format!("TRUSTED_PROXIES: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(ServeSettings {
             database_url,
@@ -586,6 +605,11 @@ impl Settings {
             jwt_ttl: self.jwt_ttl,
             body_limit: self.body_limit,
             max_concurrent_requests: self.max_concurrent_requests,
+            body_read_timeout: self.body_read_timeout,
+            body_reads_per_address: match self.body_reads_per_address {
+                0 => usize::MAX,
+                n => n,
+            },
             request_timeout: self.request_timeout,
             rate_limit: self.rate_limit,
             rate_limit_credentials: self.rate_limit_credentials,

@@ -21,9 +21,9 @@ use crate::domain::error::RealWorldErrors;
 use crate::domain::notifications::Hub;
 use crate::domain::{self, Ctx};
 use crate::middleware::{
-    self, authenticate::Authenticate, availability::Availability, cache::CacheLayer, compress::EncodedTags,
-    conditional::Conditional, ratelimit::RateLimitLayer, ratelimit::SharedBuckets, request_log::RequestLog,
-    shed::ShedLayer,
+    self, authenticate::Authenticate, availability::Availability, body::ReadBodyLayer, cache::CacheLayer,
+    client::ClientAddresses, compress::EncodedTags, conditional::Conditional, ratelimit::RateLimitLayer,
+    ratelimit::SharedBuckets, request_log::RequestLog, shed::ShedLayer,
 };
 use crate::observability::{health::Health, metrics::Metrics, observe::ObserveLayer};
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
@@ -109,6 +109,7 @@ pub(crate) fn build(
             .service(Dispatch::new(grpc.into_axum_router(), gateway));
         return Ok(Stack { app: axum::Router::new().fallback_service(bare), health, cache });
     }
+    let clients = ClientAddresses::new(&settings.trusted_proxies);
     let service = tower::ServiceBuilder::new()
         // Browsers' preflights are answered before anything else is spent on them.
         .layer(middleware::cors::layer(
@@ -130,6 +131,14 @@ pub(crate) fn build(
         .layer(middleware::compress::layer(settings.compression_min_bytes))
         // ETags and 304s on the uncompressed bytes, so every replica tags alike.
         .layer(AroundLayer::new(Conditional))
+        // A unary call's body is read before it is admitted, so trickling one in holds no place.
+        .layer(ReadBodyLayer::new(
+            gateway.clone(),
+            settings.body_read_timeout,
+            settings.body_limit,
+            settings.body_reads_per_address,
+            clients.clone(),
+        ))
         // Bounds the calls served at once; beyond it, refused at once rather than queued.
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone(), metrics.clone()))
         // Fails fast while the database is down, instead of waiting for a connection.
@@ -140,7 +149,7 @@ pub(crate) fn build(
         .layer(
             RateLimitLayer::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials, shared)
                 .with_metrics(metrics)
-                .with_trusted_proxies(&settings.trusted_proxies),
+                .with_client_addresses(clients),
         )
         // Serves hot anonymous reads from memory; a write clears it on every replica.
         .layer(cache.clone())

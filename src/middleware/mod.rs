@@ -4,11 +4,13 @@
 //! request's own protocol through [`gateway::Gateway::reject`].
 //!
 //! - [`authenticate`]: tokens checked once, callers handed to the services;
+//! - [`body`]: a unary call's body read before it is admitted;
 //! - [`availability`]: fail fast while the database is down;
 //! - [`shed`]: a bound on the calls served at once;
 //! - [`ratelimit`]: token buckets per caller and route class, shared
 //!   through Redis;
 //! - [`cache`]: hot anonymous reads served from memory;
+//! - [`client`]: the client address every per-address limit counts;
 //! - [`conditional`]: entity tags, 304s and cache directives;
 //! - [`compress`]: response compression with tags that stay strong;
 //! - [`cors`]: browser clients of every protocol;
@@ -25,7 +27,9 @@
 
 pub mod authenticate;
 pub mod availability;
+pub mod body;
 pub mod cache;
+pub mod client;
 pub mod compress;
 pub mod conditional;
 pub mod cors;

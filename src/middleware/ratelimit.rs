@@ -17,7 +17,7 @@
 //! answers. Each transition is logged and counted once, not each call.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::auth::Caller;
+use crate::middleware::client::ClientAddresses;
 
 /// `count` calls per `period`, in bursts of up to `count`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,98 +55,6 @@ impl Rate {
         }
         Ok(Self { count, period })
     }
-}
-
-/// An IP network (CIDR), e.g. `10.0.0.0/8` or `::1/128`; a bare address
-/// is a network of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    address: IpAddr,
-    prefix: u8,
-}
-
-impl Network {
-    /// Parses `address/prefix` or a bare address.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (address, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let address: IpAddr = address.trim().parse().map_err(|_| format!("{text:?} is not an IP address or CIDR"))?;
-        let bits = if address.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => bits,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= bits)
-                .ok_or_else(|| format!("{text:?}: the prefix must be 0 to {bits}"))?,
-        };
-        Ok(Self { address, prefix })
-    }
-
-    /// Whether `ip` is in the network (IPv4-mapped IPv6 counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.address, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The client's address: the peer's, unless the peer is a trusted proxy,
-/// in which case the nearest address in `X-Forwarded-For` (else
-/// `Forwarded`) that is not itself a trusted proxy.
-pub fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[Network]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(peer) {
-        return peer;
-    }
-    let forwarded: Vec<IpAddr> = if headers.contains_key("x-forwarded-for") {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse().ok())
-            .collect()
-    } else {
-        headers
-            .get_all(http::header::FORWARDED)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (key, value) = pair.trim().split_once('=')?;
-                    if !key.trim().eq_ignore_ascii_case("for") {
-                        return None;
-                    }
-                    let value = value.trim().trim_matches('"');
-                    // `[v6]:port`, `[v6]`, `v4:port` or `v4`.
-                    let host = match value.strip_prefix('[') {
-                        Some(rest) => rest.split(']').next()?,
-                        None => value.split(':').next()?,
-                    };
-                    host.parse().ok()
-                })
-            })
-            .collect()
-    };
-    // Walk from the nearest hop back; the first untrusted one is the client.
-    forwarded.iter().rev().copied().find(|ip| !is_trusted(*ip)).or(forwarded.first().copied()).unwrap_or(peer)
 }
 
 /// Which bucket a call draws from.
@@ -354,7 +263,7 @@ pub struct RateLimitLayer {
     max_buckets: usize,
     shared: Option<SharedBuckets>,
     metrics: Option<crate::observability::metrics::Metrics>,
-    trusted_proxies: Arc<[Network]>,
+    clients: ClientAddresses,
 }
 
 impl RateLimitLayer {
@@ -369,13 +278,13 @@ impl RateLimitLayer {
             max_buckets: MAX_BUCKETS,
             shared,
             metrics: None,
-            trusted_proxies: Arc::new([]),
+            clients: ClientAddresses::default(),
         }
     }
 
-    /// Believes forwarding headers from peers in `networks`.
-    pub fn with_trusted_proxies(mut self, networks: &[Network]) -> Self {
-        self.trusted_proxies = networks.into();
+    /// Tells callers without a token apart by `clients`' addresses.
+    pub fn with_client_addresses(mut self, clients: ClientAddresses) -> Self {
+        self.clients = clients;
         self
     }
 
@@ -511,10 +420,7 @@ impl RateLimitLayer {
         self.gateway.method(rpc.0)?;
         let identity = match req.extensions().get::<Caller>() {
             Some(caller) => Identity::User(caller.user_id),
-            None => {
-                let peer = req.extensions().get::<axum::extract::ConnectInfo<SocketAddr>>()?.0.ip();
-                Identity::Address(client_address(peer, req.headers(), &self.trusted_proxies))
-            }
+            None => Identity::Address(self.clients.of(req)?),
         };
         Some((Class::of(rpc.0), identity))
     }
@@ -561,27 +467,5 @@ mod tests {
         assert!(limit.take(Class::Default, Identity::User(6), later).is_ok());
         assert!(limit.take(Class::Default, Identity::User(6), later).is_ok());
         assert!(limit.take(Class::Default, Identity::User(6), later).is_err(), "user 6 has its own bucket now");
-    }
-
-    #[test]
-    fn forwarded_addresses_count_only_from_trusted_proxies() {
-        let trusted = [Network::parse("10.0.0.0/8").unwrap(), Network::parse("::1").unwrap()];
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let mut headers = http::HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.2.3"));
-        assert_eq!(client_address(ip("192.0.2.1"), &headers, &trusted), ip("192.0.2.1"), "untrusted peer");
-        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("198.51.100.7"), "nearest untrusted hop");
-        assert_eq!(client_address(ip("::ffff:10.0.0.1"), &headers, &trusted), ip("198.51.100.7"), "v4-mapped peer");
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::FORWARDED,
-            HeaderValue::from_static("for=\"[2001:db8::1]:4711\";proto=https, for=10.9.9.9"),
-        );
-        assert_eq!(client_address(ip("::1"), &headers, &trusted), ip("2001:db8::1"));
-        assert_eq!(client_address(ip("::1"), &http::HeaderMap::new(), &trusted), ip("::1"), "no header: the peer");
-        for bad in ["10.0.0.0/33", "nope", "::1/129"] {
-            assert!(Network::parse(bad).is_err(), "{bad}");
-        }
-        assert!(Network::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
     }
 }

@@ -341,33 +341,48 @@ async fn accepted_sockets_send_without_delay() {
 
 /// Past the concurrency limit a request is refused at once (503, UNAVAILABLE
 /// over gRPC) with `Retry-After`, not queued; capacity comes back when the
-/// request holding it ends.
+/// request holding it ends. A body still arriving holds no place: it is read
+/// before the call is admitted.
 #[tokio::test]
 async fn requests_past_the_concurrency_limit_are_shed_with_retry_after() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(|s| s.max_concurrent_requests = 1).await;
-    // A request that holds the only place: its body is declared and stalls.
-    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let mut trickling = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let head =
         "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
-    slow.write_all(head.as_bytes()).await.unwrap();
-    slow.write_all(b"5\r\n{\"use\r\n").await.unwrap();
+    trickling.write_all(head.as_bytes()).await.unwrap();
+    trickling.write_all(b"5\r\n{\"use\r\n").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(app.get("/api/tags", None).await.status, 200, "a trickling body holds no place");
+
+    // A call the database holds (its table locked) holds the only place.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let mut held = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    held.write_all(b"GET /api/tags HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let started = std::time::Instant::now();
-    let reply = app.get("/api/tags", None).await;
+    let reply = app.get("/api/articles", None).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused at once, not queued");
     assert_eq!(reply.status, 503);
     assert_eq!(reply.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
     let status = app.tags().await.list_tags(conduit::pb::conduit::v1::ListTagsRequest {}).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
 
-    // The slow request ends (malformed JSON); the place is free again.
-    slow.write_all(b"0\r\n\r\n").await.unwrap();
-    let mut answer = vec![0u8; 512];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut answer)).await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 422"));
+    // The held call ends; the place is free again.
+    lock.commit().await.unwrap();
+    let answer = read_some(&mut held).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(app.get("/api/tags", None).await.status, 200);
+}
+
+/// What a raw connection has received within 10 s, as text.
+async fn read_some(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = vec![0u8; 2048];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 /// GETs carry a strong ETag and answer If-None-Match with 304 and no body,
@@ -406,22 +421,37 @@ async fn gets_are_conditional_and_say_how_they_may_be_cached() {
 }
 
 /// A call still pending at the server's REQUEST_TIMEOUT is answered with
-/// 504 / DEADLINE_EXCEEDED; the connection does not hang on it.
+/// 504 / DEADLINE_EXCEEDED; a body that has not arrived within
+/// BODY_READ_TIMEOUT gets 408 and the connection is closed. Neither hangs.
 #[tokio::test]
-async fn calls_past_the_request_timeout_get_504() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|s| s.request_timeout = std::time::Duration::from_millis(300)).await;
+async fn calls_past_the_request_timeout_get_504_and_bodies_past_theirs_408() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| {
+        s.request_timeout = std::time::Duration::from_millis(300);
+        s.body_read_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tags IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut held = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    held.write_all(b"GET /api/tags HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let answer = read_some(&mut held).await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("within the server's limit of 300 ms"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    lock.commit().await.unwrap();
+
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
     let head =
         "POST /api/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
     slow.write_all(head.as_bytes()).await.unwrap();
     slow.write_all(b"5\r\n{\"use\r\n").await.unwrap();
     let started = std::time::Instant::now();
-    let mut answer = vec![0u8; 1024];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut answer)).await.unwrap().unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
-    assert!(answer.contains("within the server's limit of 300 ms"), "{answer}");
+    let answer = read_some(&mut slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     // Quick calls are not affected.
     assert_eq!(app.get("/api/tags", None).await.status, 200);

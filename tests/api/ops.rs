@@ -396,7 +396,7 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, wait: Duration) -> bo
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_timeout_and_bounded_per_address() {
     use tokio::io::AsyncWriteExt;
-    let served = Served::start(&[("HEADER_READ_TIMEOUT", "1s"), ("MAX_CONNECTIONS_PER_ADDRESS", "100")]).await;
+    let served = Served::start(&[("HEADER_READ_TIMEOUT", "3s"), ("MAX_CONNECTIONS_PER_ADDRESS", "100")]).await;
     let server: std::net::SocketAddr = format!("127.0.0.1:{}", served.port).parse().unwrap();
     let mut silent = Vec::new();
     for _ in 0..300 {
@@ -407,7 +407,7 @@ async fn silent_connections_are_closed_after_the_header_timeout_and_bounded_per_
     let started = Instant::now();
     // All at once, in a window well inside the header timeout: what closes
     // now is what the per-address bound refused.
-    let checks = silent.iter_mut().map(|stream| closed_within(stream, Duration::from_millis(500)));
+    let checks = silent.iter_mut().map(|stream| closed_within(stream, Duration::from_millis(1500)));
     let at_once = futures_util::future::join_all(checks).await.into_iter().filter(|closed| *closed).count();
     assert!(
         (200..=210).contains(&at_once),
@@ -425,7 +425,7 @@ async fn silent_connections_are_closed_after_the_header_timeout_and_bounded_per_
     assert_eq!(http(served.port, "GET", "/api/tags", &[], "").await.0, 200);
     assert_eq!(http(served.admin, "GET", "/readyz", &[], "").await.0, 200);
     for stream in silent.iter_mut().chain(partial.iter_mut()) {
-        assert!(closed_within(stream, Duration::from_secs(4)).await, "a silent connection outlived the header timeout");
+        assert!(closed_within(stream, Duration::from_secs(6)).await, "a silent connection outlived the header timeout");
     }
     eprintln!(
         "silent connections: {at_once} of 300 closed at once by the per-address bound, all 310 closed {:?} after opening",
@@ -1019,4 +1019,141 @@ async fn a_dead_or_hung_redis_costs_calls_milliseconds_and_is_used_again_when_ba
     assert!(!keys.is_empty(), "the calls' buckets are in the restarted Redis");
     let _ = redis.kill();
     let _ = redis.wait();
+}
+
+/// One h2c connection from `source` carrying `streams` calls, half JSON
+/// logins and half gRPC logins, that each declare a 100-byte body and send
+/// one byte of it. Each call's answer comes back as `json <status>` or
+/// `grpc <code>`, with the time it took.
+async fn slow_uploads(source: &str, port: u16, streams: usize) -> Vec<tokio::task::JoinHandle<(String, Duration)>> {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    type Trickle = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, std::convert::Infallible>>>;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, Trickle>(TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut calls = Vec::new();
+    for n in 0..streams {
+        let (path, content_type) = if n % 2 == 0 {
+            ("/api/users/login", "application/json")
+        } else {
+            ("/conduit.v1.Users/Login", "application/grpc")
+        };
+        let one_byte = futures_util::stream::once(async { Ok(Frame::data(Bytes::from_static(b"{"))) })
+            .chain(futures_util::stream::pending())
+            .boxed();
+        let request = http::Request::post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", content_type)
+            .header("content-length", "100")
+            .header("te", "trailers")
+            .body(StreamBody::new(one_byte))
+            .unwrap();
+        let mut sender = sender.clone();
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = match sender.send_request(request).await {
+                Ok(response) if content_type == "application/grpc" => {
+                    let code = response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("none");
+                    format!("grpc {code}")
+                }
+                Ok(response) => format!("json {}", response.status().as_u16()),
+                Err(e) => format!("failed: {e}"),
+            };
+            (answer, started.elapsed())
+        }));
+    }
+    calls
+}
+
+/// Slow uploads hold no place another client needs: from four loopback
+/// addresses, one HTTP/2 connection each carries 64 calls (JSON and gRPC)
+/// that declare a body and send one byte of it — 256 calls, four times the
+/// 64 places. Bodies are read before a call is admitted, so while they
+/// trickle another address's calls on every protocol are all served; past
+/// BODY_READS_PER_ADDRESS an address's extra uploads are refused at once
+/// (429 / RESOURCE_EXHAUSTED), and the rest end at BODY_READ_TIMEOUT with
+/// 408 / DEADLINE_EXCEEDED. (Before, the flood held every place until
+/// REQUEST_TIMEOUT and every other call got 503.)
+#[tokio::test]
+async fn slow_uploads_from_several_addresses_hold_no_place_another_address_needs() {
+    let app = spawn_app_with(|s| {
+        s.max_concurrent_requests = 64;
+        s.body_read_timeout = Duration::from_secs(3);
+        s.body_reads_per_address = 48;
+    })
+    .await;
+    let flood_started = Instant::now();
+    let mut flood = Vec::new();
+    for source in ["127.0.1.1", "127.0.1.2", "127.0.1.3", "127.0.1.4"] {
+        flood.extend(slow_uploads(source, app.port, 64).await);
+    }
+    // The refusals beyond the per-address bound come back at once; the flood is then in place.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused_at_once = flood.iter().filter(|call| call.is_finished()).count();
+
+    let mut served = Vec::new();
+    let mut tags = pb::tags_client::TagsClient::new(app.channel().await);
+    let mut users = pb::users_client::UsersClient::new(app.channel().await);
+    let mut n = 0;
+    while flood_started.elapsed() < Duration::from_millis(2200) {
+        n += 1;
+        let started = Instant::now();
+        let listed = app.get("/api/tags", None).await.status;
+        let user = serde_json::json!({"user": {"username": format!("other{n}"), "email": format!("other{n}@example.com"), "password": "password123"}});
+        let registered = app.json("POST", "/api/users", None, Some(user)).await.status;
+        let connect = app
+            .send(
+                "POST",
+                "/conduit.v1.Tags/ListTags",
+                &[("content-type", "application/json")],
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .status;
+        let grpc_tags = tags.list_tags(pb::ListTagsRequest {}).await.map(|_| "ok").unwrap_or("failed");
+        let login = pb::LoginRequest {
+            user: Some(pb::LoginUser { email: format!("other{n}@example.com"), password: "password123".into() }),
+        };
+        let grpc_login = users.login(login).await.map(|_| "ok").unwrap_or("failed");
+        assert_eq!(
+            (listed, registered, connect, grpc_tags, grpc_login),
+            (200, 201, 200, "ok", "ok"),
+            "another address is served during the slow-upload flood (round {n})"
+        );
+        served.push(started.elapsed());
+    }
+    let (mut refusals, mut timeouts, mut other) = (Vec::new(), Vec::new(), Vec::new());
+    for call in flood {
+        let (answer, took) =
+            tokio::time::timeout(Duration::from_secs(10), call).await.expect("every upload ends").unwrap();
+        match answer.as_str() {
+            "json 429" | "grpc 8" => refusals.push(took),
+            "json 408" | "grpc 4" => timeouts.push(took),
+            _ => other.push(answer),
+        }
+    }
+    assert!(other.is_empty(), "uploads answered otherwise: {other:?}");
+    assert_eq!((refusals.len(), timeouts.len()), (64, 192), "16 per address refused, 48 per address timed out");
+    assert!(refusals.iter().all(|t| *t < Duration::from_secs(1)), "refusals are at once: {refusals:?}");
+    assert!(
+        timeouts.iter().all(|t| *t >= Duration::from_secs(3) && *t < Duration::from_secs(6)),
+        "trickling uploads end at the body-read timeout: {:?}",
+        timeouts.iter().max()
+    );
+    served.sort();
+    eprintln!(
+        "slow-upload flood: {refused_at_once} refused at once, {} rounds of 5 calls from another address all served \
+         (round p50 {:?}, max {:?}), 192 uploads ended at {:?}..{:?}",
+        served.len(),
+        served[served.len() / 2],
+        served.last().unwrap(),
+        timeouts.iter().min().unwrap(),
+        timeouts.iter().max().unwrap()
+    );
 }

@@ -19,6 +19,16 @@ impl Gateway {
         response
     }
 
+    /// As [`Gateway::reject`], but a JSON answer gets `http_status` where
+    /// HTTP has a more exact status than the code's own (408 for a body
+    /// that did not arrive in time, where DEADLINE_EXCEEDED alone says 504).
+    pub fn reject_as<B>(&self, req: &Request<B>, http_status: http::StatusCode, status: &Status) -> Response<Body> {
+        match req.extensions().get::<Protocol>() {
+            Some(Protocol::Json) | None => self.error_response(Some(http_status), status),
+            Some(_) => self.reject(req, status),
+        }
+    }
+
     fn rejection<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
         match req.extensions().get::<Protocol>() {
             Some(Protocol::Grpc) => status.clone().into_http(),
