@@ -256,9 +256,15 @@ pub struct Settings {
     #[arg(long, env = "CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true)]
     pub cors_max_age: Duration,
 
-    /// How often readiness (gRPC health) checks that the database answers.
+    /// How often readiness (gRPC health) checks that the database answers,
+    /// over a connection of its own (a lost one is noticed at once).
     #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
     pub health_check_interval: Duration,
+
+    /// How often a database found down is probed; service resumes at the
+    /// first probe that succeeds.
+    #[arg(long, env = "HEALTH_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_duration, global = true)]
+    pub health_probe_interval: Duration,
 
     /// Log filter, e.g. info or conduit=debug,sqlx=warn.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
@@ -418,6 +424,8 @@ pub struct ServeSettings {
     pub cors_max_age: Duration,
     /// Period of the database check behind gRPC health.
     pub health_check_interval: Duration,
+    /// Probe interval while the database is down.
+    pub health_probe_interval: Duration,
     /// Migrate at start-up.
     pub migrate_on_start: bool,
     /// How connections are served (head limits, HTTP/2, drain deadline).
@@ -570,8 +578,8 @@ impl Settings {
                     .map_err(|_| format!("CORS_ALLOWED_HEADERS: {h:?} is not a header name"))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        if self.health_check_interval.is_zero() {
-            return Err("HEALTH_CHECK_INTERVAL must be longer than zero".into());
+        if self.health_check_interval.is_zero() || self.health_probe_interval.is_zero() {
+            return Err("HEALTH_CHECK_INTERVAL and HEALTH_PROBE_INTERVAL must be longer than zero".into());
         }
         if self.header_read_timeout.is_zero() {
             return Err("HEADER_READ_TIMEOUT must be longer than zero".into());
@@ -630,6 +638,7 @@ impl Settings {
             cors_allowed_headers,
             cors_max_age: self.cors_max_age,
             health_check_interval: self.health_check_interval,
+            health_probe_interval: self.health_probe_interval,
             migrate_on_start: self.migrate_on_start,
             connection_limits: self.connection_limits(),
             drain_delay: self.drain_delay,

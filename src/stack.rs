@@ -21,7 +21,7 @@ use crate::domain::error::RealWorldErrors;
 use crate::domain::notifications::Hub;
 use crate::domain::{self, Ctx};
 use crate::middleware::{
-    self, authenticate::Authenticate, availability::Availability, body::ReadBodyLayer, cache::CacheLayer,
+    self, authenticate::Authenticate, availability::AvailabilityLayer, body::ReadBodyLayer, cache::CacheLayer,
     client::ClientAddresses, compress::EncodedTags, conditional::Conditional, ratelimit::RateLimitLayer,
     ratelimit::SharedBuckets, request_log::RequestLog, shed::ShedLayer,
 };
@@ -87,7 +87,7 @@ pub(crate) fn build(
         .collect();
     services.sort();
     services.dedup();
-    let health = Health::new(reporter, services);
+    let health = Health::new(reporter, services).with_metrics(metrics.clone());
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -141,8 +141,6 @@ pub(crate) fn build(
         ))
         // Bounds the calls served at once; beyond it, refused at once rather than queued.
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone(), metrics.clone()))
-        // Fails fast while the database is down, instead of waiting for a connection.
-        .layer(GateLayer::new(Availability::new(health.clone(), gateway.clone(), settings.health_check_interval)))
         // Refuses calls that need a token before they are decoded; finds the caller.
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
         // Rate limits per caller (known only now) or address, per route class.
@@ -152,10 +150,21 @@ pub(crate) fn build(
                 .with_client_addresses(clients),
         )
         // Serves hot anonymous reads from memory; a write clears it on every replica.
+        // Above availability: while the database is down no write can change what it holds.
         .layer(cache.clone())
+        // Fails fast while the database is down, and calls in flight when it goes, instead
+        // of each waiting for a pooled connection.
+        .layer(AvailabilityLayer::new(health.clone(), gateway.clone(), retry_after(settings.health_probe_interval)))
         // The request timeout, below everything that answers without the service.
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
         // gRPC and gRPC-Web to tonic, Connect and JSON to the gateway.
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok(Stack { app: axum::Router::new().fallback_service(service), health, cache })
+}
+
+/// What clients are told to wait while the database is down: the probe
+/// interval in whole seconds, at least one.
+fn retry_after(probe: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(probe.as_secs() + u64::from(probe.subsec_nanos() > 0))
+        .max(std::time::Duration::from_secs(1))
 }

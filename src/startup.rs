@@ -11,7 +11,7 @@ use crate::config::ServeSettings;
 use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::{self, Ctx};
 use crate::middleware::ratelimit::SharedBuckets;
-use crate::observability::health::Health;
+use crate::observability::health::{DatabaseWatch, Health};
 use crate::postgres::{MIGRATOR, connect, connect_workers};
 
 /// Why the service could not start.
@@ -53,8 +53,8 @@ pub struct Application {
     limits: crate::server::ConnectionLimits,
     drain_delay: std::time::Duration,
     cache: crate::middleware::cache::CacheLayer,
-    /// Set when migrations are not applied at start: readiness waits for them.
-    expected_migrations: Option<i64>,
+    /// How the database is watched; readiness waits for migrations not applied at start.
+    database_watch: DatabaseWatch,
     tls: Option<crate::server::tls::Tls>,
     hub: crate::domain::notifications::Hub,
     jobs: crate::postgres::jobs::WorkerSettings,
@@ -119,7 +119,11 @@ impl Application {
             limits: settings.connection_limits,
             drain_delay: settings.drain_delay,
             cache,
-            expected_migrations: (!settings.migrate_on_start).then(|| MIGRATOR.iter().count() as i64),
+            database_watch: database_watch(
+                settings.health_check_interval,
+                settings.health_probe_interval,
+                settings.migrate_on_start,
+            ),
             tls,
             hub,
             jobs: settings.jobs.clone(),
@@ -149,11 +153,7 @@ impl Application {
     /// clients reconnect elsewhere and resume), and calls and jobs in
     /// flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let watcher = tokio::spawn(self.health.clone().watch_database(
-            self.db.clone(),
-            self.health_check_interval,
-            self.expected_migrations,
-        ));
+        let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.database_watch));
         let invalidations = tokio::spawn(self.cache.clone().listen());
         let notifications = tokio::spawn(self.hub.clone().listen(self.db.clone()));
         let queue = tokio::spawn(crate::postgres::jobs::watch_queue(
@@ -237,15 +237,13 @@ pub async fn run_worker(
         MIGRATOR.run(&db).await?;
     }
     let metrics = crate::observability::metrics::Metrics::new(db.clone());
-    let health = Health::new(tonic_health::server::health_reporter().0, Vec::new());
+    let health = Health::new(tonic_health::server::health_reporter().0, Vec::new()).with_metrics(metrics.clone());
     let admin =
         TcpListener::bind(settings.admin_listen).await.map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
     tracing::info!(admin = %settings.admin_listen, "serving probes and metrics");
-    let watcher = tokio::spawn(health.clone().watch_database(
-        db.clone(),
-        settings.health_check_interval,
-        (!settings.migrate_on_start).then(|| MIGRATOR.iter().count() as i64),
-    ));
+    let watch =
+        database_watch(settings.health_check_interval, settings.health_probe_interval, settings.migrate_on_start);
+    let watcher = tokio::spawn(health.clone().watch_database(db.clone(), watch));
     let queue =
         tokio::spawn(crate::postgres::jobs::watch_queue(db.clone(), metrics.clone(), settings.health_check_interval));
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -272,4 +270,10 @@ pub async fn run_worker(
     queue.abort();
     db.close().await;
     Ok(())
+}
+
+/// How the database is watched: readiness waits for the migrations when
+/// the process does not apply them itself.
+fn database_watch(interval: std::time::Duration, probe: std::time::Duration, migrates: bool) -> DatabaseWatch {
+    DatabaseWatch { interval, probe, migrations: (!migrates).then(|| MIGRATOR.iter().count() as i64) }
 }

@@ -95,11 +95,15 @@ impl From<sqlx::Error> for ConduitError {
                 // Lock ordering should prevent these; if one happens, the
                 // call may simply be retried.
                 Some("40P01" | "40001") => return Self::Busy,
+                // The server is shutting down, crashed, starting or full, or the
+                // connection failed (class 08): the database is out of reach.
+                Some("57P01" | "57P02" | "57P03" | "53300") => return Self::Unavailable,
+                Some(code) if code.starts_with("08") => return Self::Unavailable,
                 _ => {}
             }
         }
         // No connection to be had: a condition to retry, not a bug.
-        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)) {
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)) {
             return Self::Unavailable;
         }
         Self::Internal(format!("database: {e}"))

@@ -102,6 +102,8 @@ struct Inner {
     rate_limited: Family<ClassLabels, Counter>,
     rate_limit_store_errors: Counter,
     rate_limit_store_up: Gauge,
+    database_outages: Counter,
+    database_up: Gauge,
     cache: Family<CacheLabels, Counter>,
     shed: Counter,
     jobs: Family<JobLabels, Counter>,
@@ -129,6 +131,9 @@ impl Metrics {
         let rate_limit_store_errors = Counter::default();
         let rate_limit_store_up = Gauge::default();
         rate_limit_store_up.set(1);
+        let database_outages = Counter::default();
+        let database_up = Gauge::default();
+        database_up.set(1);
         let cache = Family::<CacheLabels, Counter>::default();
         let shed = Counter::default();
         let jobs = Family::<JobLabels, Counter>::default();
@@ -168,6 +173,16 @@ impl Metrics {
             rate_limit_store_up.clone(),
         );
         registry.register(
+            "database_outages",
+            "Times the database was found unreachable (or without its migrations); calls then fail at once with UNAVAILABLE until a probe finds it back",
+            database_outages.clone(),
+        );
+        registry.register(
+            "database_up",
+            "1 while the database answers, 0 while it is found down (readiness follows)",
+            database_up.clone(),
+        );
+        registry.register(
             "cache_events",
             "Response cache hits, misses, evictions, invalidations and expiries",
             cache.clone(),
@@ -183,6 +198,8 @@ impl Metrics {
             rate_limited,
             rate_limit_store_errors,
             rate_limit_store_up,
+            database_outages,
+            database_up,
             cache,
             shed,
             jobs,
@@ -198,6 +215,14 @@ impl Metrics {
         let labels = RpcLabels { rpc, protocol };
         self.0.in_flight.get_or_create(&labels).inc();
         InFlight { metrics: self.clone(), labels, started: std::time::Instant::now() }
+    }
+
+    /// Records the database going down (counted) or coming back.
+    pub fn database(&self, up: bool) {
+        if !up {
+            self.0.database_outages.inc();
+        }
+        self.0.database_up.set(i64::from(up));
     }
 
     /// Counts a call refused by the rate limit of `class`.

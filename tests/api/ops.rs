@@ -663,7 +663,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 }
 
 /// A PostgreSQL the test starts, stops and starts again: calls fail fast
-/// with 503 and `Retry-After` while it is down, readiness is false, and
+/// with 503 and `Retry-After` while it is down, readiness is false,
+/// anonymous reads still in the response cache are answered from it, and
 /// service resumes by itself when it is back.
 #[tokio::test]
 async fn service_resumes_when_its_database_comes_back() {
@@ -674,6 +675,7 @@ async fn service_resumes_when_its_database_comes_back() {
     let app = spawn_app_with(|s| {
         s.database_url = conduit::config::Secret::from(url.clone());
         s.db_acquire_timeout = Duration::from_secs(2);
+        s.cache_ttl = Duration::from_secs(60);
     })
     .await;
     assert_eq!(app.get("/api/tags", None).await.status, 200);
@@ -681,7 +683,7 @@ async fn service_resumes_when_its_database_comes_back() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let down = loop {
         let started = Instant::now();
-        let reply = app.get("/api/tags", None).await;
+        let reply = app.get("/api/articles?limit=1", None).await;
         if reply.status == 503 {
             assert!(started.elapsed() < Duration::from_secs(3), "fails fast: {:?}", started.elapsed());
             break reply;
@@ -690,6 +692,7 @@ async fn service_resumes_when_its_database_comes_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(down.headers.get("retry-after").is_some(), "{down:?}");
+    assert_eq!(app.get("/api/tags", None).await.status, 200, "a cached anonymous read is served while down");
     let deadline = Instant::now() + Duration::from_secs(5);
     while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 503 {
         assert!(Instant::now() < deadline, "readiness stayed true with the database down");
@@ -698,7 +701,7 @@ async fn service_resumes_when_its_database_comes_back() {
     let local = conduit::postgres::private::LocalPostgres::start(&bin, &root).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if app.get("/api/tags", None).await.status == 200
+        if app.get("/api/articles?limit=1", None).await.status == 200
             && http(app.admin_port, "GET", "/readyz", &[], "").await.0 == 200
         {
             break;
@@ -1156,4 +1159,229 @@ async fn slow_uploads_from_several_addresses_hold_no_place_another_address_needs
         timeouts.iter().min().unwrap(),
         timeouts.iter().max().unwrap()
     );
+}
+
+/// What the writers of the database-kill test saw: each call's start, how
+/// long its answer took, and the answer (an acknowledged slug, or a status).
+#[derive(Default)]
+struct WriteLog {
+    acknowledged: Vec<String>,
+    /// (started, took, HTTP status or 1000 + gRPC code)
+    refused: Vec<(Instant, Duration, u32)>,
+    first_after: Vec<Instant>,
+}
+
+/// Writes articles over JSON (`grpc` false) or gRPC until `stop`, logging each answer.
+async fn article_writer(
+    port: u16,
+    token: String,
+    grpc: bool,
+    name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    log: Arc<Mutex<WriteLog>>,
+) {
+    let http: Client<_, http_body_util::Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect_lazy();
+    let mut articles = pb::articles_client::ArticlesClient::new(channel);
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        n += 1;
+        let title = format!("{name} {n}");
+        let started = Instant::now();
+        let answer: Result<String, u32> = if grpc {
+            let article = pb::NewArticle { title, description: "d".into(), body: "b".into(), ..Default::default() };
+            let request = crate::helpers::authed(pb::CreateArticleRequest { article: Some(article) }, &token);
+            match tokio::time::timeout(Duration::from_secs(15), articles.create_article(request)).await {
+                Ok(Ok(reply)) => Ok(reply.into_inner().article.unwrap().slug),
+                Ok(Err(status)) => Err(1000 + status.code() as u32),
+                Err(_) => Err(0),
+            }
+        } else {
+            let body = serde_json::json!({"article": {"title": title, "description": "d", "body": "b"}});
+            let request = http::Request::post(format!("http://127.0.0.1:{port}/api/articles"))
+                .header("content-type", "application/json")
+                .header("authorization", format!("Token {token}"))
+                .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+                .unwrap();
+            match tokio::time::timeout(Duration::from_secs(15), http.request(request)).await {
+                Ok(Ok(response)) if response.status() == 201 => {
+                    use http_body_util::BodyExt;
+                    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                    let reply: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    Ok(reply["article"]["slug"].as_str().unwrap().to_owned())
+                }
+                Ok(Ok(response)) => Err(u32::from(response.status().as_u16())),
+                _ => Err(0),
+            }
+        };
+        let took = started.elapsed();
+        let refused = {
+            let mut log = log.lock().unwrap();
+            match answer {
+                Ok(slug) => {
+                    log.acknowledged.push(slug);
+                    log.first_after.push(started);
+                    false
+                }
+                Err(code) => {
+                    log.refused.push((started, took, code));
+                    true
+                }
+            }
+        };
+        if refused {
+            // A client told to come back later pauses a little.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A PostgreSQL killed with `kill -9` under a write load (four JSON and two
+/// gRPC writers), then restarted on the same data: readiness turns false
+/// within a second (before: ~7 s), calls in flight and new calls get
+/// 503 / UNAVAILABLE with `Retry-After` within a second (before: each
+/// waited DB_ACQUIRE_TIMEOUT, 5 s), writes succeed again within a second or
+/// two of the restart (before: up to HEALTH_CHECK_INTERVAL, 5 s, later),
+/// no call gets anything but success or UNAVAILABLE, and every write that
+/// was acknowledged is in the database afterwards.
+#[tokio::test]
+async fn a_killed_database_is_noticed_at_once_and_no_acknowledged_write_is_lost() {
+    let root = tempdir("kill");
+    let bin = conduit::postgres::private::find_binaries(None).expect("PostgreSQL server binaries");
+    let local = conduit::postgres::private::LocalPostgres::start(&bin, &root).await.unwrap();
+    let url = local.url();
+    let app = spawn_app_with(|s| {
+        s.database_url = conduit::config::Secret::from(url.clone());
+        // The defaults: the kill must be noticed long before either.
+        s.health_check_interval = Duration::from_secs(5);
+        s.db_acquire_timeout = Duration::from_secs(5);
+        s.db_max_connections = 8;
+    })
+    .await;
+    let token = app.register("writer").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(WriteLog::default()));
+    let writers: Vec<_> = (0..6)
+        .map(|n| {
+            let name = format!("w{n}");
+            tokio::spawn(article_writer(app.port, token.clone(), n >= 4, name, stop.clone(), log.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = log.lock().unwrap().acknowledged.len();
+    assert!(before_kill > 0, "the writers write");
+
+    let pid: i32 = std::fs::read_to_string(local.data_dir().join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kills the test's own PostgreSQL server.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 503 {
+        assert!(killed.elapsed() < Duration::from_secs(5), "readiness stayed true with the database killed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unready_after = killed.elapsed();
+    let refused = app.get("/api/articles", None).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(sample(app.admin_port, "conduit_database_up ").await, 0.0);
+
+    // Down for three seconds, then started again on the same data (crash recovery).
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed.elapsed())).await;
+    local.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let local = loop {
+        match conduit::postgres::private::LocalPostgres::start(&bin, &root).await {
+            Ok(local) => break local,
+            // The killed server's sessions may still be leaving its shared memory.
+            Err(e) => assert!(Instant::now() < deadline, "PostgreSQL does not start again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let restarted = Instant::now();
+    let resumed_after = loop {
+        if let Some(first) = log.lock().unwrap().first_after.iter().find(|t| **t > restarted) {
+            break first.duration_since(restarted);
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(10), "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 200 {
+        assert!(restarted.elapsed() < Duration::from_secs(10), "readiness did not come back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ready_after = restarted.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let unavailable = |code: u32| code == 503 || code == 1000 + tonic::Code::Unavailable as u32;
+    let odd: Vec<_> = log.refused.iter().filter(|(_, _, code)| !unavailable(*code)).collect();
+    assert!(odd.is_empty(), "calls got other than success or UNAVAILABLE: {odd:?}");
+    let slowest_refusal = log.refused.iter().map(|(_, took, _)| *took).max().unwrap_or_default();
+    assert!(slowest_refusal < Duration::from_secs(2), "a refusal took {slowest_refusal:?}");
+    assert!(unready_after < Duration::from_secs(2), "readiness turned false {unready_after:?} after the kill");
+    assert!(resumed_after < Duration::from_secs(3), "writes resumed {resumed_after:?} after the restart");
+
+    let db = conduit::postgres::connect(&local.url(), 1, Duration::from_secs(5)).await.unwrap();
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM articles WHERE slug = ANY($1)")
+        .bind(&log.acknowledged)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let lost = log.acknowledged.len() as i64 - found;
+    assert_eq!(lost, 0, "acknowledged writes missing after the kill");
+    let mut refusals: Vec<Duration> = log.refused.iter().map(|(_, took, _)| *took).collect();
+    refusals.sort();
+    eprintln!(
+        "database kill: not ready after {unready_after:?}; {} refusals (p50 {:?}, slowest {slowest_refusal:?}); \
+         writes resumed {resumed_after:?} and ready {ready_after:?} after the restart; {} writes acknowledged \
+         ({before_kill} before the kill), {lost} missing",
+        refusals.len(),
+        refusals.get(refusals.len() / 2).copied().unwrap_or_default(),
+        log.acknowledged.len(),
+    );
+    drop(app);
+    local.stop().await;
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A pool with no connection free is overload, not an outage: calls that
+/// wait for a connection in vain get 503, but the database, checked over a
+/// connection of its own, is not marked down, so readiness stays true (a
+/// busy minute must not make every replica unready at once).
+#[tokio::test]
+async fn a_busy_pool_is_not_taken_for_a_database_outage() {
+    let app = spawn_app_with(|s| {
+        s.db_max_connections = 1;
+        s.db_acquire_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // The test holds the pool's only connection.
+    let held = app.db.acquire().await.unwrap();
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        busy.push(app.get("/api/tags", None).await.status);
+        assert_eq!(
+            http(app.admin_port, "GET", "/readyz", &[], "").await.0,
+            200,
+            "a busy pool made the replica unready"
+        );
+    }
+    assert_eq!(busy, vec![503; 4], "calls that found no connection are told to come back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http(app.admin_port, "GET", "/readyz", &[], "").await.0, 200);
+    assert_eq!(sample(app.admin_port, "conduit_database_outages_total ").await, 0.0);
+    drop(held);
+    assert_eq!(app.get("/api/tags", None).await.status, 200);
 }

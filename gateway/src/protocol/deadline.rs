@@ -213,12 +213,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        // What the refusal needs of the request, kept before it moves on.
-        let mut shadow = Request::new(());
-        *shadow.extensions_mut() = req.extensions().clone();
-        if let Some(content_type) = req.headers().get(http::header::CONTENT_TYPE) {
-            shadow.headers_mut().insert(http::header::CONTENT_TYPE, content_type.clone());
-        }
+        let shadow = crate::Gateway::refusal_head(&req);
         let (gateway, limit) = (self.layer.gateway.clone(), self.layer.limit);
         let answer = self.inner.call(req);
         Box::pin(async move {

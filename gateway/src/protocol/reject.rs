@@ -29,6 +29,20 @@ impl Gateway {
         }
     }
 
+    /// What [`Gateway::reject`] needs of `req` (its protocol and content
+    /// type), kept by a layer that may refuse the call after the request
+    /// has moved on to the service.
+    pub fn refusal_head<B>(req: &Request<B>) -> Request<()> {
+        let mut head = Request::new(());
+        if let Some(protocol) = req.extensions().get::<Protocol>() {
+            head.extensions_mut().insert(*protocol);
+        }
+        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+            head.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        head
+    }
+
     fn rejection<B>(&self, req: &Request<B>, status: &Status) -> Response<Body> {
         match req.extensions().get::<Protocol>() {
             Some(Protocol::Grpc) => status.clone().into_http(),
