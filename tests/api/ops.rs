@@ -556,6 +556,105 @@ async fn sigterm_under_keep_alive_load_fails_no_request_on_an_open_connection() 
     assert!(tally.failed_on_reused.is_empty(), "requests on open connections failed: {:?}", tally.failed_on_reused);
 }
 
+/// What the HTTP/2 clients of a drain saw.
+#[derive(Default)]
+struct Http2Tally {
+    answered: u32,
+    /// Connections that ended with the server's GOAWAY (a clean close).
+    went_away: u32,
+    /// Calls that failed although the server had taken them: neither
+    /// refused before being processed (REFUSED_STREAM, GOAWAY) nor sent
+    /// on a connection the client knew to be closing.
+    failed: Vec<String>,
+}
+
+/// Sends `GET /api/tags` over one HTTP/2 connection after another, four
+/// calls at a time on each, until a connection is refused (the listener is
+/// gone) or the bounds pass.
+async fn http2_client(port: u16, tally: Arc<Mutex<Http2Tally>>) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return };
+        let Ok((sender, connection)) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        else {
+            return;
+        };
+        let connection = tokio::spawn(connection);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let mut sender = sender.clone();
+            let tally = tally.clone();
+            calls.spawn(async move {
+                // Bounded in count as well as time.
+                while tally.lock().unwrap().answered < 200_000 {
+                    if sender.ready().await.is_err() {
+                        return;
+                    }
+                    let request = http::Request::get(format!("http://127.0.0.1:{port}/api/tags"))
+                        .body(http_body_util::Empty::new())
+                        .unwrap();
+                    match sender.send_request(request).await {
+                        Ok(response) if response.status() == 200 => {
+                            use http_body_util::BodyExt;
+                            match response.into_body().collect().await {
+                                Ok(_) => tally.lock().unwrap().answered += 1,
+                                Err(e) => tally.lock().unwrap().failed.push(format!("body: {e}")),
+                            }
+                        }
+                        Ok(response) => tally.lock().unwrap().failed.push(format!("status {}", response.status())),
+                        Err(e) => {
+                            let text = format!("{e:?}");
+                            // Refused before any processing: the client may resend it elsewhere.
+                            let refused = text.contains("REFUSED_STREAM") || text.contains("GoAway") || e.is_canceled();
+                            if !refused {
+                                tally.lock().unwrap().failed.push(text);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        drop(sender);
+        while calls.join_next().await.is_some() {}
+        if matches!(connection.await, Ok(Ok(()))) {
+            tally.lock().unwrap().went_away += 1;
+        }
+    }
+}
+
+/// The same drain over HTTP/2: from SIGTERM on, every open connection gets
+/// GOAWAY, the calls it carries are answered, and clients move to new
+/// connections until the listener closes; no call the server took fails.
+#[tokio::test]
+async fn sigterm_under_http2_load_sends_goaway_and_fails_no_call_it_took() {
+    let served = Served::start(&[("DRAIN_DELAY", "1s"), ("DRAIN_TIMEOUT", "10s")]).await;
+    let tally = Arc::new(Mutex::new(Http2Tally::default()));
+    let clients: Vec<_> = (0..4).map(|_| tokio::spawn(http2_client(served.port, tally.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = tally.lock().unwrap().answered;
+    served.signal(libc::SIGTERM);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let (code, _) = served.stop().await;
+    assert_eq!(code, Some(0), "a clean exit");
+    let tally = tally.lock().unwrap();
+    eprintln!(
+        "HTTP/2 drain: {} answers ({before} before SIGTERM), {} connections closed by GOAWAY, {} calls failed",
+        tally.answered,
+        tally.went_away,
+        tally.failed.len()
+    );
+    assert!(before > 0 && tally.answered > before, "calls were served before and during the drain");
+    assert!(tally.went_away >= 4, "every client's connection ended with GOAWAY: {}", tally.went_away);
+    assert!(tally.failed.is_empty(), "calls the server took failed: {:?}", tally.failed);
+}
+
 async fn http_result(port: u16, method: &str, path: &str, body: &str) -> Result<u16, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
