@@ -22,6 +22,8 @@ use tonic::{Code, Status};
 
 use gateway_tests::pb;
 
+mod protojson;
+
 /// What the service saw of streams.
 #[derive(Default)]
 struct Seen {
@@ -138,13 +140,17 @@ struct LabServer {
 async fn lab() -> LabServer {
     let seen = Arc::new(Seen::default());
     let service = Arc::new(Lab { seen: seen.clone() });
+    let conformance = Arc::new(protojson::Conformance);
     let gateway = Gateway::builder()
         .methods(pb::lab_gateway_methods(service.clone()))
+        .methods(pb::conformance_gateway_methods(conformance.clone()))
         .routes(pb::HTTP_ROUTES)
         .any_types(pb::ANY_TYPES)
         .build()
         .expect("the lab's rules are valid");
-    let grpc = tonic::service::Routes::new(pb::lab_server::LabServer::from_arc(service)).into_axum_router();
+    let grpc = tonic::service::Routes::new(pb::lab_server::LabServer::from_arc(service))
+        .add_service(pb::conformance_server::ConformanceServer::from_arc(conformance))
+        .into_axum_router();
     let recorded = Arc::new(Mutex::new(BTreeSet::new()));
     let record = recorded.clone();
     let recorder = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {

@@ -34,6 +34,13 @@ pub trait Validate {
     }
 }
 
+// A recursive message holds itself boxed (`Option<Box<T>>`); its rules are the message's.
+impl<T: Validate + ?Sized> Validate for Box<T> {
+    fn check(&self, prefix: &str, out: &mut Violations) {
+        (**self).check(prefix, out);
+    }
+}
+
 /// The broken rules of one message.
 #[derive(Debug, Default)]
 pub struct Violations(Vec<FieldViolation>);
