@@ -3,8 +3,10 @@
 //! proto3 JSON forms.
 //!
 //! [`Timestamp`] is the gateway's own: RFC 3339 in UTC with a `Z` and always
-//! a fractional part (3, 6 or 9 digits), which JavaScript clients and JSON
-//! Schema `date-time` validators read most safely. [`FieldMask`] and
+//! a fractional part (3, 6 or 9 digits; the specification allows 0 too),
+//! which JavaScript clients and JSON Schema `date-time` validators read most
+//! safely; one outside years 0001–9999 or with nanos outside 0–999,999,999
+//! is an error, never written. [`FieldMask`] and
 //! [`Any`] are its own too; the others come from `pbjson-types`.
 
 pub use pbjson_types::{
@@ -24,6 +26,9 @@ pub struct FieldMask {
 
 impl serde::Serialize for FieldMask {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(problem) = self.paths.iter().find_map(|p| unwritable_path(p)) {
+            return Err(serde::ser::Error::custom(problem));
+        }
         let camel: Vec<String> = self
             .paths
             .iter()
@@ -51,6 +56,21 @@ impl<'de> serde::Deserialize<'de> for FieldMask {
             .collect::<Result<_, _>>()?;
         Ok(Self { paths })
     }
+}
+
+/// Why a path cannot be written in JSON so that it reads back the same: its
+/// lowerCamelCase form loses upper-case letters, and an `_` not followed by
+/// a lower-case letter (`a__b`, `a_1`, `a_`).
+fn unwritable_path(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    if b.iter().any(u8::is_ascii_uppercase) {
+        return Some(format!("field mask path {path:?} has upper-case letters: it cannot be written as JSON"));
+    }
+    let bad_underscore =
+        b.iter().enumerate().any(|(i, c)| *c == b'_' && !b.get(i + 1).is_some_and(u8::is_ascii_lowercase));
+    bad_underscore.then(|| {
+        format!("field mask path {path:?}: an '_' must be followed by a lower-case letter to be written as JSON")
+    })
 }
 
 /// `displayName` → `display_name`.
@@ -164,13 +184,7 @@ impl std::str::FromStr for Timestamp {
             }
             Ok(part.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
         };
-        if b.len() < 20
-            || b[4] != b'-'
-            || b[7] != b'-'
-            || !matches!(b[10], b'T' | b't' | b' ')
-            || b[13] != b':'
-            || b[16] != b':'
-        {
+        if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
             return Err(TimestampParseError("expected YYYY-MM-DDTHH:MM:SS"));
         }
         let (year, month, day) = (num(0..4)?, num(5..7)? as u32, num(8..10)? as u32);
@@ -200,19 +214,25 @@ impl std::str::FromStr for Timestamp {
             if digits == 0 {
                 return Err(TimestampParseError("empty fraction"));
             }
+            if digits > 9 {
+                return Err(TimestampParseError("more than 9 fractional digits"));
+            }
             for _ in digits..9 {
                 nanos *= 10;
             }
         }
         let offset = match b.get(i..) {
-            Some(b"Z" | b"z") => 0,
+            Some(b"Z") => 0,
             Some([sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]) => {
                 let digits = [h1, h2, m1, m2];
                 if !digits.iter().all(|d| d.is_ascii_digit()) {
                     return Err(TimestampParseError("bad offset"));
                 }
-                let minutes =
-                    i64::from((h1 - b'0') * 10 + (h2 - b'0')) * 60 + i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+                let (hours, minutes) = ((h1 - b'0') * 10 + (h2 - b'0'), (m1 - b'0') * 10 + (m2 - b'0'));
+                if hours > 23 || minutes > 59 {
+                    return Err(TimestampParseError("offset out of range"));
+                }
+                let minutes = i64::from(hours) * 60 + i64::from(minutes);
                 if *sign == b'+' { minutes * 60 } else { -minutes * 60 }
             }
             _ => return Err(TimestampParseError("expected Z or an offset")),
@@ -227,6 +247,12 @@ impl std::str::FromStr for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds) || !(0..=999_999_999).contains(&self.nanos) {
+            return Err(serde::ser::Error::custom(format!(
+                "timestamp {}s {}ns is outside years 0001 to 9999 or has nanos outside 0 to 999999999",
+                self.seconds, self.nanos
+            )));
+        }
         serializer.collect_str(self)
     }
 }
@@ -260,6 +286,26 @@ mod tests {
     }
 
     #[test]
+    fn refuses_to_write_what_cannot_be_read_back() {
+        for unwritable in
+            [Timestamp::new(MAX_SECONDS + 1, 0), Timestamp::new(MIN_SECONDS - 1, 0), Timestamp::new(0, -1)]
+        {
+            assert!(serde_json::to_string(&unwritable).is_err(), "{unwritable:?}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Timestamp::new(MAX_SECONDS, 999_999_999)).unwrap(),
+            "\"9999-12-31T23:59:59.999999999Z\""
+        );
+        for unwritable in ["sInt32", "a__b", "digit_9", "trailing_"] {
+            assert!(serde_json::to_string(&FieldMask { paths: vec![unwritable.into()] }).is_err(), "{unwritable}");
+        }
+        assert_eq!(
+            serde_json::to_string(&FieldMask { paths: vec!["user.display_name".into()] }).unwrap(),
+            "\"user.displayName\""
+        );
+    }
+
+    #[test]
     fn parses_offsets_and_rejects_garbage() {
         let ts: Timestamp = "2026-01-02T05:04:05+02:00".parse().unwrap();
         assert_eq!(ts.to_string(), "2026-01-02T03:04:05.000Z");
@@ -272,6 +318,11 @@ mod tests {
             "2026-01-02T00:00:00",
             "2026-01-02T00:00:00.Z",
             "x026-01-02T00:00:00Z",
+            "2026-01-02t00:00:00Z",
+            "2026-01-02T00:00:00z",
+            "2026-01-02 00:00:00Z",
+            "2026-01-02T00:00:00.1234567891Z",
+            "2026-01-02T00:00:00+24:00",
         ] {
             assert!(bad.parse::<Timestamp>().is_err(), "{bad}");
         }
