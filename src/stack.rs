@@ -78,6 +78,8 @@ pub(crate) fn build(
         .renderer(RealWorldErrors)
         .openapi(crate::pb::OPENAPI)
         .body_limit(settings.body_limit)
+        // RealWorld clients send fields the contract does not name; they are ignored.
+        .ignore_unknown_fields(true)
         .build()?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();

@@ -70,7 +70,9 @@ impl Builder {
     /// JSON output writes unset fields that have presence (`optional`
     /// scalars, messages, wrappers) as `null` instead of leaving them out,
     /// for APIs whose contract declares such fields nullable and always
-    /// present. Oneof members stay out when unset.
+    /// present. Oneof members stay out when unset. Input then accepts `null`
+    /// for those fields only, as the OpenAPI document says; without it,
+    /// `null` reads as "unset" for every field (the ProtoJSON rule).
     pub fn null_for_unset(mut self, on: bool) -> Self {
         self.null_for_unset = on;
         self
@@ -164,25 +166,16 @@ impl Builder {
             .extern_path(".google.protobuf.Timestamp", "::gateway::wkt::Timestamp")
             .compile_fds(fds)?;
 
-        let prefixes: Vec<String> = packages.iter().map(|p| format!(".{p}")).collect();
-        let mut json = pbjson_build::Builder::new();
-        json.register_descriptors(&encoded)?
-            .out_dir(&out)
-            .extern_path(".google.protobuf", "::gateway::wkt")
-            .extern_path(".google.protobuf.Timestamp", "::gateway::wkt::Timestamp")
-            .ignore_unknown_fields();
-        if self.emit_defaults {
-            json.emit_fields();
-        }
-        if self.proto_names {
-            json.preserve_proto_field_names();
-        }
-        json.build(&prefixes)?;
-        if self.null_for_unset {
-            for package in &packages {
-                let path = out.join(format!("{package}.serde.rs"));
-                fs::write(&path, generate::null_for_unset(&fs::read_to_string(&path)?))?;
-            }
+        let json = crate::json::JsonOptions {
+            emit_defaults: self.emit_defaults,
+            null_for_unset: self.null_for_unset,
+            proto_names: self.proto_names,
+        };
+        for package in &packages {
+            fs::write(
+                out.join(format!("{package}.serde.rs")),
+                crate::json::package(&pool, package, &own_files, json)?,
+            )?;
         }
 
         for (package, code) in tables {

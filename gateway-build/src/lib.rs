@@ -4,7 +4,7 @@
 //! It compiles `.proto` files with a pure-Rust compiler (no system `protoc`)
 //! and writes, into `OUT_DIR`, per package:
 //! - `<package>.rs`: prost messages, tonic clients and servers;
-//! - `<package>.serde.rs`: proto3-JSON serde implementations (pbjson);
+//! - `<package>.serde.rs`: proto3-JSON serde implementations, on `gateway::protojson`;
 //! - `<package>.gateway.rs`: a [`gateway::MethodSpec`] per RPC, a
 //!   `<service>_gateway_methods(Arc<impl Service>)` function per service that
 //!   gives the gateway its typed in-process handlers, the package's
@@ -38,6 +38,7 @@
 
 mod builder;
 mod generate;
+mod json;
 mod names;
 mod openapi;
 mod rules;

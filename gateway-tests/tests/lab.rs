@@ -138,6 +138,11 @@ struct LabServer {
 }
 
 async fn lab() -> LabServer {
+    lab_with(false).await
+}
+
+/// The lab, ignoring unknown JSON fields (`true`) or refusing them.
+async fn lab_with(ignore_unknown_fields: bool) -> LabServer {
     let seen = Arc::new(Seen::default());
     let service = Arc::new(Lab { seen: seen.clone() });
     let conformance = Arc::new(protojson::Conformance);
@@ -146,6 +151,7 @@ async fn lab() -> LabServer {
         .methods(pb::conformance_gateway_methods(conformance.clone()))
         .routes(pb::HTTP_ROUTES)
         .any_types(pb::ANY_TYPES)
+        .ignore_unknown_fields(ignore_unknown_fields)
         .build()
         .expect("the lab's rules are valid");
     let grpc = tonic::service::Routes::new(pb::lab_server::LabServer::from_arc(service))
@@ -282,7 +288,8 @@ async fn query_parameters_set_every_kind_of_unbound_field() {
 
 #[tokio::test]
 async fn json_bodies_follow_the_proto3_mapping_both_ways() {
-    let lab = lab().await;
+    // Unknown fields ignored: refusing them is the default (see protojson).
+    let lab = lab_with(true).await;
     let sent = json!({
         "big": 5, "ubig": "7", "ratio": "-Infinity", "blob": "-_8", "color": 2, "colors": ["RED", 1],
         "maybe": "", "wrapped": "", "wrappedInt": null, "at": "1970-01-01T00:00:01.5Z", "took": "-0.25s",

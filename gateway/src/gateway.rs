@@ -104,6 +104,7 @@ pub struct GatewayBuilder {
     renderer: Arc<dyn ErrorRenderer>,
     body_limit: usize,
     openapi: Option<&'static str>,
+    ignore_unknown_fields: bool,
 }
 
 impl Default for GatewayBuilder {
@@ -115,6 +116,7 @@ impl Default for GatewayBuilder {
             renderer: Arc::new(RpcStatusRenderer),
             body_limit: DEFAULT_BODY_LIMIT,
             openapi: None,
+            ignore_unknown_fields: false,
         }
     }
 }
@@ -169,10 +171,21 @@ impl GatewayBuilder {
         self
     }
 
+    /// Ignores JSON keys that name no field, and enum value names that name
+    /// no value, instead of refusing the request (the default, as the
+    /// ProtoJSON specification has it). For clients that send more than
+    /// the API declares.
+    pub fn ignore_unknown_fields(mut self, ignore: bool) -> Self {
+        self.ignore_unknown_fields = ignore;
+        self
+    }
+
     /// Indexes the routes. Fails on a malformed template or method, or on
     /// two rules that match the same requests.
     pub fn build(self) -> Result<Gateway, TemplateError> {
-        let methods: HashMap<&'static str, Method> = self.methods.into_iter().map(|m| (m.spec.rpc, m)).collect();
+        let ignore = self.ignore_unknown_fields;
+        let methods: HashMap<&'static str, Method> =
+            self.methods.into_iter().map(|m| (m.spec.rpc, m.ignoring_unknown_fields(ignore))).collect();
         let mut router = Router::new();
         let mut routes = Vec::new();
         for route in self.routes.into_iter().filter(|r| methods.contains_key(r.rpc)) {

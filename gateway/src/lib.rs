@@ -74,7 +74,7 @@ pub use dispatch::{Classify, ClassifyLayer, Dispatch};
 pub use gate::{Admission, Around, AroundLayer, AroundService, Gate, GateLayer};
 pub use gateway::{DEFAULT_BODY_LIMIT, Gateway, GatewayBuilder, Protocol, RouteTemplate, RpcMethod};
 pub use message::method::Method;
-pub use message::{validate, wkt};
+pub use message::{protojson, validate, wkt};
 pub use protocol::deadline::{Deadline, Timeout, TimeoutLayer};
 pub use rule::binding::invalid_field;
 pub use rule::router::{Match, Router};

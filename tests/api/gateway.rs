@@ -62,7 +62,10 @@ async fn malformed_json_and_wrong_types_get_422_naming_the_field() {
             r#"{"user": {"email": 5, "password": "x"}}"#,
             "email invalid type: integer `5`, expected a string at line 1 column 20",
         ),
-        (r#"{"user": []}"#, "user invalid type: sequence, expected struct conduit.v1.LoginUser at line 1 column 11"),
+        (
+            r#"{"user": []}"#,
+            "user invalid type: sequence, expected a JSON object (conduit.v1.LoginUser) at line 1 column 9",
+        ),
         ("not json", "body malformed JSON request: expected ident at line 1 column 2"),
     ];
     for (body, message) in cases {
@@ -130,7 +133,7 @@ async fn success_codes_come_from_the_proto_options() {
     assert!(reply.headers.get("content-type").is_none());
 }
 
-/// The gateway with a body-bound message of the real generated (pbjson)
+/// The gateway with a body-bound message of the real generated
 /// types: numbers out of range and wrong types name the field.
 #[tokio::test]
 async fn generated_json_types_report_out_of_range_numbers_by_field() {

@@ -777,6 +777,14 @@ async fn service_resumes_when_its_database_comes_back() {
         s.cache_ttl = Duration::from_secs(60);
     })
     .await;
+    // The cache is cleared when its listener first connects: fill it after that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(app.admin_port, "conduit_cache_events_total{event=\"hit\"} ").await < 1.0 {
+        assert!(Instant::now() < deadline, "anonymous reads are not cached");
+        assert_eq!(app.get("/api/tags", None).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.get("/api/tags", None).await.status, 200);
     local.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);

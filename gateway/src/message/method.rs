@@ -88,6 +88,7 @@ pub struct Method {
     /// The method's description.
     pub spec: &'static MethodSpec,
     handler: Option<Handler>,
+    ignore_unknown_fields: bool,
 }
 
 impl std::fmt::Debug for Method {
@@ -147,17 +148,24 @@ impl Method {
                 Ok(Answer { metadata, output: output(reply, encoding)? })
             })
         };
-        Self { spec, handler: Some(Arc::new(handler)) }
+        Self { spec, handler: Some(Arc::new(handler)), ignore_unknown_fields: false }
     }
 
     /// A client- or bidirectional-streaming method: served over gRPC only.
     pub fn grpc_only(spec: &'static MethodSpec) -> Self {
-        Self { spec, handler: None }
+        Self { spec, handler: None, ignore_unknown_fields: false }
+    }
+
+    /// Ignores unknown JSON fields (`true`) or refuses them.
+    pub(crate) fn ignoring_unknown_fields(mut self, ignore: bool) -> Self {
+        self.ignore_unknown_fields = ignore;
+        self
     }
 
     pub(crate) fn call(&self, call: Call) -> BoxFuture<'static, Result<Answer, Status>> {
         match &self.handler {
-            Some(handler) => handler(call),
+            // The request is decoded before the handler's future is made.
+            Some(handler) => crate::protojson::with_unknown_fields(self.ignore_unknown_fields, || handler(call)),
             None => {
                 let kind = match self.spec.kind {
                     MethodKind::ClientStreaming => "client-streaming",

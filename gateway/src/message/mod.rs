@@ -5,5 +5,6 @@
 
 pub(crate) mod json;
 pub(crate) mod method;
+pub mod protojson;
 pub mod validate;
 pub mod wkt;

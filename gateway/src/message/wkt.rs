@@ -1,18 +1,354 @@
 //! The well-known protobuf types (`google.protobuf.*`) as generated code
 //! refers to them (`gateway-build` maps the package here), with their
-//! proto3 JSON forms.
+//! proto3 JSON forms, all the gateway's own (see [`crate::protojson`]).
 //!
-//! [`Timestamp`] is the gateway's own: RFC 3339 in UTC with a `Z` and always
-//! a fractional part (3, 6 or 9 digits; the specification allows 0 too),
-//! which JavaScript clients and JSON Schema `date-time` validators read most
-//! safely; one outside years 0001–9999 or with nanos outside 0–999,999,999
-//! is an error, never written. [`FieldMask`] and
-//! [`Any`] are its own too; the others come from `pbjson-types`.
+//! [`Timestamp`] is RFC 3339 in UTC with a `Z` and always a fractional
+//! part (3, 6 or 9 digits; the specification allows 0 too), which
+//! JavaScript clients and JSON Schema `date-time` validators read most
+//! safely; one outside years 0001–9999 or with nanos outside
+//! 0–999,999,999 is an error, never written. [`Duration`] is seconds with
+//! an `s`, within ±315,576,000,000 s. [`Value`] is any JSON value, `null`
+//! being its `null_value`.
 
-pub use pbjson_types::{
-    BoolValue, BytesValue, DoubleValue, Duration, Empty, FloatValue, Int32Value, Int64Value, ListValue, NullValue,
-    StringValue, Struct, UInt32Value, UInt64Value, Value,
-};
+use std::fmt;
+
+use crate::protojson::{self as pj, Codec as _};
+
+macro_rules! wrappers {
+    ($($(#[$doc:meta])* $name:ident($ty:ty, $prost:ident, $codec:ty);)*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, prost::Message)]
+        pub struct $name {
+            /// The wrapped value.
+            #[prost($prost, tag = "1")]
+            pub value: $ty,
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                <$codec>::write(&self.value, serializer)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let value = <$codec>::read(deserializer)?
+                    .ok_or_else(|| <D::Error as serde::de::Error>::custom("not a value of the wrapper"))?;
+                Ok(Self { value })
+            }
+        }
+    )*};
+}
+
+wrappers! {
+    /// `google.protobuf.BoolValue`: the bool itself in JSON.
+    BoolValue(bool, bool, pj::Bool);
+    /// `google.protobuf.Int32Value`: the number itself in JSON.
+    Int32Value(i32, int32, pj::Int32);
+    /// `google.protobuf.Int64Value`: the number itself, as a string, in JSON.
+    Int64Value(i64, int64, pj::Int64);
+    /// `google.protobuf.UInt32Value`: the number itself in JSON.
+    UInt32Value(u32, uint32, pj::UInt32);
+    /// `google.protobuf.UInt64Value`: the number itself, as a string, in JSON.
+    UInt64Value(u64, uint64, pj::UInt64);
+    /// `google.protobuf.FloatValue`: the number itself in JSON.
+    FloatValue(f32, float, pj::Float);
+    /// `google.protobuf.DoubleValue`: the number itself in JSON.
+    DoubleValue(f64, double, pj::Double);
+    /// `google.protobuf.StringValue`: the string itself in JSON.
+    StringValue(String, string, pj::Str);
+    /// `google.protobuf.BytesValue`: the bytes themselves, in base64, in JSON.
+    BytesValue(Vec<u8>, bytes, pj::Bytes<Vec<u8>>);
+}
+
+/// `google.protobuf.Empty`: `{}` in JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct Empty {}
+
+impl serde::Serialize for Empty {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        serializer.serialize_map(Some(0))?.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Empty {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Empty;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Empty, A::Error> {
+                if let Some(key) = map.next_key::<pj::Key<'de>>()? {
+                    if !pj::ignoring_unknown_fields() {
+                        return Err(pj::unknown_field("google.protobuf.Empty", &key.0));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                }
+                Ok(Empty {})
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// `google.protobuf.NullValue`: `null` in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum NullValue {
+    /// The only value.
+    NullValue = 0,
+}
+
+impl pj::ProtoEnum for NullValue {
+    fn from_json_name(name: &str) -> Option<i32> {
+        (name == "NULL_VALUE").then_some(0)
+    }
+    fn json_name(number: i32) -> Option<&'static str> {
+        (number == 0).then_some("NULL_VALUE")
+    }
+}
+
+/// `google.protobuf.Struct`: a JSON object.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Struct {
+    /// The object's members.
+    #[prost(map = "string, message", tag = "1")]
+    pub fields: std::collections::HashMap<String, Value>,
+}
+
+/// `google.protobuf.ListValue`: a JSON array.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListValue {
+    /// The array's elements.
+    #[prost(message, repeated, tag = "1")]
+    pub values: Vec<Value>,
+}
+
+/// `google.protobuf.Value`: any JSON value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Value {
+    /// Which value; unset is written as `null`.
+    #[prost(oneof = "value::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    pub kind: Option<value::Kind>,
+}
+
+/// The kinds of [`Value`].
+pub mod value {
+    /// One JSON value.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// `null`.
+        #[prost(enumeration = "super::NullValue", tag = "1")]
+        NullValue(i32),
+        /// A number (finite: JSON has no other).
+        #[prost(double, tag = "2")]
+        NumberValue(f64),
+        /// A string.
+        #[prost(string, tag = "3")]
+        StringValue(String),
+        /// `true` or `false`.
+        #[prost(bool, tag = "4")]
+        BoolValue(bool),
+        /// An object.
+        #[prost(message, tag = "5")]
+        StructValue(super::Struct),
+        /// An array.
+        #[prost(message, tag = "6")]
+        ListValue(super::ListValue),
+    }
+}
+
+impl serde::Serialize for Struct {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.fields.len()))?;
+        for (key, value) in &self.fields {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for ListValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.values)
+    }
+}
+
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        match &self.kind {
+            // No kind: nothing is there, which JSON says with null (as the reference does).
+            None | Some(value::Kind::NullValue(_)) => serializer.serialize_unit(),
+            Some(value::Kind::NumberValue(n)) if !n.is_finite() => {
+                Err(S::Error::custom(format!("a google.protobuf.Value cannot hold {n} in JSON")))
+            }
+            Some(value::Kind::NumberValue(n)) => serializer.serialize_f64(*n),
+            Some(value::Kind::StringValue(s)) => serializer.serialize_str(s),
+            Some(value::Kind::BoolValue(b)) => serializer.serialize_bool(*b),
+            Some(value::Kind::StructValue(s)) => s.serialize(serializer),
+            Some(value::Kind::ListValue(l)) => l.serialize(serializer),
+        }
+    }
+}
+
+/// Reads any JSON value as a [`Value`]; objects become structs, arrays lists.
+struct AnyJson;
+
+impl<'de> serde::de::Visitor<'de> for AnyJson {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        Ok(Value { kind: Some(value::Kind::NullValue(0)) })
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value { kind: Some(value::Kind::BoolValue(v)) })
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        if !v.is_finite() {
+            return Err(E::custom("a number in a google.protobuf.Value must be finite"));
+        }
+        Ok(Value { kind: Some(value::Kind::NumberValue(v)) })
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value { kind: Some(value::Kind::StringValue(v.to_owned())) })
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value { kind: Some(value::Kind::StringValue(v)) })
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(value) = seq.next_element::<Value>()? {
+            values.push(value);
+        }
+        Ok(Value { kind: Some(value::Kind::ListValue(ListValue { values })) })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = std::collections::HashMap::new();
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            if fields.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("a key is given more than once in a google.protobuf.Struct"));
+            }
+        }
+        Ok(Value { kind: Some(value::Kind::StructValue(Struct { fields })) })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AnyJson)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Struct {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_map(AnyJson)?.kind {
+            Some(value::Kind::StructValue(s)) => Ok(s),
+            _ => Err(serde::de::Error::custom("a google.protobuf.Struct is a JSON object")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_seq(AnyJson)?.kind {
+            Some(value::Kind::ListValue(l)) => Ok(l),
+            _ => Err(serde::de::Error::custom("a google.protobuf.ListValue is a JSON array")),
+        }
+    }
+}
+
+/// `google.protobuf.Duration`: signed seconds with up to 9 fractional
+/// digits and an `s` (`"-1.5s"`), within ±315,576,000,000 s.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct Duration {
+    /// Whole seconds.
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    /// Nanoseconds, of the same sign as `seconds`, within ±999,999,999.
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// The longest duration proto3 allows, in seconds (10,000 years).
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+impl serde::Serialize for Duration {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (seconds, nanos) = (self.seconds, self.nanos);
+        let valid = seconds.abs() <= MAX_DURATION_SECONDS
+            && nanos.abs() <= 999_999_999
+            && !(seconds > 0 && nanos < 0 || seconds < 0 && nanos > 0);
+        if !valid {
+            return Err(serde::ser::Error::custom(format!(
+                "duration {seconds}s {nanos}ns is out of range or has nanos of the other sign"
+            )));
+        }
+        let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+        let (whole, fraction) = (seconds.unsigned_abs(), nanos.unsigned_abs());
+        let text = if fraction == 0 {
+            format!("{sign}{whole}s")
+        } else if fraction % 1_000_000 == 0 {
+            format!("{sign}{whole}.{:03}s", fraction / 1_000_000)
+        } else if fraction % 1_000 == 0 {
+            format!("{sign}{whole}.{:06}s", fraction / 1_000)
+        } else {
+            format!("{sign}{whole}.{fraction:09}s")
+        };
+        serializer.serialize_str(&text)
+    }
+}
+
+impl std::str::FromStr for Duration {
+    type Err = String;
+
+    /// Parses `[-]seconds[.fraction]s`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a duration such as \"1.5s\"");
+        let body = text.strip_suffix('s').ok_or_else(bad)?;
+        let (negative, body) = match body.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, body),
+        };
+        let (whole, fraction) = body.split_once('.').unwrap_or((body, ""));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || (body.contains('.') && !digits(fraction)) || fraction.len() > 9 {
+            return Err(bad());
+        }
+        let seconds: i64 = whole.parse().map_err(|_| bad())?;
+        let nanos: i32 = format!("{fraction:0<9}").parse().map_err(|_| bad())?;
+        if seconds > MAX_DURATION_SECONDS {
+            return Err(format!("{text:?} is longer than 315576000000 s"));
+        }
+        Ok(if negative { Self { seconds: -seconds, nanos: -nanos } } else { Self { seconds, nanos } })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// `google.protobuf.FieldMask`: in JSON one string of comma-separated
 /// lowerCamelCase paths (`"user.displayName,photo"`); `paths` holds the
@@ -86,8 +422,6 @@ fn snake_case(camel: &str) -> String {
     }
     out
 }
-
-use std::fmt;
 
 /// `google.protobuf.Timestamp`: seconds and nanoseconds since the Unix epoch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Message)]
