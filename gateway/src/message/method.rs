@@ -192,15 +192,21 @@ fn request<I: prost::Message + Default + DeserializeOwned + Validate>(call: Call
     Ok(tonic::Request::from_parts(call.metadata, call.extensions, message))
 }
 
+/// A message's proto3 JSON: the generated `Serialize` writes the mapping
+/// (non-finite floats as strings included), serde_json only the text.
+fn to_json<O: Serialize>(message: &O) -> serde_json::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(256);
+    serde_json::to_writer(&mut out, message)?;
+    Ok(out)
+}
+
 fn encode<O: prost::Message + Serialize>(message: &O, encoding: Encoding) -> Result<Bytes, Status> {
     let failed = |e: serde_json::Error| Status::internal(format!("cannot encode the response as JSON: {e}"));
     match encoding {
         Encoding::Proto => Ok(message.encode_to_vec().into()),
-        Encoding::Json { response_body: "" } => crate::message::json::to_vec(message).map(Bytes::from).map_err(failed),
+        Encoding::Json { response_body: "" } => to_json(message).map(Bytes::from).map_err(failed),
         Encoding::Json { response_body } => {
-            // Through the proto3 writer first, so non-finite floats survive.
-            let mut value: serde_json::Value =
-                serde_json::from_slice(&crate::message::json::to_vec(message).map_err(failed)?).map_err(failed)?;
+            let mut value = serde_json::to_value(message).map_err(failed)?;
             for part in response_body.split('.') {
                 value = match value {
                     serde_json::Value::Object(mut map) => {

@@ -136,23 +136,33 @@ pub fn duplicate_field<E: de::Error>(name: &str) -> E {
     E::custom(format!("field {name:?} is given more than once (or with another member of its oneof)"))
 }
 
-/// Which fields of a message were read: a field may be named once.
+/// Which fields of a message were read: a field may be named once. The
+/// first 128 are kept inline (no allocation for any ordinary message).
 #[derive(Default)]
-pub struct Seen(Vec<u64>);
+pub struct Seen {
+    first: u128,
+    more: Vec<u64>,
+}
 
 impl Seen {
     /// Marks field number `index` (its place in the message) as read;
     /// an error when it already was.
     pub fn once<E: de::Error>(&mut self, index: usize, name: &str) -> Result<(), E> {
-        let (word, bit) = (index / 64, 1u64 << (index % 64));
-        if self.0.len() <= word {
-            self.0.resize(word + 1, 0);
-        }
-        if self.0[word] & bit != 0 {
-            return Err(duplicate_field(name));
-        }
-        self.0[word] |= bit;
-        Ok(())
+        let already = if index < 128 {
+            let bit = 1u128 << index;
+            let before = self.first;
+            self.first |= bit;
+            before & bit != 0
+        } else {
+            let (word, bit) = ((index - 128) / 64, 1u64 << (index % 64));
+            if self.more.len() <= word {
+                self.more.resize(word + 1, 0);
+            }
+            let before = self.more[word];
+            self.more[word] |= bit;
+            before & bit != 0
+        };
+        if already { Err(duplicate_field(name)) } else { Ok(()) }
     }
 }
 
