@@ -405,6 +405,10 @@ pub(crate) fn document(
             operation.insert("x-grpc-errors".into(), json!(op.errors));
         }
         operation.insert("x-grpc-method".into(), json!(format!("/{}/{}", service.full_name(), op.method.name())));
+        // A rule for every method (`custom: {kind: "*"}`) has no one OpenAPI operation.
+        if op.verb == "*" {
+            continue;
+        }
         paths.entry(path).or_default().insert(op.verb.to_lowercase(), Json::Object(operation));
     }
     let mut components = json!({ "schemas": writer.schemas });

@@ -174,15 +174,18 @@ impl Router {
     ) -> Option<usize> {
         let n = &self.nodes[node];
         let pick = |leaves: &[Leaf], allowed: &mut Vec<http::Method>| {
-            let mut found = None;
+            let (mut found, mut any) = (None, None);
             for leaf in leaves.iter().filter(|l| l.verb.as_deref() == verb) {
                 if leaf.method == method {
                     found = found.or(Some(leaf.route));
+                } else if leaf.method.as_str() == "*" {
+                    // `custom: {kind: "*"}` takes every method a rule of its own does not.
+                    any = any.or(Some(leaf.route));
                 } else {
                     allowed.push(leaf.method.clone());
                 }
             }
-            found
+            found.or(any)
         };
         if at == segments.len() {
             if let Some(route) = pick(&n.leaves, allowed) {
@@ -257,6 +260,8 @@ mod tests {
             (Method::POST, "/v1/{name=shelves/*}:publish"),
             (Method::GET, "/files/{path=**}"),
             (Method::GET, "/v1/{a.b}/x"),
+            (Method::from_bytes(b"*").unwrap(), "/any/{id}"),
+            (Method::GET, "/any/{id}"),
         ] {
             r.add(m, t).unwrap();
         }
@@ -288,6 +293,10 @@ mod tests {
             (Method::GET, "/api/articles/", Match::NotFound),
             (Method::GET, "api/articles", Match::NotFound),
             (Method::POST, "/api/articles/s", Match::MethodNotAllowed(vec![Method::GET, Method::PUT])),
+            // A rule for every method takes those no rule of their own takes.
+            (Method::POST, "/any/1", found(9, &["1"])),
+            (Method::PATCH, "/any/1", found(9, &["1"])),
+            (Method::GET, "/any/1", found(10, &["1"])),
         ];
         for (method, path, expected) in cases {
             assert_eq!(r.find(&method, path), expected, "{method} {path}");

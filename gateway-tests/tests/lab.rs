@@ -286,6 +286,41 @@ async fn query_parameters_set_every_kind_of_unbound_field() {
     }
 }
 
+/// Query parameters set what the path and body leave unset, siblings of a
+/// path-bound field included; a parameter naming a bound field or no field
+/// is refused (as unknown JSON fields are) unless unknown fields are
+/// ignored, and one that is not UTF-8 once percent-decoded is refused. A
+/// rule for every method (`custom: {kind: "*"}`) takes them all.
+#[tokio::test]
+async fn query_parameters_bind_beside_the_path_and_refuse_what_they_cannot_set() {
+    let lab = lab().await;
+    let got = lab.get("/v1/nested/lbl/x?inner.size=4").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["inner"], json!({"label": "lbl", "size": 4}));
+    for (path, field) in [
+        ("/v1/things/t?id=other", "id"),
+        ("/v1/nested/lbl/x?inner.label=z", "inner.label"),
+        ("/v1/nested/lbl/x?inner=z", "inner"),
+        ("/v1/things/t?nope=1", "nope"),
+        ("/v1/things/t?inner.nope=1", "inner.nope"),
+        ("/v1/things/t?name=%FF", "name"),
+    ] {
+        let answer = lab.get(path).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.text());
+        assert_eq!(answer.json()["details"][0]["fieldViolations"][0]["field"], field, "{path}");
+    }
+    // `custom: {kind: "*"}` takes every method.
+    for method in ["GET", "POST", "DELETE", "PATCH", "OPTIONS"] {
+        let answer = lab.send(method, "/v1/any/a1?name=n", &[], Bytes::new()).await;
+        assert_eq!(answer.status, 200, "{method}: {}", answer.text());
+        assert_eq!((&answer.json()["id"], &answer.json()["name"]), (&json!("a1"), &json!("n")), "{method}");
+    }
+    let lenient = lab_with(true).await;
+    let got = lenient.get("/v1/things/t?id=other&nope=1&name=n").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!((&got.json()["id"], &got.json()["name"]), (&json!("t"), &json!("n")));
+}
+
 #[tokio::test]
 async fn json_bodies_follow_the_proto3_mapping_both_ways() {
     // Unknown fields ignored: refusing them is the default (see protojson).

@@ -133,31 +133,69 @@ fn bind_query(
     params: &[(String, String)],
     query: &str,
 ) -> Result<(), Status> {
-    for (key, value) in form_urlencoded(query) {
+    // Parameters the API does not declare are refused, as unknown JSON
+    // fields are, unless the gateway ignores those.
+    let ignoring = crate::protojson::ignoring_unknown_fields();
+    for pair in form_urlencoded(query) {
+        let (key, value) = pair?;
         if key.is_empty() {
             continue;
         }
-        // Fields bound by the path or the body cannot be set again.
-        let first = key.split('.').next().unwrap_or_default();
-        let Some(top) = spec.input.field(first) else { continue };
-        if params.iter().any(|(p, _)| p.split('.').next() == Some(top.name)) || spec.body == top.name {
-            continue;
+        // A field bound by the path or the body (or inside one, or holding
+        // one) cannot be set again; its siblings can.
+        let bound = params.iter().map(|(p, _)| p.as_str()).chain((!spec.body.is_empty()).then_some(spec.body));
+        if let Some(by) = bound.into_iter().find(|b| overlaps(b, &key, spec.input)) {
+            if ignoring {
+                continue;
+            }
+            return Err(invalid_field(
+                &key,
+                format!("is bound by the {}; it cannot be set again", if by == spec.body { "body" } else { "path" }),
+            ));
         }
         if resolve(spec.input, &key).is_none() {
-            // Unknown parameters are ignored, as unknown JSON fields are.
-            continue;
+            if ignoring {
+                continue;
+            }
+            return Err(invalid_field(&key, format!("names no field of {}", spec.input.name)));
         }
         set_text(root, spec.input, &key, &value, true)?;
     }
     Ok(())
 }
 
-/// Splits `a=1&b=x+y` into decoded pairs.
-fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+/// Whether two field paths (proto or JSON names) are the same field or one
+/// holds the other.
+fn overlaps(bound: &str, key: &str, message: &'static MessageSpec) -> bool {
+    let names = |path: &str| -> Vec<&'static str> {
+        let mut spec = Some(message);
+        path.split('.')
+            .map_while(|part| {
+                let field = spec?.field(part)?;
+                spec = field.message;
+                Some(field.name)
+            })
+            .collect()
+    };
+    let (a, b) = (names(bound), names(key));
+    !a.is_empty()
+        && !b.is_empty()
+        && a.iter().zip(&b).all(|(x, y)| x == y)
+        && (a.len() <= b.len() || b.len() == key.split('.').count())
+}
+
+/// Splits `a=1&b=x+y` into decoded pairs; a pair that does not decode to
+/// UTF-8 is an error naming it.
+fn form_urlencoded(query: &str) -> impl Iterator<Item = Result<(String, String), Status>> + '_ {
     query.split('&').filter(|p| !p.is_empty()).map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let dec = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-        (dec(k), dec(v))
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8().map(std::borrow::Cow::into_owned)
+        };
+        let key = dec(k)
+            .map_err(|_| invalid_field("", format!("query parameter {k:?} is not UTF-8 once percent-decoded")))?;
+        let value = dec(v).map_err(|_| invalid_field(&key, "is not UTF-8 once percent-decoded".into()))?;
+        Ok((key, value))
     })
 }
 
@@ -350,7 +388,7 @@ mod tests {
             (
                 "",
                 &[("inner.leaf_name", "x")],
-                Some("pageSize=5&flag=true&ids=1&ids=2&big=9007199254740993&unknown=1"),
+                Some("pageSize=5&flag=true&ids=1&ids=2&big=9007199254740993"),
                 "",
                 Request {
                     page_size: 5,
@@ -409,6 +447,9 @@ mod tests {
             ("", &[], Some("flag=maybe"), "", "flag"),
             ("", &[], Some("big=1.5"), "", "big"),
             ("", &[], Some("inner=x"), "", "inner"),
+            ("", &[], Some("unknown=1"), "", "unknown"),
+            ("", &[("name", "n")], Some("name=x"), "", "name"),
+            ("", &[], Some("name=%C3%28"), "", "name"),
             ("*", &[], None, r#"{"pageSize":"x"#, "pageSize"),
             ("*", &[], None, "{,", ""),
             ("*", &[], None, r#"{"pageSize":true}"#, "pageSize"),
