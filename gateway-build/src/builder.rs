@@ -295,4 +295,51 @@ message Req { string code = 1 [(buf.validate.field).string.pattern = "^[A-Z]+$"]
         let error = compile_scratch("rules", "strict/v1/strict.proto", proto).expect_err("unsupported").to_string();
         assert!(error.contains("strict.v1.Req.code") && error.contains("string.pattern"), "{error}");
     }
+
+    /// What google/api/http.proto forbids fails the build, naming the
+    /// method, the rule and what is wrong.
+    #[test]
+    fn rules_http_proto_forbids_fail_the_build_naming_method_and_rule() {
+        let cases = [
+            (r#"get: "/v1/at/{at}""#, "GET /v1/at/{at}", "variable at must be a non-repeated field of a primitive type"),
+            (r#"get: "/v1/w/{wrapped}""#, "GET /v1/w/{wrapped}", "not google.protobuf.Int32Value"),
+            (r#"get: "/v1/i/{inner}""#, "GET /v1/i/{inner}", "not nested.v1.Inner"),
+            (r#"get: "/v1/t/{tags}""#, "GET /v1/t/{tags}", "not repeated string"),
+            (r#"post: "/v1/b" body: "inner.label""#, "POST /v1/b", "body inner.label must name a top-level field"),
+            (
+                r#"get: "/v1/r" response_body: "inner.label""#,
+                "GET /v1/r",
+                "response_body inner.label must name a top-level field",
+            ),
+            (
+                r#"get: "/v1/a" additional_bindings { get: "/v1/b" additional_bindings { get: "/v1/c" } }"#,
+                "GET /v1/b",
+                "additional_bindings cannot hold additional_bindings",
+            ),
+            (r#"body: "*""#, "nested.v1.Svc.Call", "sets no pattern"),
+        ];
+        for (rule, names, reason) in cases {
+            let proto = format!(
+                r#"syntax = "proto3";
+package nested.v1;
+import "google/api/annotations.proto";
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/wrappers.proto";
+message Inner {{ string label = 1; }}
+message Req {{
+  google.protobuf.Timestamp at = 1;
+  google.protobuf.Int32Value wrapped = 2;
+  Inner inner = 3;
+  repeated string tags = 4;
+}}
+service Svc {{ rpc Call(Req) returns (Req) {{ option (google.api.http) = {{ {rule} }}; }} }}
+"#
+            );
+            let error = compile_scratch("forbidden", "nested/v1/svc.proto", &proto).expect_err(rule).to_string();
+            assert!(
+                error.contains("nested.v1.Svc.Call") && error.contains(names) && error.contains(reason),
+                "{rule}: {error}"
+            );
+        }
+    }
 }

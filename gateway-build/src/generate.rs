@@ -21,7 +21,15 @@ struct Binding {
     response_body: String,
 }
 
-fn http_bindings(rule: &DynamicMessage, into: &mut Vec<Binding>) {
+/// Reads a `google.api.http` rule and its `additional_bindings` (one level
+/// deep, as http.proto allows) into bindings; `method` names the rule's
+/// method in errors.
+fn http_bindings(
+    method: &str,
+    rule: &DynamicMessage,
+    nested: bool,
+    into: &mut Vec<Binding>,
+) -> Result<(), BuildError> {
     let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
@@ -41,16 +49,30 @@ fn http_bindings(rule: &DynamicMessage, into: &mut Vec<Binding>) {
         };
         verb_path = Some((get("kind").to_uppercase(), get("path")));
     }
-    if let Some((verb, template)) = verb_path {
-        into.push(Binding { verb, template, body: text("body"), response_body: text("response_body") });
+    let Some((verb, template)) = verb_path else {
+        return Err(format!("{method}: a google.api.http rule sets no pattern (get, put, post, delete, patch or custom)")
+            .into());
+    };
+    let binding = Binding { verb, template, body: text("body"), response_body: text("response_body") };
+    let where_ = format!("{method} ({} {})", binding.verb, binding.template);
+    // http.proto: both name a field at the top level of their message.
+    for (option, field) in [("body", &binding.body), ("response_body", &binding.response_body)] {
+        if field.contains('.') {
+            return Err(format!("{where_}: {option} {field} must name a top-level field").into());
+        }
     }
+    into.push(binding);
     if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
+        if nested && !more.is_empty() {
+            return Err(format!("{where_}: additional_bindings cannot hold additional_bindings of their own").into());
+        }
         for extra in more {
             if let Value::Message(extra) = extra {
-                http_bindings(extra, into);
+                http_bindings(method, extra, true, into)?;
             }
         }
     }
+    Ok(())
 }
 
 fn success_code(method: &MethodDescriptor, ext: Option<&ExtensionDescriptor>) -> u32 {
@@ -228,7 +250,7 @@ pub(crate) fn package(
             let Some(http_ext) = http_ext.as_ref().filter(|ext| options.has_extension(ext)) else { continue };
             let Value::Message(rule) = options.get_extension(http_ext).into_owned() else { continue };
             let mut bindings = Vec::new();
-            http_bindings(&rule, &mut bindings);
+            http_bindings(method.full_name(), &rule, false, &mut bindings)?;
             let status = success_code(&method, response_ext.as_ref());
             for b in bindings {
                 let where_ = || format!("{} ({} {})", method.full_name(), b.verb, b.template);
@@ -237,11 +259,15 @@ pub(crate) fn package(
                     let field = field_at(&input, &var.field_path).ok_or_else(|| {
                         format!("{}: variable {} names no field of {}", where_(), var.field_path, input.full_name())
                     })?;
-                    if field.is_list()
-                        || field.is_map()
-                        || matches!(field.kind(), Kind::Message(ref m) if !is_string_wkt(m) && wrapper_kind(m).is_none())
-                    {
-                        return Err(format!("{}: variable {} must be a scalar field", where_(), var.field_path).into());
+                    // http.proto: a non-repeated field of a primitive (non-message) type.
+                    if field.is_list() || field.is_map() || matches!(field.kind(), Kind::Message(_)) {
+                        return Err(format!(
+                            "{}: variable {} must be a non-repeated field of a primitive type, not {}",
+                            where_(),
+                            var.field_path,
+                            type_name(&field)
+                        )
+                        .into());
                     }
                 }
                 if !matches!(b.body.as_str(), "" | "*") && field_at(&input, &b.body).is_none() {
@@ -348,6 +374,20 @@ pub(crate) fn package(
     Ok(code)
 }
 
+/// How a field's type is written in a .proto file, for errors.
+fn type_name(field: &FieldDescriptor) -> String {
+    let base = match field.kind() {
+        Kind::Message(m) if field.is_map() => {
+            let (key, value) = (m.map_entry_key_field(), m.map_entry_value_field());
+            return format!("map<{}, {}>", type_name(&key), type_name(&value));
+        }
+        Kind::Message(m) => m.full_name().to_owned(),
+        Kind::Enum(e) => e.full_name().to_owned(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    if field.is_list() { format!("repeated {base}") } else { base }
+}
+
 /// Whether a message is bound from a single JSON string (a well-known type
 /// with a string form), so a path or query value may set it.
 fn is_string_wkt(message: &MessageDescriptor) -> bool {
@@ -432,12 +472,13 @@ fn write_spec(code: &mut String, message: &MessageDescriptor) -> Result<(), Buil
         };
         writeln!(
             code,
-            "        ::gateway::FieldSpec {{ name: \"{}\", json_name: \"{}\", kind: ::gateway::FieldKind::{}, repeated: {}, message: {} }},",
+            "        ::gateway::FieldSpec {{ name: \"{}\", json_name: \"{}\", kind: ::gateway::FieldKind::{}, repeated: {}, message: {}, wrapper: {} }},",
             field.name(),
             field.json_name(),
             field_kind(&field),
             field.is_list(),
-            nested
+            nested,
+            matches!(field.kind(), Kind::Message(ref m) if wrapper_kind(m).is_some()),
         )?;
     }
     writeln!(code, "    ],\n}};\n")?;

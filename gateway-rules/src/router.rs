@@ -35,8 +35,16 @@ pub enum Match {
     Found {
         /// Index of the route as it was added.
         route: usize,
-        /// (variable index, value) pairs.
+        /// The variables' values, in template order.
         params: Vec<String>,
+    },
+    /// A route takes this method and path, but the value of its variable at
+    /// index `variable` is not UTF-8 once percent-decoded.
+    Undecodable {
+        /// Index of the route as it was added.
+        route: usize,
+        /// Index of the variable in the route's template.
+        variable: usize,
     },
     /// Some route has this path, none this method; these methods would do.
     MethodNotAllowed(Vec<http::Method>),
@@ -152,7 +160,10 @@ impl Router {
         attempts.push((raw, None));
         for (segments, verb) in attempts {
             if let Some(route) = self.walk(0, &segments, 0, method, verb, &mut allowed) {
-                return Match::Found { route, params: self.params(route, &segments) };
+                return match self.params(route, &segments) {
+                    Ok(params) => Match::Found { route, params },
+                    Err(variable) => Match::Undecodable { route, variable },
+                };
             }
         }
         if allowed.is_empty() {
@@ -207,40 +218,45 @@ impl Router {
         pick(&n.rest, allowed)
     }
 
-    fn params(&self, route: usize, segments: &[&str]) -> Vec<String> {
+    /// The variables' decoded values, or the index of the first one that is
+    /// not UTF-8.
+    fn params(&self, route: usize, segments: &[&str]) -> Result<Vec<String>, usize> {
         self.templates[route]
             .variables
             .iter()
-            .map(|v| {
+            .enumerate()
+            .map(|(index, v)| {
                 let end = v.end.unwrap_or(segments.len()).min(segments.len());
                 // google/api/http.proto: a multi-segment variable keeps
                 // `%2F` as sent, so an encoded slash stays distinct from a
                 // separator; a single segment is decoded whole.
                 let multi = v.end.is_none_or(|e| e - v.start > 1);
                 let decode = if multi { decode_keeping_slashes } else { decode };
-                let decoded: Vec<String> = segments[v.start.min(end)..end].iter().map(|s| decode(s)).collect();
-                decoded.join("/")
+                let decoded: Option<Vec<String>> = segments[v.start.min(end)..end].iter().map(|s| decode(s)).collect();
+                decoded.map(|d| d.join("/")).ok_or(index)
             })
             .collect()
     }
 }
 
-fn decode(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned()
+/// Percent-decodes a segment; `None` when the result is not UTF-8 (which a
+/// string field cannot hold, so it is refused rather than replaced).
+fn decode(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 /// Decodes all but `%2F`/`%2f`, which stay as they are.
-fn decode_keeping_slashes(segment: &str) -> String {
+fn decode_keeping_slashes(segment: &str) -> Option<String> {
     let mut out = String::with_capacity(segment.len());
     let mut rest = segment;
     while let Some(at) = rest.as_bytes().windows(3).position(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f')
     {
-        out.push_str(&decode(&rest[..at]));
+        out.push_str(&decode(&rest[..at])?);
         out.push_str(&rest[at..at + 3]);
         rest = &rest[at + 3..];
     }
-    out.push_str(&decode(rest));
-    out
+    out.push_str(&decode(rest)?);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -283,6 +299,11 @@ mod tests {
             (Method::PUT, "/api/articles/feed", found(3, &["feed"])),
             (Method::DELETE, "/api/articles/s/comments/42", found(4, &["s", "42"])),
             (Method::GET, "/api/articles/a%20b%2Fc", found(2, &["a b/c"])),
+            (Method::GET, "/api/articles/%C3%A9", found(2, &["é"])),
+            // Invalid UTF-8 once decoded (a lone continuation byte, a cut sequence).
+            (Method::GET, "/api/articles/%80", Match::Undecodable { route: 2, variable: 0 }),
+            (Method::DELETE, "/api/articles/s/comments/%E2%82", Match::Undecodable { route: 4, variable: 1 }),
+            (Method::GET, "/files/a/%FF/b", Match::Undecodable { route: 7, variable: 0 }),
             (Method::GET, "/v1/shelves/1/books/2", found(5, &["shelves/1/books/2"])),
             (Method::POST, "/v1/shelves/7:publish", found(6, &["shelves/7"])),
             (Method::GET, "/files/a/b/c.txt", found(7, &["a/b/c.txt"])),

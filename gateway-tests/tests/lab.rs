@@ -297,6 +297,10 @@ async fn query_parameters_bind_beside_the_path_and_refuse_what_they_cannot_set()
     let got = lab.get("/v1/nested/lbl/x?inner.size=4").await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.json()["inner"], json!({"label": "lbl", "size": 4}));
+    // A wrapper's `value` names the wrapper itself.
+    let got = lab.get("/v1/things/t?wrappedInt.value=5&wrapped.value=w&maybe=m").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!((&got.json()["wrappedInt"], &got.json()["wrapped"]), (&json!(5), &json!("w")));
     for (path, field) in [
         ("/v1/things/t?id=other", "id"),
         ("/v1/nested/lbl/x?inner.label=z", "inner.label"),
@@ -304,6 +308,12 @@ async fn query_parameters_bind_beside_the_path_and_refuse_what_they_cannot_set()
         ("/v1/things/t?nope=1", "nope"),
         ("/v1/things/t?inner.nope=1", "inner.nope"),
         ("/v1/things/t?name=%FF", "name"),
+        // Only wrappers have a `value` to name.
+        ("/v1/things/t?small.value=1", "small.value"),
+        ("/v1/things/t?maybe.value=1", "maybe.value"),
+        // A path segment that is not UTF-8 once decoded is named by its field.
+        ("/v1/things/%C3%28", "id"),
+        ("/v1/nested/%FF/x", "inner.label"),
     ] {
         let answer = lab.get(path).await;
         assert_eq!(answer.status, 400, "{path}: {}", answer.text());

@@ -66,8 +66,20 @@ impl Protocol {
 pub(crate) struct Matched {
     /// Index of the route in the gateway's table.
     pub(crate) route: usize,
-    /// The values of the route's variables, in template order.
-    pub(crate) params: Vec<String>,
+    /// The values of the route's variables, in template order, or the index
+    /// of the first variable whose value is not UTF-8.
+    pub(crate) params: Result<Vec<String>, usize>,
+}
+
+impl Matched {
+    /// The route a match found, if it found one.
+    pub(crate) fn of(outcome: Match) -> Result<Self, Match> {
+        match outcome {
+            Match::Found { route, params } => Ok(Self { route, params: Ok(params) }),
+            Match::Undecodable { route, variable } => Ok(Self { route, params: Err(variable) }),
+            other => Err(other),
+        }
+    }
 }
 
 struct Inner {
@@ -318,14 +330,14 @@ impl Gateway {
             _ => Protocol::Json,
         };
         let rpc = match protocol {
-            Protocol::Json => match self.inner.router.find(req.method(), path) {
-                Match::Found { route, params } => {
-                    let rpc = self.inner.routes[route].rpc;
-                    req.extensions_mut().insert(RouteTemplate(self.inner.routes[route].template));
-                    req.extensions_mut().insert(Matched { route, params });
+            Protocol::Json => match Matched::of(self.inner.router.find(req.method(), path)) {
+                Ok(matched) => {
+                    let rpc = self.inner.routes[matched.route].rpc;
+                    req.extensions_mut().insert(RouteTemplate(self.inner.routes[matched.route].template));
+                    req.extensions_mut().insert(matched);
                     Some(rpc)
                 }
-                _ => None,
+                Err(_) => None,
             },
             _ => self.inner.grpc_methods.get(path).copied(),
         };

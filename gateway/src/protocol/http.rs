@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 
 use crate::gateway::{Gateway, Matched};
 use crate::message::method::{Call, Encoding, Output, Payload};
+use crate::rule::binding::invalid_field;
 use crate::rule::router::Match;
 
 /// The answer to a request that matched no rule: 405 with `Allow` when the
@@ -39,16 +40,23 @@ fn unmatched(gateway: &Gateway, req: &Request<Body>, outcome: Match) -> Response
 pub(crate) async fn serve(gateway: &Gateway, mut req: Request<Body>) -> Response<Body> {
     let matched = match req.extensions_mut().remove::<Matched>() {
         Some(m) => m,
-        None => match gateway.find(req.method(), req.uri().path()) {
-            Match::Found { route, params } => Matched { route, params },
-            other => return unmatched(gateway, &req, other),
+        None => match Matched::of(gateway.find(req.method(), req.uri().path())) {
+            Ok(matched) => matched,
+            Err(other) => return unmatched(gateway, &req, other),
         },
     };
     let (route, template) = gateway.route(matched.route);
     let Some(method) = gateway.handler(route.rpc) else {
         return unmatched(gateway, &req, Match::NotFound);
     };
-    let params = template.variables.iter().map(|v| v.field_path.clone()).zip(matched.params).collect();
+    let params = match matched.params {
+        Ok(values) => template.variables.iter().map(|v| v.field_path.clone()).zip(values).collect(),
+        Err(variable) => {
+            let field = &template.variables[variable].field_path;
+            let status = invalid_field(field, "the path segment is not UTF-8 once percent-decoded".into());
+            return gateway.error_response(None, &status);
+        }
+    };
     let sse = accepts_event_stream(req.headers());
 
     let (parts, body) = req.into_parts();

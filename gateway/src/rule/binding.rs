@@ -141,6 +141,11 @@ fn bind_query(
         if key.is_empty() {
             continue;
         }
+        // `?f.value=5` names a wrapper's value: it sets the wrapper as `?f=5` does.
+        let key = match key.strip_suffix(".value") {
+            Some(wrapper) if resolve(spec.input, wrapper).is_some_and(|f| f.wrapper) => wrapper.to_owned(),
+            _ => key,
+        };
         // A field bound by the path or the body (or inside one, or holding
         // one) cannot be set again; its siblings can.
         let bound = params.iter().map(|(p, _)| p.as_str()).chain((!spec.body.is_empty()).then_some(spec.body));
@@ -312,28 +317,31 @@ mod tests {
             kind: FieldKind::String,
             repeated: false,
             message: None,
+            wrapper: false,
         }],
     };
     static REQUEST: MessageSpec = MessageSpec {
         name: "t.Request",
         fields: &[
-            FieldSpec { name: "name", json_name: "name", kind: FieldKind::String, repeated: false, message: None },
+            FieldSpec { name: "name", json_name: "name", kind: FieldKind::String, repeated: false, message: None, wrapper: false },
             FieldSpec {
                 name: "page_size",
                 json_name: "pageSize",
                 kind: FieldKind::Int32,
                 repeated: false,
                 message: None,
+                wrapper: false,
             },
-            FieldSpec { name: "big", json_name: "big", kind: FieldKind::Int64, repeated: false, message: None },
-            FieldSpec { name: "flag", json_name: "flag", kind: FieldKind::Bool, repeated: false, message: None },
-            FieldSpec { name: "ids", json_name: "ids", kind: FieldKind::Int32, repeated: true, message: None },
+            FieldSpec { name: "big", json_name: "big", kind: FieldKind::Int64, repeated: false, message: None, wrapper: false },
+            FieldSpec { name: "flag", json_name: "flag", kind: FieldKind::Bool, repeated: false, message: None, wrapper: false },
+            FieldSpec { name: "ids", json_name: "ids", kind: FieldKind::Int32, repeated: true, message: None, wrapper: false },
             FieldSpec {
                 name: "inner",
                 json_name: "inner",
                 kind: FieldKind::Message,
                 repeated: false,
                 message: Some(&INNER),
+                wrapper: false,
             },
         ],
     };

@@ -80,6 +80,9 @@ pub struct FieldSpec {
     pub repeated: bool,
     /// Field table of its message type, for nested paths.
     pub message: Option<&'static MessageSpec>,
+    /// Whether it is a wrapper (`google.protobuf.Int32Value`, …), whose
+    /// `value` a query parameter may name: `?f.value=5` is `?f=5`.
+    pub wrapper: bool,
 }
 
 /// The type of a field as far as binding text values goes.
