@@ -301,7 +301,11 @@ message Req { string code = 1 [(buf.validate.field).string.pattern = "^[A-Z]+$"]
     #[test]
     fn rules_http_proto_forbids_fail_the_build_naming_method_and_rule() {
         let cases = [
-            (r#"get: "/v1/at/{at}""#, "GET /v1/at/{at}", "variable at must be a non-repeated field of a primitive type"),
+            (
+                r#"get: "/v1/at/{at}""#,
+                "GET /v1/at/{at}",
+                "variable at must be a non-repeated field of a primitive type",
+            ),
             (r#"get: "/v1/w/{wrapped}""#, "GET /v1/w/{wrapped}", "not google.protobuf.Int32Value"),
             (r#"get: "/v1/i/{inner}""#, "GET /v1/i/{inner}", "not nested.v1.Inner"),
             (r#"get: "/v1/t/{tags}""#, "GET /v1/t/{tags}", "not repeated string"),

@@ -24,12 +24,7 @@ struct Binding {
 /// Reads a `google.api.http` rule and its `additional_bindings` (one level
 /// deep, as http.proto allows) into bindings; `method` names the rule's
 /// method in errors.
-fn http_bindings(
-    method: &str,
-    rule: &DynamicMessage,
-    nested: bool,
-    into: &mut Vec<Binding>,
-) -> Result<(), BuildError> {
+fn http_bindings(method: &str, rule: &DynamicMessage, nested: bool, into: &mut Vec<Binding>) -> Result<(), BuildError> {
     let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
@@ -50,8 +45,10 @@ fn http_bindings(
         verb_path = Some((get("kind").to_uppercase(), get("path")));
     }
     let Some((verb, template)) = verb_path else {
-        return Err(format!("{method}: a google.api.http rule sets no pattern (get, put, post, delete, patch or custom)")
-            .into());
+        return Err(format!(
+            "{method}: a google.api.http rule sets no pattern (get, put, post, delete, patch or custom)"
+        )
+        .into());
     };
     let binding = Binding { verb, template, body: text("body"), response_body: text("response_body") };
     let where_ = format!("{method} ({} {})", binding.verb, binding.template);

@@ -679,6 +679,82 @@ async fn connect_streams_requests_through_the_grpc_service() {
     assert_eq!(serde_json::from_slice::<Value>(end).unwrap()["error"]["code"], "internal", "{end:?}");
 }
 
+/// The Connect protocol's edge cases, as connectrpc.com/docs/protocol states
+/// them: a codec the server lacks is 415 on GET as on POST; what is wrong
+/// in a stream's headers arrives, as any stream error, in the end-of-stream
+/// message of an HTTP 200; an unsupported compression is `unimplemented`
+/// listing the supported ones; an unknown procedure answers in the Connect
+/// error shape.
+#[tokio::test]
+async fn connect_edge_cases_answer_as_the_protocol_says() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let get = lab.get("/gatewaytest.v1.Lab/Echo?encoding=xml&message=x").await;
+    assert_eq!(get.status, 415, "{}", get.text());
+    assert!(get.json()["message"].as_str().unwrap().contains("\"xml\""), "{}", get.text());
+
+    let count = envelope(0, &pb::CountRequest { to: 2, ..Default::default() }.encode_to_vec());
+    let chat = envelope(0, &pb::Thing::default().encode_to_vec());
+    let streams = [
+        ("/gatewaytest.v1.Lab/Count", "connect-protocol-version", "2", "invalid_argument", &count),
+        ("/gatewaytest.v1.Lab/Count", "connect-timeout-ms", "-5", "invalid_argument", &count),
+        ("/gatewaytest.v1.Lab/Count", "connect-timeout-ms", "12345678901", "invalid_argument", &count),
+        ("/gatewaytest.v1.Lab/Count", "connect-content-encoding", "gzip", "unimplemented", &count),
+        // Streams relayed to the gRPC service answer the same way.
+        ("/gatewaytest.v1.Lab/Chat", "connect-protocol-version", "2", "invalid_argument", &chat),
+        ("/gatewaytest.v1.Lab/Chat", "connect-timeout-ms", "soon", "invalid_argument", &chat),
+        ("/gatewaytest.v1.Lab/Chat", "connect-content-encoding", "br", "unimplemented", &chat),
+    ];
+    for (path, header, value, code, body) in streams {
+        let answer = lab
+            .send("POST", path, &[("content-type", "application/connect+proto"), (header, value)], body.clone())
+            .await;
+        let case = format!("{path} {header}: {value}");
+        assert_eq!(answer.status, 200, "{case}");
+        assert_eq!(answer.headers["content-type"], "application/connect+proto", "{case}");
+        let frames = frames(answer.body);
+        assert_eq!(frames.len(), 1, "{case}: only the end-of-stream message");
+        assert_eq!(frames[0].0, 2, "{case}");
+        let end: Value = serde_json::from_slice(&frames[0].1).unwrap();
+        assert_eq!(end["error"]["code"], code, "{case}: {end}");
+        if code == "unimplemented" {
+            assert!(end["error"]["message"].as_str().unwrap().contains("supported compression: identity"), "{end}");
+        }
+    }
+    // Unary: the same mistakes are unary errors with their HTTP status.
+    let unary = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Echo",
+            &[("content-type", "application/json"), ("content-encoding", "gzip")],
+            "{}",
+        )
+        .await;
+    assert_eq!((unary.status, &unary.json()["code"]), (501, &json!("unimplemented")));
+    assert!(unary.json()["message"].as_str().unwrap().contains("supported compression: identity"));
+    let get = lab.get("/gatewaytest.v1.Lab/Echo?encoding=json&message=%7B%7D&compression=gzip").await;
+    assert_eq!((get.status, &get.json()["code"]), (501, &json!("unimplemented")));
+
+    // Unknown procedures: 404 in the Connect error shape, by any Connect client.
+    for (method, path, headers) in [
+        (
+            "POST",
+            "/gatewaytest.v1.Lab/Nope",
+            vec![("content-type", "application/json"), ("connect-protocol-version", "1")],
+        ),
+        ("POST", "/gatewaytest.v1.Nowhere/Echo", vec![("content-type", "application/proto")]),
+        ("POST", "/gatewaytest.v1.Lab/Nope", vec![("content-type", "application/connect+json")]),
+        ("GET", "/gatewaytest.v1.Lab/Nope?encoding=json&message=%7B%7D", vec![]),
+    ] {
+        let answer = lab.send(method, path, &headers, Bytes::new()).await;
+        assert_eq!(answer.status, 404, "{method} {path}");
+        assert_eq!(answer.headers["content-type"], "application/json", "{method} {path}");
+        assert_eq!(answer.json()["code"], "unimplemented", "{method} {path}: {}", answer.text());
+    }
+    // A JSON/HTTP request to a path no rule has keeps the JSON API's 404.
+    assert_eq!(lab.get("/v1/nowhere").await.status, 404);
+}
+
 /// A request body that sends `first` and then stays open.
 fn open_body(first: Bytes) -> http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible> {
     let frames = futures_util::stream::once(async move { Ok(http_body::Frame::data(first)) })

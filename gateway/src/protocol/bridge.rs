@@ -53,8 +53,6 @@ const CONNECT_HEADERS: [&str; 8] = [
 /// answer to send instead (bad headers, wrong codec, body too large).
 pub(crate) async fn to_grpc(gateway: &Gateway, req: Request<Body>) -> Result<Relayed, Response<Body>> {
     let (mut parts, body) = req.into_parts();
-    connect::check_version(&parts.headers).map_err(|s| error(&s))?;
-    let timeout = timeout(&parts.headers).map_err(|s| error(&s))?;
     if parts.method != http::Method::POST {
         let mut response = error(&Status::unimplemented(format!(
             "{} takes POST: GET is only for methods with idempotency_level NO_SIDE_EFFECTS",
@@ -68,14 +66,22 @@ pub(crate) async fn to_grpc(gateway: &Gateway, req: Request<Body>) -> Result<Rel
         "application/proto" => (Shape::Unary, header::CONTENT_ENCODING.as_str()),
         "application/connect+proto" => (Shape::Stream, "connect-content-encoding"),
         "application/json" | "application/connect+json" => {
-            return Err(error(&Status::unimplemented(format!(
-                "{} takes the protobuf codec only (application/proto, application/connect+proto)",
-                parts.uri.path().trim_start_matches('/')
-            ))));
+            return Err(connect::refuse(
+                &parts.headers,
+                &Status::unimplemented(format!(
+                    "{} takes the protobuf codec only (application/proto, application/connect+proto)",
+                    parts.uri.path().trim_start_matches('/')
+                )),
+            ));
         }
         _ => return Err(unsupported_media("application/proto, application/connect+proto")),
     };
-    connect::check_identity(&parts.headers, encoding_header).map_err(|s| error(&s))?;
+    // Found in the headers, before the call: a stream's client still reads
+    // them from the end-of-stream message.
+    let checked = connect::check_version(&parts.headers)
+        .and_then(|()| connect::check_identity(&parts.headers, encoding_header))
+        .and_then(|()| timeout(&parts.headers));
+    let timeout = checked.map_err(|status| connect::refuse(&parts.headers, &status))?;
     let body = match shape {
         Shape::Unary => {
             let message = gateway.read_body(&parts.headers, body).await.map_err(|(_, status)| error(&status))?;

@@ -62,13 +62,14 @@ impl Codec {
 /// Serves one Connect request to a known method.
 pub(crate) async fn serve(gateway: &Gateway, req: Request<Body>) -> Response<Body> {
     let Some(method) = gateway.handler(req.uri().path()).cloned() else {
-        return error(&Status::unimplemented(format!("no method {}", req.uri().path())));
+        return unknown_procedure(req.uri().path());
     };
-    if let Err(status) = check_version(req.headers()) {
-        return error(&status);
+    if method.spec.kind == MethodKind::ServerStreaming && stream_content_type(req.headers()).is_none() {
+        return unsupported_media("application/connect+json, application/connect+proto");
     }
-    let timeout = match timeout(req.headers()) {
+    let timeout = match check_version(req.headers()).and_then(|()| timeout(req.headers())) {
         Ok(t) => t,
+        Err(status) if method.spec.kind == MethodKind::ServerStreaming => return refuse(req.headers(), &status),
         Err(status) => return error(&status),
     };
     match method.spec.kind {
@@ -93,12 +94,70 @@ pub(crate) fn check_version(headers: &HeaderMap) -> Result<(), Status> {
 /// `identity`.
 pub(crate) fn check_identity(headers: &HeaderMap, name: &str) -> Result<(), Status> {
     match headers.get(name) {
-        Some(encoding) if encoding != "identity" => Err(Status::unimplemented(format!(
-            "{name} {} is not supported; send identity",
-            encoding.to_str().unwrap_or("?")
-        ))),
+        Some(encoding) if encoding != "identity" => {
+            Err(unsupported_compression(name, &String::from_utf8_lossy(encoding.as_bytes())))
+        }
         _ => Ok(()),
     }
+}
+
+/// The spec's answer to a compression the server lacks: `unimplemented`,
+/// listing the ones it supports.
+fn unsupported_compression(name: &str, encoding: &str) -> Status {
+    Status::unimplemented(format!("{name} {encoding:?} is not supported; supported compression: identity"))
+}
+
+/// The content type of a streaming request (`application/connect+json` or
+/// `+proto`), if it is one.
+pub(crate) fn stream_content_type(headers: &HeaderMap) -> Option<&'static str> {
+    match crate::protocol::media_type(headers) {
+        "application/connect+json" => Some("application/connect+json"),
+        "application/connect+proto" => Some("application/connect+proto"),
+        _ => None,
+    }
+}
+
+/// The answer to a call refused before it ran, in the shape its client
+/// reads: for a stream, HTTP 200 with the error in the end-of-stream
+/// message (the spec's only place for it); else a unary error.
+pub(crate) fn refuse(headers: &HeaderMap, status: &Status) -> Response<Body> {
+    match stream_content_type(headers) {
+        Some(content_type) => {
+            let mut response = end_only(status, MetadataMap::new());
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        None => error(status),
+    }
+}
+
+/// The answer for a procedure no service has: 404, in the Connect error
+/// shape, with code `unimplemented` (the code the spec maps 404 to).
+pub(crate) fn unknown_procedure(path: &str) -> Response<Body> {
+    let mut response = error(&Status::unimplemented(format!("no procedure {}", path.trim_start_matches('/'))));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+/// Whether a request no route took was meant as a Connect call: its path
+/// is a procedure's (`/package.Service/Method`) and it carries a Connect
+/// header or one of Connect's content types.
+pub(crate) fn looks_like_connect<B>(req: &Request<B>) -> bool {
+    let procedure = req
+        .uri()
+        .path()
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .is_some_and(|(service, method)| service.contains('.') && !method.is_empty() && !method.contains('/'));
+    let headers = req.headers();
+    procedure
+        && (headers.contains_key("connect-protocol-version")
+            || matches!(
+                crate::protocol::media_type(headers),
+                "application/proto" | "application/connect+proto" | "application/connect+json"
+            )
+            || (req.method() == http::Method::GET
+                && req.uri().query().is_some_and(|q| q.split('&').any(|p| p.starts_with("encoding=")))))
 }
 
 /// The `connect-timeout-ms` deadline, if any.
@@ -135,7 +194,11 @@ async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: 
         }
         match get_message(parts.uri.query().unwrap_or_default()) {
             Ok(decoded) => decoded,
-            Err(status) => return error(&status),
+            Err((code, status)) => {
+                let mut response = error(&status);
+                *response.status_mut() = code;
+                return response;
+            }
         }
     } else {
         let codec = match media_type(&parts.headers) {
@@ -165,8 +228,8 @@ async fn unary(gateway: &Gateway, method: &Method, req: Request<Body>, timeout: 
 }
 
 /// Decodes the query of a Connect `GET`: `message`, `encoding`, `base64`,
-/// `compression`.
-fn get_message(query: &str) -> Result<(Codec, Bytes), Status> {
+/// `compression`; `Err` is the error to send, with its HTTP status.
+fn get_message(query: &str) -> Result<(Codec, Bytes), (StatusCode, Status)> {
     let mut message = None;
     let mut codec = None;
     let mut base64 = false;
@@ -179,28 +242,42 @@ fn get_message(query: &str) -> Result<(Codec, Bytes), Status> {
                 codec = Some(match value.as_slice() {
                     b"json" => Codec::Json,
                     b"proto" => Codec::Proto,
-                    _ => return Err(Status::invalid_argument("encoding must be json or proto")),
+                    // As an unsupported Content-Type is on POST.
+                    other => {
+                        let status = Status::unimplemented(format!(
+                            "encoding {:?} is not supported; use json or proto",
+                            String::from_utf8_lossy(other)
+                        ));
+                        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, status));
+                    }
                 })
             }
             "base64" => base64 = value == b"1",
             "compression" if !value.is_empty() && value != b"identity" => {
-                return Err(Status::unimplemented("compressed GET messages are not supported"));
+                return Err(with_http_status(unsupported_compression("compression", &String::from_utf8_lossy(&value))));
             }
             _ => {}
         }
     }
-    let codec = codec.ok_or_else(|| Status::invalid_argument("the encoding query parameter is missing"))?;
-    let message = message.ok_or_else(|| Status::invalid_argument("the message query parameter is missing"))?;
+    let missing =
+        |name: &str| with_http_status(Status::invalid_argument(format!("the {name} query parameter is missing")));
+    let codec = codec.ok_or_else(|| missing("encoding"))?;
+    let message = message.ok_or_else(|| missing("message"))?;
     let message = if base64 {
         let text: Vec<u8> = message.into_iter().filter(|b| *b != b'=').collect();
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(&text)
             .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(&text))
-            .map_err(|e| Status::invalid_argument(format!("message is not base64: {e}")))?
+            .map_err(|e| with_http_status(Status::invalid_argument(format!("message is not base64: {e}"))))?
     } else {
         message
     };
     Ok((codec, Bytes::from(message)))
+}
+
+/// A status with the HTTP status its code maps to.
+fn with_http_status(status: Status) -> (StatusCode, Status) {
+    (http_status(status.code()), status)
 }
 
 async fn streaming(
@@ -217,6 +294,7 @@ async fn streaming(
     };
     let content_type = if codec == Codec::Json { "application/connect+json" } else { "application/connect+proto" };
     let answer = async {
+        check_identity(&parts.headers, "connect-content-encoding")?;
         let bytes = gateway.read_body(&parts.headers, body).await.map_err(|(_, status)| status)?;
         let message = unwrap_envelope(bytes)?;
         with_deadline(timeout, method.call(codec.call(parts, message))).await

@@ -29,6 +29,9 @@ fn unmatched(gateway: &Gateway, req: &Request<Body>, outcome: Match) -> Response
             }
             response
         }
+        _ if crate::protocol::connect::looks_like_connect(req) => {
+            crate::protocol::connect::unknown_procedure(req.uri().path())
+        }
         _ => {
             let status = Status::new(Code::NotFound, format!("no route for {} {}", req.method(), req.uri().path()));
             gateway.error_response(Some(StatusCode::NOT_FOUND), &status)

@@ -323,7 +323,14 @@ mod tests {
     static REQUEST: MessageSpec = MessageSpec {
         name: "t.Request",
         fields: &[
-            FieldSpec { name: "name", json_name: "name", kind: FieldKind::String, repeated: false, message: None, wrapper: false },
+            FieldSpec {
+                name: "name",
+                json_name: "name",
+                kind: FieldKind::String,
+                repeated: false,
+                message: None,
+                wrapper: false,
+            },
             FieldSpec {
                 name: "page_size",
                 json_name: "pageSize",
@@ -332,9 +339,30 @@ mod tests {
                 message: None,
                 wrapper: false,
             },
-            FieldSpec { name: "big", json_name: "big", kind: FieldKind::Int64, repeated: false, message: None, wrapper: false },
-            FieldSpec { name: "flag", json_name: "flag", kind: FieldKind::Bool, repeated: false, message: None, wrapper: false },
-            FieldSpec { name: "ids", json_name: "ids", kind: FieldKind::Int32, repeated: true, message: None, wrapper: false },
+            FieldSpec {
+                name: "big",
+                json_name: "big",
+                kind: FieldKind::Int64,
+                repeated: false,
+                message: None,
+                wrapper: false,
+            },
+            FieldSpec {
+                name: "flag",
+                json_name: "flag",
+                kind: FieldKind::Bool,
+                repeated: false,
+                message: None,
+                wrapper: false,
+            },
+            FieldSpec {
+                name: "ids",
+                json_name: "ids",
+                kind: FieldKind::Int32,
+                repeated: true,
+                message: None,
+                wrapper: false,
+            },
             FieldSpec {
                 name: "inner",
                 json_name: "inner",
