@@ -9,7 +9,7 @@ use std::{env, fs};
 use prost::Message as _;
 
 use crate::openapi::{self, OpenApi};
-use crate::{BuildError, OPTIONS_PROTO, generate};
+use crate::{BuildError, SHIPPED_PROTOS, generate};
 
 /// Compiles the protos of one directory tree.
 #[derive(Debug, Clone)]
@@ -22,12 +22,20 @@ pub struct Builder {
     null_for_unset: bool,
     proto_names: bool,
     clients: bool,
+    client_transport: bool,
+    gateway_crate: String,
     openapi: Option<OpenApi>,
 }
 
+/// Packages whose files are definitions the generated code gets elsewhere
+/// (the gateway's well-known types and options, googleapis' annotations,
+/// protovalidate's rules): imported, never compiled as the API's own.
+const IMPORT_ONLY_PACKAGES: [&str; 5] = ["google.protobuf", "google.api", "google.rpc", "buf.validate", "gateway.v1"];
+
 impl Builder {
-    /// Compiles every `.proto` under `root` except vendored `google/` files,
-    /// which are imports only.
+    /// Compiles every `.proto` under `root`, except files of packages that
+    /// are only imported (`google.protobuf`, `google.api`, `google.rpc`,
+    /// `buf.validate`, `gateway.v1`), wherever they are vendored.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
@@ -38,6 +46,8 @@ impl Builder {
             null_for_unset: false,
             proto_names: false,
             clients: true,
+            client_transport: false,
+            gateway_crate: "::gateway".to_owned(),
             openapi: None,
         }
     }
@@ -98,8 +108,25 @@ impl Builder {
         self
     }
 
+    /// Whether the tonic clients get their `connect(url)` constructor, which
+    /// needs tonic's `channel` feature (default no: clients are built on
+    /// any channel with `Client::new`).
+    pub fn client_transport(mut self, on: bool) -> Self {
+        self.client_transport = on;
+        self
+    }
+
+    /// The path the generated code names the `gateway` crate by (default
+    /// `::gateway`), for a dependency renamed in `Cargo.toml`
+    /// (`gw = { package = "gateway", … }` → `"::gw"`).
+    pub fn gateway_crate(mut self, path: impl Into<String>) -> Self {
+        self.gateway_crate = path.into();
+        self
+    }
+
     /// Compiles and writes everything.
     pub fn compile(self) -> Result<(), BuildError> {
+        let krate = &self.gateway_crate;
         let out = match &self.out_dir {
             Some(dir) => dir.clone(),
             None => PathBuf::from(env::var("OUT_DIR")?),
@@ -107,23 +134,23 @@ impl Builder {
         fs::create_dir_all(&out)?;
         println!("cargo:rerun-if-changed={}", self.root.display());
 
-        // The gateway's options are importable as gateway/v1/options.proto.
-        let options_dir = out.join("gateway-include");
-        fs::create_dir_all(options_dir.join("gateway/v1"))?;
-        fs::write(options_dir.join("gateway/v1/options.proto"), OPTIONS_PROTO)?;
+        // The shipped protos are importable by their usual paths; a copy
+        // vendored under the root or an include wins.
+        let shipped_dir = out.join("gateway-include");
+        for (path, text) in SHIPPED_PROTOS {
+            let file = shipped_dir.join(path);
+            fs::create_dir_all(file.parent().expect("a shipped proto is in a folder"))?;
+            fs::write(file, text)?;
+        }
 
         let mut sources = Vec::new();
         collect_protos(&self.root, &mut sources)?;
-        let sources: Vec<PathBuf> = sources
-            .into_iter()
-            .filter_map(|p| p.strip_prefix(&self.root).ok().map(Path::to_path_buf))
-            // Vendored imports (google.api, buf.validate) are not compiled as the API's own.
-            .filter(|p| !p.starts_with("google") && !p.starts_with("buf"))
-            .collect();
+        let sources: Vec<PathBuf> =
+            sources.into_iter().filter_map(|p| p.strip_prefix(&self.root).ok().map(Path::to_path_buf)).collect();
 
         let mut includes = vec![self.root.clone()];
         includes.extend(self.includes.iter().cloned());
-        includes.push(options_dir);
+        includes.push(shipped_dir);
         let mut compiler = protox::Compiler::new(includes)?;
         compiler.include_imports(true).include_source_info(true);
         compiler.open_files(&sources)?;
@@ -132,9 +159,14 @@ impl Builder {
         let encoded = compiler.encode_file_descriptor_set();
         fs::write(out.join(&self.descriptor_name), &encoded)?;
 
-        let own_files: HashSet<String> =
-            compiler.files().filter(|f| !f.is_import()).map(|f| f.name().to_owned()).collect();
+        let opened: HashSet<&str> = compiler.files().filter(|f| !f.is_import()).map(|f| f.name()).collect();
         let fds = prost_types::FileDescriptorSet::decode(encoded.as_slice())?;
+        let own_files: HashSet<String> = fds
+            .file
+            .iter()
+            .filter(|f| opened.contains(f.name()) && !IMPORT_ONLY_PACKAGES.contains(&f.package()))
+            .map(|f| f.name().to_owned())
+            .collect();
         let packages: BTreeSet<String> =
             fds.file.iter().filter(|f| own_files.contains(f.name())).map(|f| f.package().to_owned()).collect();
 
@@ -159,11 +191,12 @@ impl Builder {
         tonic_prost_build::configure()
             .out_dir(&out)
             .build_client(self.clients)
+            .build_transport(self.client_transport)
             .compile_well_known_types(true)
             // Requests are validated as they are decoded (gateway::validate).
-            .codec_path("::gateway::validate::ValidatingCodec")
-            .extern_path(".google.protobuf", "::gateway::wkt")
-            .extern_path(".google.protobuf.Timestamp", "::gateway::wkt::Timestamp")
+            .codec_path(format!("{krate}::validate::ValidatingCodec"))
+            .extern_path(".google.protobuf", format!("{krate}::wkt"))
+            .extern_path(".google.protobuf.Timestamp", format!("{krate}::wkt::Timestamp"))
             .compile_fds(fds)?;
 
         let json = crate::json::JsonOptions {
@@ -172,16 +205,26 @@ impl Builder {
             proto_names: self.proto_names,
         };
         for package in &packages {
-            fs::write(
-                out.join(format!("{package}.serde.rs")),
-                crate::json::package(&pool, package, &own_files, json)?,
-            )?;
+            let code = crate::json::package(&pool, package, &own_files, json)?;
+            fs::write(out.join(format!("{package}.serde.rs")), self.naming_the_gateway(code))?;
         }
 
         for (package, code) in tables {
-            fs::write(out.join(format!("{package}.gateway.rs")), code)?;
+            fs::write(out.join(format!("{package}.gateway.rs")), self.naming_the_gateway(code))?;
         }
         Ok(())
+    }
+}
+
+impl Builder {
+    /// The generated code with the gateway crate named as configured: the
+    /// generators write `::gateway::` and only for the crate.
+    fn naming_the_gateway(&self, code: String) -> String {
+        if self.gateway_crate == "::gateway" {
+            code
+        } else {
+            code.replace("::gateway::", &format!("{}::", self.gateway_crate))
+        }
     }
 }
 
@@ -209,22 +252,31 @@ mod tests {
     /// repository's vendored imports and an OpenAPI document, then removes
     /// it; the text files it wrote, by name.
     fn compile_scratch(name: &str, file: &str, proto: &str) -> Result<HashMap<String, String>, BuildError> {
+        compile_scratch_with(name, file, proto, |builder| builder)
+    }
+
+    /// [`compile_scratch`] with the builder configured by `configure`.
+    fn compile_scratch_with(
+        name: &str,
+        file: &str,
+        proto: &str,
+        configure: fn(Builder) -> Builder,
+    ) -> Result<HashMap<String, String>, BuildError> {
         let dir = env::temp_dir().join(format!("gateway-build-{name}-{}", std::process::id()));
         let path = dir.join("protos").join(file);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, proto).unwrap();
         let document = OpenApi { title: name.into(), version: "1".into(), description: String::new(), security: None };
-        let result = Builder::new(dir.join("protos"))
+        let builder = Builder::new(dir.join("protos"))
             .include(concat!(env!("CARGO_MANIFEST_DIR"), "/../proto"))
             .out_dir(dir.join("out"))
-            .openapi(document)
-            .compile()
-            .map(|()| {
-                let entries = fs::read_dir(dir.join("out")).unwrap().filter_map(Result::ok);
-                entries
-                    .filter_map(|e| Some((e.file_name().into_string().ok()?, fs::read_to_string(e.path()).ok()?)))
-                    .collect()
-            });
+            .openapi(document);
+        let result = configure(builder).compile().map(|()| {
+            let entries = fs::read_dir(dir.join("out")).unwrap().filter_map(Result::ok);
+            entries
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, fs::read_to_string(e.path()).ok()?)))
+                .collect()
+        });
         fs::remove_dir_all(&dir).ok();
         result
     }
@@ -345,5 +397,30 @@ service Svc {{ rpc Call(Req) returns (Req) {{ option (google.api.http) = {{ {rul
                 "{rule}: {error}"
             );
         }
+    }
+
+    /// A package under a `google/` folder is the API's own like any other
+    /// (only the packages the gateway supplies are import-only), and the
+    /// generated code names the gateway crate as configured.
+    #[test]
+    fn any_package_compiles_and_the_gateway_crate_may_be_renamed() {
+        let proto = r#"syntax = "proto3";
+package google.example.v1;
+import "google/api/annotations.proto";
+import "google/protobuf/empty.proto";
+message Req { string id = 1; }
+service Things {
+  rpc Get(Req) returns (google.protobuf.Empty) { option (google.api.http) = {get: "/v1/things/{id}"}; }
+}
+"#;
+        let out = compile_scratch_with("renamed", "google/example/v1/things.proto", proto, |b| b.gateway_crate("::gw"))
+            .expect("compiles");
+        let tables = &out["google.example.v1.gateway.rs"];
+        assert!(tables.contains("\"/google.example.v1.Things/Get\""), "{tables}");
+        for name in ["google.example.v1.rs", "google.example.v1.serde.rs", "google.example.v1.gateway.rs"] {
+            let code = &out[name];
+            assert!(code.contains("::gw::") && !code.contains("::gateway::"), "{name} names the crate ::gw:\n{code}");
+        }
+        assert!(!out.contains_key("google.api.gateway.rs"), "google.api is imported, not the API's own");
     }
 }

@@ -10,7 +10,7 @@ use prost_reflect::{
 };
 
 use crate::BuildError;
-use crate::names::{field_at, snake_case};
+use crate::names::{field_at, message_path, snake_case};
 use gateway_rules::{PathTemplate, Router};
 
 /// One HTTP binding of a method, read from its `google.api.http` rule.
@@ -139,37 +139,6 @@ fn method_kind(method: &MethodDescriptor) -> &'static str {
     }
 }
 
-/// Rust path of a message type, relative to the module of `package`.
-fn rust_type(message: &MessageDescriptor, package: &str) -> Result<String, BuildError> {
-    let full = message.full_name();
-    if full == "google.protobuf.Timestamp" {
-        return Ok("::gateway::wkt::Timestamp".to_owned());
-    }
-    if let Some(name) = full.strip_prefix("google.protobuf.") {
-        return Ok(format!("::gateway::wkt::{name}"));
-    }
-    if message.package_name() != package || message.parent_message().is_some() {
-        return Err(format!(
-            "{full}: gateway methods need top-level request and response messages of package {package} or google.protobuf"
-        )
-        .into());
-    }
-    Ok(message.name().to_owned())
-}
-
-/// The Rust path of a message of the package being generated, from its
-/// module: `Outer`, `outer::Inner` (prost's nesting).
-fn nested_rust_path(message: &MessageDescriptor) -> String {
-    let mut parts = vec![message.name().to_owned()];
-    let mut parent = message.parent_message();
-    while let Some(outer) = parent {
-        parts.push(snake_case(outer.name()));
-        parent = outer.parent_message();
-    }
-    parts.reverse();
-    parts.join("::")
-}
-
 /// Generates the gateway tables of one package.
 pub(crate) fn package(
     pool: &DescriptorPool,
@@ -205,8 +174,9 @@ pub(crate) fn package(
             let rpc = format!("/{}/{}", service.full_name(), method.name());
             let input = method.input();
             let output = method.output();
-            let input_ty = rust_type(&input, package)?;
-            rust_type(&output, package)?;
+            // As prost names it from this package's module: nested types and
+            // other packages' (`super::super::other::v1::Shared`) included.
+            let input_ty = message_path(&input, package);
             collect_specs(&input, &mut seen, &mut specs);
             let method_static =
                 format!("METHOD_{}_{}", svc_snake.to_uppercase(), snake_case(method.name()).to_uppercase());
@@ -352,7 +322,7 @@ pub(crate) fn package(
             writeln!(
                 any_types,
                 "    ::gateway::wkt::AnyType::of::<{}>(\"{}\"),",
-                nested_rust_path(&message),
+                message_path(&message, package),
                 message.full_name()
             )?;
         }
@@ -363,7 +333,7 @@ pub(crate) fn package(
          pub const ANY_TYPES: &[::gateway::wkt::AnyType] = &[\n{any_types}];\n"
     )?;
     let own = |m: &MessageDescriptor| own_files.contains(m.parent_file().name());
-    code.push_str(&crate::validation::impls(pool, package, &own, &nested_rust_path)?);
+    code.push_str(&crate::validation::impls(pool, package, &own, &|m| message_path(m, package))?);
     code.push_str(&statics);
     for message in specs {
         write_spec(&mut code, &message)?;

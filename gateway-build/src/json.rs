@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use heck::{ToSnakeCase, ToUpperCamelCase};
 use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
 use crate::BuildError;
+use crate::names::{camel, enum_path, message_path, snake};
 
 /// How the JSON of a package is written.
 #[derive(Debug, Clone, Copy, Default)]
@@ -21,73 +21,6 @@ pub(crate) struct JsonOptions {
     pub(crate) null_for_unset: bool,
     /// Keys are the proto field names, not the JSON names.
     pub(crate) proto_names: bool,
-}
-
-/// An identifier as prost writes it: keywords raw, or with `_` where raw
-/// identifiers are not allowed.
-fn sanitize(ident: String) -> String {
-    match ident.as_str() {
-        "as" | "break" | "const" | "continue" | "else" | "enum" | "false" | "fn" | "for" | "if" | "impl" | "in"
-        | "let" | "loop" | "match" | "mod" | "move" | "mut" | "pub" | "ref" | "return" | "static" | "struct"
-        | "trait" | "true" | "type" | "unsafe" | "use" | "where" | "while" | "dyn" | "abstract" | "become" | "box"
-        | "do" | "final" | "macro" | "override" | "priv" | "typeof" | "unsized" | "virtual" | "yield" | "async"
-        | "await" | "try" | "gen" => format!("r#{ident}"),
-        "_" | "super" | "self" | "Self" | "extern" | "crate" => format!("{ident}_"),
-        s if s.starts_with(|c: char| c.is_numeric()) => format!("_{ident}"),
-        _ => ident,
-    }
-}
-
-fn snake(name: &str) -> String {
-    sanitize(name.to_snake_case())
-}
-
-fn camel(name: &str) -> String {
-    sanitize(name.to_upper_camel_case())
-}
-
-/// The Rust path of a message or enum, from the module of `package`, as
-/// prost and the gateway's well-known types name it.
-fn type_path(full_name: &str, parent_messages: &[String], type_package: &str, package: &str) -> String {
-    let name = full_name.rsplit('.').next().unwrap_or(full_name);
-    if type_package == "google.protobuf" {
-        return format!("::gateway::wkt::{name}");
-    }
-    let mut path = String::new();
-    if type_package != package {
-        for _ in package.split('.').filter(|p| !p.is_empty()) {
-            path.push_str("super::");
-        }
-        for part in type_package.split('.').filter(|p| !p.is_empty()) {
-            path.push_str(&snake(part));
-            path.push_str("::");
-        }
-    }
-    for parent in parent_messages {
-        path.push_str(&snake(parent));
-        path.push_str("::");
-    }
-    path.push_str(&camel(name));
-    path
-}
-
-/// The names of the messages `parent` is in, outermost first, with it.
-fn enclosing(parent: Option<MessageDescriptor>) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut at = parent;
-    while let Some(message) = at {
-        names.insert(0, message.name().to_owned());
-        at = message.parent_message();
-    }
-    names
-}
-
-fn message_path(message: &MessageDescriptor, package: &str) -> String {
-    type_path(message.full_name(), &enclosing(message.parent_message()), message.package_name(), package)
-}
-
-fn enum_path(enumeration: &EnumDescriptor, package: &str) -> String {
-    type_path(enumeration.full_name(), &enclosing(enumeration.parent_message()), enumeration.package_name(), package)
 }
 
 /// The codec of one value of `kind` (not repeated).
@@ -199,10 +132,10 @@ fn serialize(message: &MessageDescriptor, package: &str, options: JsonOptions) -
         }
     }
     Ok(format!(
-        "impl ::serde::Serialize for {path} {{\n    \
+        "impl ::gateway::protojson::serde::Serialize for {path} {{\n    \
          #[allow(unused_variables, unused_mut)]\n    \
-         fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> ::core::result::Result<S::Ok, S::Error> {{\n        \
-         use ::serde::ser::SerializeMap as _;\n        \
+         fn serialize<S: ::gateway::protojson::serde::Serializer>(&self, serializer: S) -> ::core::result::Result<S::Ok, S::Error> {{\n        \
+         use ::gateway::protojson::serde::ser::SerializeMap as _;\n        \
          #[allow(unused_imports)]\n        \
          use ::gateway::protojson as pj;\n        \
          let mut map = serializer.serialize_map(::core::option::Option::None)?;\n{body}        map.end()\n    }}\n}}\n"
@@ -273,22 +206,22 @@ fn deserialize(message: &MessageDescriptor, package: &str, options: JsonOptions)
     }
     let full = message.full_name();
     Ok(format!(
-        "impl<'de> ::serde::Deserialize<'de> for {path} {{\n    \
-         fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> ::core::result::Result<Self, D::Error> {{\n        \
+        "impl<'de> ::gateway::protojson::serde::Deserialize<'de> for {path} {{\n    \
+         fn deserialize<D: ::gateway::protojson::serde::Deserializer<'de>>(deserializer: D) -> ::core::result::Result<Self, D::Error> {{\n        \
          struct Fields;\n        \
-         impl<'de> ::serde::de::Visitor<'de> for Fields {{\n            \
+         impl<'de> ::gateway::protojson::serde::de::Visitor<'de> for Fields {{\n            \
          type Value = {path};\n            \
          fn expecting(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {{\n                \
          f.write_str(\"a JSON object ({full})\")\n            }}\n            \
          #[allow(unused_mut, unused_variables)]\n            \
-         fn visit_map<A: ::serde::de::MapAccess<'de>>(self, mut map: A) -> ::core::result::Result<{path}, A::Error> {{\n                \
+         fn visit_map<A: ::gateway::protojson::serde::de::MapAccess<'de>>(self, mut map: A) -> ::core::result::Result<{path}, A::Error> {{\n                \
          #[allow(unused_imports)]\n                \
          use ::gateway::protojson as pj;\n                \
          let mut message = <{path} as ::core::default::Default>::default();\n                \
          let mut seen = pj::Seen::default();\n                \
          while let ::core::option::Option::Some(key) = map.next_key::<pj::Key<'de>>()? {{\n                    \
          match &*key.0 {{\n{arms}                    \
-         _ if pj::ignoring_unknown_fields() => {{\n                        map.next_value::<::serde::de::IgnoredAny>()?;\n                    }}\n                    \
+         _ if pj::ignoring_unknown_fields() => {{\n                        map.next_value::<::gateway::protojson::serde::de::IgnoredAny>()?;\n                    }}\n                    \
          _ => return ::core::result::Result::Err(pj::unknown_field({full:?}, &key.0)),\n                    }}\n                }}\n                \
          ::core::result::Result::Ok(message)\n            }}\n        }}\n        \
          deserializer.deserialize_map(Fields)\n    }}\n}}\n"

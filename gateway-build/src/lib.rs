@@ -47,9 +47,14 @@ mod validation;
 pub use builder::Builder;
 pub use openapi::OpenApi;
 
-/// The gateway's own options (`gateway/v1/options.proto`), importable by
-/// every API compiled with this builder.
-pub const OPTIONS_PROTO: &str = include_str!("../../gateway/proto/gateway/v1/options.proto");
+/// The protos every API compiled with this builder may import without
+/// vendoring them: the gateway's own options and `google.api.http` (from
+/// googleapis, unmodified), by import path.
+pub const SHIPPED_PROTOS: [(&str, &str); 3] = [
+    ("gateway/v1/options.proto", include_str!("../../gateway/proto/gateway/v1/options.proto")),
+    ("google/api/annotations.proto", include_str!("../../gateway/proto/google/api/annotations.proto")),
+    ("google/api/http.proto", include_str!("../../gateway/proto/google/api/http.proto")),
+];
 
 /// What a build failed on.
 pub type BuildError = Box<dyn std::error::Error>;

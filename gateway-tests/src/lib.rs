@@ -6,10 +6,22 @@
 //! is only that API's generated code, compiled by `build.rs` with
 //! `gateway-build` exactly as a service using the gateway compiles its own.
 
-/// The `gatewaytest.v1` package: messages, the `Lab` service, JSON and HTTP routes.
+/// The test API's packages, in modules named as the packages are, so that
+/// the generated code of one finds the types of the other.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/gatewaytest.v1.rs"));
-    include!(concat!(env!("OUT_DIR"), "/gatewaytest.v1.serde.rs"));
-    include!(concat!(env!("OUT_DIR"), "/gatewaytest.v1.gateway.rs"));
+pub mod gatewaytest {
+    /// `gatewaytest.v1`: messages, the `Lab` and `Conformance` services, JSON and HTTP routes.
+    pub mod v1 {
+        gateway::include_proto!("gatewaytest.v1");
+    }
+    /// `gatewaytest.common.v1`: messages the lab's methods take from another package.
+    pub mod common {
+        /// Version 1.
+        pub mod v1 {
+            gateway::include_proto!("gatewaytest.common.v1");
+        }
+    }
 }
+
+/// The lab's own package.
+pub use gatewaytest::v1 as pb;

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
+use gateway_tests::gatewaytest::common::v1 as common;
 use gateway_tests::pb;
 
 mod protojson;
@@ -116,6 +117,27 @@ impl pb::lab_server::Lab for Lab {
             last = thing?;
         }
         Ok(tonic::Response::new(last))
+    }
+
+    async fn stamp(&self, request: tonic::Request<pb::parcel::Label>) -> Result<tonic::Response<common::Note>, Status> {
+        let label = request.into_inner();
+        let part = |number| common::note::Part { number, text: label.text.clone() };
+        Ok(tonic::Response::new(common::Note {
+            text: label.text.clone(),
+            parts: (1..=label.copies).map(part).collect(),
+        }))
+    }
+
+    async fn first_part(
+        &self,
+        request: tonic::Request<common::Note>,
+    ) -> Result<tonic::Response<common::note::Part>, Status> {
+        let note = request.into_inner();
+        note.parts
+            .into_iter()
+            .next()
+            .map(tonic::Response::new)
+            .ok_or_else(|| Status::not_found("the note has no parts"))
     }
 
     type ChatStream = ThingStream;
@@ -252,6 +274,31 @@ async fn templates_bind_variables_verbs_and_additional_bindings() {
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.headers["allow"], "POST, GET, HEAD, PATCH");
     assert_eq!(lab.get("/v1/nowhere").await.status, 404);
+}
+
+/// Request and response types may be nested messages and messages of other
+/// packages (google/api/http.proto puts no limit on them): every protocol
+/// serves them.
+#[tokio::test]
+async fn methods_take_nested_messages_and_messages_of_other_packages() {
+    use prost::Message as _;
+    let lab = lab().await;
+    let stamped = lab.send("POST", "/v1/parcels/fragile:stamp", &[], r#"{"copies": 2}"#).await;
+    assert_eq!(stamped.status, 200, "{}", stamped.text());
+    assert_eq!(
+        stamped.json(),
+        json!({"text": "fragile", "parts": [{"number": 1, "text": "fragile"}, {"number": 2, "text": "fragile"}]})
+    );
+    let note = json!({"text": "n", "parts": [{"number": 7, "text": "seven"}]});
+    let first = lab.post_json("/v1/notes:first-part", note.clone()).await;
+    assert_eq!(first.json(), json!({"number": 7, "text": "seven"}));
+    let connect = lab.post_json("/gatewaytest.v1.Lab/FirstPart", note).await;
+    assert_eq!((connect.status, connect.json()), (200, json!({"number": 7, "text": "seven"})));
+    let label = pb::parcel::Label { text: "x".into(), copies: 1 };
+    let proto = lab
+        .send("POST", "/gatewaytest.v1.Lab/Stamp", &[("content-type", "application/proto")], label.encode_to_vec())
+        .await;
+    assert_eq!(common::Note::decode(proto.body).unwrap().parts.len(), 1);
 }
 
 #[tokio::test]

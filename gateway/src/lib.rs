@@ -61,6 +61,20 @@
 //!   layers an application adds between classification and dispatch;
 //! - `docs/`: the OpenAPI document and Swagger UI.
 
+/// Includes what `gateway-build` wrote for one proto package: the prost
+/// messages and tonic services, their proto3 JSON, and the gateway's
+/// tables. Use it inside the module the package lives in (`pub mod pb {
+/// gateway::include_proto!("things.v1"); }`); modules mirror the package
+/// names when packages refer to each other, as prost expects.
+#[macro_export]
+macro_rules! include_proto {
+    ($package:literal) => {
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".rs"));
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".serde.rs"));
+        include!(concat!(env!("OUT_DIR"), "/", $package, ".gateway.rs"));
+    };
+}
+
 mod dispatch;
 mod docs;
 mod gate;

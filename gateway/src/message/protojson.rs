@@ -18,6 +18,10 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use base64::Engine as _;
+/// serde, for the generated code: an API using the gateway need not depend
+/// on it itself.
+#[doc(hidden)]
+pub use serde;
 use serde::de::{self, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 
