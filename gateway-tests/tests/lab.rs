@@ -904,3 +904,66 @@ async fn a_layer_above_the_split_sees_every_protocol_by_rpc() {
         .collect();
     assert_eq!(recorded, expected);
 }
+
+/// README's "Using the gateway in another service" is the `gateway-example`
+/// crate: README quotes its files verbatim, and the crate serves its one
+/// method over JSON/HTTP, Connect, gRPC-Web and gRPC.
+#[tokio::test]
+async fn the_readme_example_is_the_example_crate_and_it_serves_every_protocol() {
+    use prost::Message as _;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme.split("### Using the gateway in another service").nth(1).expect("README has the section");
+    let section = section.split("\n## ").next().unwrap().split("\n### ").next().unwrap();
+    let mut quoted = 0;
+    for block in section.split("```").skip(1).step_by(2) {
+        // Each block opens with its language and the file it quotes: `// gateway-example/src/lib.rs`.
+        let mut lines = block.lines().skip(1);
+        let file = lines.next().unwrap().trim_start_matches(['/', '#', ' ']);
+        let excerpt: Vec<&str> = lines.collect();
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            text.contains(&excerpt.join("\n")),
+            "README's excerpt of {file} is not in the file:\n{}",
+            excerpt.join("\n")
+        );
+        quoted += 1;
+    }
+    assert!(quoted >= 4, "README quotes Cargo.toml, build.rs, the proto and the service: {quoted}");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, gateway_example::app().unwrap()).await });
+    let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let call = |method: &str, path: &str, content_type: &str, body: Bytes| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", content_type)
+            .body(Full::new(body))
+            .unwrap();
+        let sent = http.request(request);
+        async move {
+            let response = sent.await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.into_body().collect().await.unwrap().to_bytes())
+        }
+    };
+    let hello = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap()["message"].clone();
+    let (status, body) = call("GET", "/v1/hello/world", "", Bytes::new()).await;
+    assert_eq!((status, hello(&body)), (200, json!("Hello, world!")));
+    let (status, body) =
+        call("POST", "/greeter.v1.GreeterService/SayHello", "application/json", r#"{"name":"c"}"#.into()).await;
+    assert_eq!((status, hello(&body)), (200, json!("Hello, c!")));
+    let request = envelope(0, &gateway_example::pb::SayHelloRequest { name: "web".into() }.encode_to_vec());
+    let (status, body) =
+        call("POST", "/greeter.v1.GreeterService/SayHello", "application/grpc-web+proto", request).await;
+    let reply = gateway_example::pb::SayHelloResponse::decode(frames(body)[0].1.clone()).unwrap();
+    assert_eq!((status, reply.message.as_str()), (200, "Hello, web!"));
+
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await.unwrap();
+    let mut client = gateway_example::pb::greeter_service_client::GreeterServiceClient::new(channel);
+    let reply = client.say_hello(gateway_example::pb::SayHelloRequest { name: "grpc".into() }).await.unwrap();
+    assert_eq!(reply.into_inner().message, "Hello, grpc!");
+}
