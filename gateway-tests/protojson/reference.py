@@ -54,6 +54,8 @@ def run(operation, pool, cls):
             return {"ok": True, "binary": base64.b64encode(message.SerializeToString(deterministic=True)).decode()}
         if operation["op"] == "encode":
             message = cls.FromString(base64.b64decode(operation["binary"]))
+            # Map entries in key order (they come in the sender's hash order), so the text is the same every run.
+            message = cls.FromString(message.SerializeToString(deterministic=True))
             return {"ok": True, "json": encode(message, pool)}
         if operation["op"] == "encode_text":
             message = text_format.Parse(operation["text"], cls(), descriptor_pool=pool)

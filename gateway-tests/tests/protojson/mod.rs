@@ -50,6 +50,8 @@ impl pb::conformance_server::Conformance for Conformance {
 
 const MESSAGE: &str = "gatewaytest.v1.AllKinds";
 const RANDOM_MESSAGES: u64 = 300;
+/// JSON texts made by mutating the reference's JSON of the random messages.
+const MUTATED_TEXTS: usize = 300;
 
 fn here() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("protojson")
@@ -78,6 +80,9 @@ fn reference(operations: &[Value]) -> Vec<Value> {
         .arg(&descriptors)
         .arg(&input)
         .arg(MESSAGE)
+        // Map order in the reference's JSON follows Python's string hashes:
+        // fixed, so that the texts mutated are the same on every run.
+        .env("PYTHONHASHSEED", "0")
         .output()
         .expect("the reference runs");
     assert!(out.status.success(), "the reference failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -300,6 +305,59 @@ impl Draw {
         }
     }
 
+    /// `text` (a JSON document) changed once: a character deleted, doubled
+    /// or replaced, or one value swapped for one that some field kind reads
+    /// differently (so most mutants stay JSON and reach the field codecs).
+    fn mutate(&mut self, text: &str) -> String {
+        const TOKENS: [&str; 16] =
+            ["\"", "{", "}", "[", "]", ":", ",", "0", "-", ".", "e", "n", "\\", "1", " ", "\\u0000"];
+        const VALUES: [&str; 24] = [
+            "null",
+            "0",
+            "-0",
+            "1.0",
+            "1e5",
+            "\"1e5\"",
+            "1.5",
+            "-1",
+            "4294967296",
+            "9223372036854775808",
+            "1e400",
+            "\"NaN\"",
+            "\"Infinity\"",
+            "\"\"",
+            "\"AAA=\"",
+            "\"-_8\"",
+            "true",
+            "\"true\"",
+            "[]",
+            "{}",
+            "[null]",
+            "\"1970-01-01T00:00:00Z\"",
+            "\"1.5s\"",
+            "\"RED\"",
+        ];
+        let chars: Vec<char> = text.chars().collect();
+        if chars.is_empty() || self.chance(2) {
+            // A value replaced: find the start of a value (after ':' or '[' or ',').
+            let starts: Vec<usize> =
+                chars.iter().enumerate().filter(|(_, c)| matches!(c, ':' | '[')).map(|(i, _)| i + 1).collect();
+            let Some(&at) = starts.get(self.below(starts.len().max(1) as u64) as usize) else { return "null".into() };
+            let rest: String = chars[at..].iter().collect();
+            let end = value_end(&rest);
+            let value = VALUES[self.below(VALUES.len() as u64) as usize];
+            return format!("{}{value}{}", chars[..at].iter().collect::<String>(), &rest[end..]);
+        }
+        let at = self.below(chars.len() as u64) as usize;
+        let mut out: Vec<String> = chars.iter().map(char::to_string).collect();
+        match self.below(3) {
+            0 => out[at] = String::new(),
+            1 => out[at] = out[at].repeat(2),
+            _ => out[at] = TOKENS[self.below(TOKENS.len() as u64) as usize].to_owned(),
+        }
+        out.concat()
+    }
+
     /// A message with each field set or not at random.
     fn message(&mut self, depth: u32) -> pb::AllKinds {
         use pb::all_kinds::Choice;
@@ -396,6 +454,42 @@ impl Draw {
     }
 }
 
+/// Where the JSON value at the start of `text` ends (after leading blanks),
+/// by bracket depth and string quoting; the text's length if it never ends.
+fn value_end(text: &str) -> usize {
+    let (mut depth, mut in_string, mut escaped, mut started) = (0i32, false, false, false);
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_string = false;
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            ' ' | '\n' | '\t' | '\r' if !started => {}
+            '"' => (in_string, started) = (true, true),
+            '{' | '[' => (depth, started) = (depth + 1, true),
+            '}' | ']' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            ',' | '}' | ']' | '\n' if depth == 0 => return i,
+            _ => started = true,
+        }
+    }
+    text.len()
+}
+
 /// A decoding case: the reference's message (base64), or why it refused; the gateway's answer.
 struct Decoded {
     id: String,
@@ -481,6 +575,24 @@ async fn outcomes() -> Vec<Outcome> {
         }
     }
 
+    // Mutants of the reference's JSON texts: both sides decode them, and
+    // must refuse them alike or read the same message.
+    // (Not of texts holding the largest float, which the reference cannot
+    // read back: the listed `float-max` deviation, whatever the mutation.)
+    let texts = answers[cases.len()..]
+        .iter()
+        .filter_map(|theirs| theirs["json"].as_str())
+        .filter(|text| !text.contains("3.4028235e+38"));
+    let mutants: Vec<String> = texts.cycle().take(MUTATED_TEXTS).map(|text| draw.mutate(text)).collect();
+    let operations: Vec<Value> = mutants.iter().map(|text| json!({"op": "decode", "json": text})).collect();
+    for (n, (text, theirs)) in mutants.iter().zip(reference(&operations)).enumerate() {
+        let reference = match theirs["ok"].as_bool() {
+            Some(true) => Ok(theirs["binary"].as_str().unwrap().to_owned()),
+            _ => Err(format!("{} on {text}", theirs["error"])),
+        };
+        decoded.push(Decoded { id: format!("mutant-{n}"), reference, ours: gateway_decode(&lab, text).await });
+    }
+
     // Round 2: the reference re-encodes both sides' messages deterministically
     // (map order, and so on), and those encodings are compared.
     let mut canonical = Vec::new();
@@ -529,8 +641,9 @@ async fn the_json_mapping_matches_the_reference_implementation() {
     let outcomes = outcomes().await;
     let listed = listed_deviations();
     let conforming = outcomes.iter().filter(|o| o.conforms).count();
-    let hand_written = outcomes.iter().filter(|o| !o.id.starts_with("random")).count();
-    let hand_conforming = outcomes.iter().filter(|o| !o.id.starts_with("random") && o.conforms).count();
+    let generated = |o: &&Outcome| o.id.starts_with("random") || o.id.starts_with("mutant");
+    let hand_written = outcomes.iter().filter(|o| !generated(o)).count();
+    let hand_conforming = outcomes.iter().filter(|o| !generated(o) && o.conforms).count();
     eprintln!(
         "proto3 JSON against the reference: {conforming} of {} conform ({hand_conforming} of {hand_written} hand-written cases)",
         outcomes.len()

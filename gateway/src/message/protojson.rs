@@ -447,6 +447,11 @@ impl<E: ProtoEnum> Codec for Enum<E> {
             fn visit_u64<Er: de::Error>(self, v: u64) -> Result<Option<i32>, Er> {
                 in_range(i128::from(v), "an enum").map(Some)
             }
+            // A number written with a fraction or exponent, as integers may be (`-0`, `1.0`, `1e0`).
+            fn visit_f64<Er: de::Error>(self, v: f64) -> Result<Option<i32>, Er> {
+                let number = integral(v).ok_or_else(|| Er::custom(format!("{v} is not an integer")))?;
+                in_range(number, "an enum").map(Some)
+            }
         }
         deserializer.deserialize_any(V::<E>(PhantomData))
     }
