@@ -1,7 +1,8 @@
 //! Rate limiting: token buckets per identity — the user when the request is
 //! authenticated, else the client's address — and per route class, checked
 //! once above the protocol split. Login and registration have their own,
-//! stricter class (against credential stuffing).
+//! stricter class (against credential stuffing), always per address: a
+//! token, which anyone can get by registering, never opens a new allowance.
 //!
 //! A refused call gets RESOURCE_EXHAUSTED with a `google.rpc.RetryInfo`
 //! (429 + `Retry-After` over HTTP) and the `RateLimit-Policy` and
@@ -418,11 +419,14 @@ impl RateLimitLayer {
     fn subject<B>(&self, req: &Request<B>) -> Option<(Class, Identity)> {
         let rpc = req.extensions().get::<gateway::RpcMethod>()?;
         self.gateway.method(rpc.0)?;
+        let class = Class::of(rpc.0);
+        // Logins and registrations count against the address whatever token
+        // they carry: a token of one's own must not open a fresh allowance.
         let identity = match req.extensions().get::<Caller>() {
-            Some(caller) => Identity::User(caller.user_id),
-            None => Identity::Address(self.clients.of(req)?),
+            Some(caller) if class != Class::Credentials => Identity::User(caller.user_id),
+            _ => Identity::Address(self.clients.of(req)?),
         };
-        Some((Class::of(rpc.0), identity))
+        Some((class, identity))
     }
 }
 

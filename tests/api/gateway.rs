@@ -489,6 +489,34 @@ async fn credential_calls_are_rate_limited_per_client_in_every_protocol() {
     assert_eq!(app.get("/api/tags", None).await.status, 200, "the default class has its own budget");
 }
 
+/// A token does not open a fresh allowance: logins and registrations count
+/// against the client's address whichever token (or none) they carry, over
+/// JSON and gRPC alike.
+#[tokio::test]
+async fn tokens_do_not_reset_the_credential_allowance() {
+    let app =
+        spawn_app_with(|s| s.rate_limit_credentials = conduit::middleware::ratelimit::Rate::parse("4/min").unwrap())
+            .await;
+    let (jake, jane) = (app.register("jake").await, app.register("jane").await);
+    let login = json!({"user": {"email": "jake@example.com", "password": "wrong-password"}});
+    let statuses = [
+        app.json("POST", "/api/users/login", Some(&jake), Some(login.clone())).await.status,
+        app.json("POST", "/api/users/login", Some(&jane), Some(login.clone())).await.status,
+        app.json("POST", "/api/users/login", Some(&jake), Some(login.clone())).await.status,
+        app.json("POST", "/api/users/login", Some(&jane), Some(login.clone())).await.status,
+    ];
+    assert_eq!(statuses, [401, 401, 429, 429], "two registrations and two logins spend the address's four");
+    let register = json!({"user": {"username": "joe", "email": "joe@example.com", "password": "password-joe"}});
+    assert_eq!(app.json("POST", "/api/users", Some(&jake), Some(register)).await.status, 429);
+    let request = conduit::pb::conduit::v1::LoginRequest {
+        user: Some(conduit::pb::conduit::v1::LoginUser { email: "a@b.c".into(), password: "whatever-pw".into() }),
+    };
+    let status = app.users().await.login(crate::helpers::authed(request, &jane)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    // Other calls keep the token's own budget.
+    assert_eq!(app.json("GET", "/api/user", Some(&jake), None).await.status, 200);
+}
+
 /// BODY_LIMIT bounds gRPC messages too.
 #[tokio::test]
 async fn grpc_messages_follow_the_body_limit() {
