@@ -136,6 +136,14 @@ pub struct Settings {
     #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
     pub rate_limit_credentials: crate::middleware::ratelimit::Rate,
 
+    /// Failed logins allowed per account and client address, as N/s, N/min
+    /// or N/h (a bucket of N refilled over the period; a successful login
+    /// empties the count): guessing one account's password from many
+    /// addresses gets N per address, and the owner, from their own address,
+    /// is never locked out by someone else's failures.
+    #[arg(long, env = "RATE_LIMIT_LOGIN_FAILURES", default_value = "10/h", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    pub rate_limit_login_failures: crate::middleware::ratelimit::Rate,
+
     /// Redis URL (redis://host:port/db): rate-limit buckets are shared
     /// through it by every replica; unset, each process keeps its own.
     #[arg(long, env = "REDIS_URL", global = true)]
@@ -402,6 +410,8 @@ pub struct ServeSettings {
     pub rate_limit: crate::middleware::ratelimit::Rate,
     /// Logins and registrations per identity.
     pub rate_limit_credentials: crate::middleware::ratelimit::Rate,
+    /// Failed logins per account and client address.
+    pub rate_limit_login_failures: crate::middleware::ratelimit::Rate,
     /// Redis for shared rate limits.
     pub redis_url: Option<Secret>,
     /// Whether calls pass when Redis fails.
@@ -621,6 +631,7 @@ impl Settings {
             request_timeout: self.request_timeout,
             rate_limit: self.rate_limit,
             rate_limit_credentials: self.rate_limit_credentials,
+            rate_limit_login_failures: self.rate_limit_login_failures,
             redis_url: self.redis_url.clone().map(Secret::from),
             rate_limit_redis_fail_open: self.rate_limit_redis_failure == "open",
             rate_limit_redis_prefix: self.rate_limit_redis_prefix.clone(),

@@ -71,11 +71,6 @@ impl Application {
         if settings.migrate_on_start {
             MIGRATOR.run(&db).await?;
         }
-        let ctx = Ctx {
-            db: db.clone(),
-            tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
-            passwords: Passwords::new(settings.password_hash_concurrency),
-        };
         let shared = match &settings.redis_url {
             Some(url) => Some(
                 SharedBuckets::connect(
@@ -88,6 +83,14 @@ impl Application {
                 .map_err(StartupError::Redis)?,
             ),
             None => None,
+        };
+        let logins =
+            crate::middleware::ratelimit::LoginFailures::new(settings.rate_limit_login_failures, shared.clone());
+        let ctx = Ctx {
+            db: db.clone(),
+            tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
+            passwords: Passwords::new(settings.password_hash_concurrency),
+            logins: Some(std::sync::Arc::new(logins)),
         };
         let tls = match &settings.tls {
             Some((cert, key)) => Some(crate::server::tls::Tls::load(cert, key).map_err(StartupError::Tls)?),

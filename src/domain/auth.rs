@@ -39,6 +39,27 @@ pub struct Caller {
     pub token: String,
 }
 
+/// The address a call came from, as the layers found it (through trusted
+/// proxies), when they know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+/// Counts login attempts per account and client address, so that guessing
+/// one account's password is limited per address without anyone else's
+/// failures locking its owner out.
+pub trait LoginAttempts: Send + Sync + std::fmt::Debug {
+    /// Spends one attempt at `account` from `from`; `Err(wait)` when none
+    /// is left.
+    fn attempt(
+        &self,
+        account: &str,
+        from: std::net::IpAddr,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), Duration>>;
+    /// The right password was given: the attempts of `account` from `from`
+    /// are forgotten, so that only failures add up.
+    fn succeeded(&self, account: &str, from: std::net::IpAddr) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
 /// Issues and checks tokens.
 #[derive(Clone)]
 pub struct Tokens {

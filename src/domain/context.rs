@@ -14,6 +14,8 @@ pub struct Ctx {
     pub tokens: auth::Tokens,
     /// Password hasher.
     pub passwords: auth::Passwords,
+    /// Failed logins per account and address, when they are limited.
+    pub logins: Option<std::sync::Arc<dyn auth::LoginAttempts>>,
 }
 
 /// How article exports read.

@@ -66,6 +66,10 @@ pub enum ConduitError {
     /// A unique value is taken.
     #[error("already taken")]
     Taken(Vec<FieldError>),
+    /// Too many failed attempts (logins at one account from one address);
+    /// one more is allowed after the wait.
+    #[error("too many failed attempts")]
+    TooManyAttempts(std::time::Duration),
     /// The database gave up on a conflicting write; retrying may succeed.
     #[error("conflicting concurrent write")]
     Busy,
@@ -148,6 +152,14 @@ impl From<ConduitError> for Status {
             ),
             ConduitError::Invalid(fields) => with_violations(Code::InvalidArgument, fields),
             ConduitError::Taken(fields) => with_violations(Code::AlreadyExists, fields),
+            ConduitError::TooManyAttempts(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("too many failed logins for this account from your address; try again in {seconds} s"),
+                    ErrorDetails::with_retry_info(Some(std::time::Duration::from_secs(seconds))),
+                )
+            }
             ConduitError::Busy => Status::aborted("a concurrent change conflicted with this one; try again"),
             ConduitError::Unavailable => unavailable("the database is unavailable; try again shortly", RETRY_AFTER),
             ConduitError::Internal(cause) => {

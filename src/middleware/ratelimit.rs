@@ -28,7 +28,7 @@ use http::{HeaderValue, Request, Response};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::domain::auth::Caller;
+use crate::domain::auth::{Caller, ClientAddress};
 use crate::middleware::client::ClientAddresses;
 
 /// `count` calls per `period`, in bursts of up to `count`.
@@ -65,6 +65,8 @@ enum Class {
     Credentials,
     /// Everything else.
     Default,
+    /// Failed logins, per account and address.
+    LoginFailures,
 }
 
 impl Class {
@@ -79,6 +81,7 @@ impl Class {
         match self {
             Self::Credentials => "credentials",
             Self::Default => "default",
+            Self::LoginFailures => "login-failures",
         }
     }
 }
@@ -87,6 +90,8 @@ impl Class {
 enum Identity {
     User(i64),
     Address(IpAddr),
+    /// An account (a stable hash of its login name) tried from an address.
+    Account(u64, IpAddr),
     /// Every identity new while the table is full: one shared budget.
     Overflow,
 }
@@ -111,6 +116,47 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Buckets {
     map: HashMap<(Class, Identity), Bucket>,
     swept: Option<Instant>,
+}
+
+impl Buckets {
+    /// Takes a token from the bucket of `(class, identity)`, refilled at
+    /// `rate`; `rate_of` gives the rate of any class (to sweep a full table
+    /// of at most `max` buckets). `Err(wait)` when it is empty.
+    fn take(
+        &mut self,
+        (class, identity): (Class, Identity),
+        rate_of: &dyn Fn(Class) -> Rate,
+        max: usize,
+        now: Instant,
+    ) -> Result<u32, Duration> {
+        let rate = rate_of(class);
+        let per_second = f64::from(rate.count) / rate.period.as_secs_f64();
+        let capacity = f64::from(rate.count);
+        let mut key = (class, identity);
+        if self.map.len() >= max && !self.map.contains_key(&key) {
+            if self.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
+                self.swept = Some(now);
+                self.map.retain(|(class, _), b| {
+                    let rate = rate_of(*class);
+                    let refill =
+                        now.duration_since(b.at).as_secs_f64() * f64::from(rate.count) / rate.period.as_secs_f64();
+                    b.tokens + refill < f64::from(rate.count)
+                });
+            }
+            if self.map.len() >= max {
+                key = (class, Identity::Overflow);
+            }
+        }
+        let bucket = self.map.entry(key).or_insert(Bucket { tokens: capacity, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second).min(capacity);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(bucket.tokens as u32)
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+        }
+    }
 }
 
 /// The token-bucket script: refill by the time passed (Redis's clock), take
@@ -191,11 +237,7 @@ impl SharedBuckets {
         if self.down.load(Ordering::Acquire) {
             return self.unchecked();
         }
-        let key = match identity {
-            Identity::User(id) => format!("{}{}:u{id}", self.prefix, class.name()),
-            Identity::Address(ip) => format!("{}{}:a{ip}", self.prefix, class.name()),
-            Identity::Overflow => format!("{}{}:overflow", self.prefix, class.name()),
-        };
+        let key = self.key(class, identity);
         let per_ms = f64::from(rate.count) / rate.period.as_millis() as f64;
         let mut connection = self.connection.clone();
         let mut invocation = self.script.key(key);
@@ -211,6 +253,30 @@ impl SharedBuckets {
                 self.trip(&format_args!("no answer within {:?}", self.timings.timeout));
                 self.unchecked()
             }
+        }
+    }
+
+    fn key(&self, class: Class, identity: Identity) -> String {
+        match identity {
+            Identity::User(id) => format!("{}{}:u{id}", self.prefix, class.name()),
+            Identity::Address(ip) => format!("{}{}:a{ip}", self.prefix, class.name()),
+            Identity::Account(account, ip) => format!("{}{}:{account:016x}:{ip}", self.prefix, class.name()),
+            Identity::Overflow => format!("{}{}:overflow", self.prefix, class.name()),
+        }
+    }
+
+    /// Refills a bucket (deletes its key); a failure is only logged, as the
+    /// bucket refills by itself anyway.
+    async fn forget(&self, class: Class, identity: Identity) {
+        if self.down.load(Ordering::Acquire) {
+            return;
+        }
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("DEL");
+        command.arg(self.key(class, identity));
+        let delete = command.query_async::<i64>(&mut connection);
+        if !matches!(tokio::time::timeout(self.timings.timeout, delete).await, Ok(Ok(_))) {
+            tracing::debug!("could not refill a login-failure bucket in Redis");
         }
     }
 
@@ -300,41 +366,15 @@ impl RateLimitLayer {
 
     fn rate(&self, class: Class) -> Rate {
         match class {
-            Class::Credentials => self.credentials,
+            Class::Credentials | Class::LoginFailures => self.credentials,
             Class::Default => self.default,
         }
     }
 
     /// Takes a token from the process's bucket; `Err(wait)` when it is empty.
     fn take(&self, class: Class, identity: Identity, now: Instant) -> Result<u32, Duration> {
-        let rate = self.rate(class);
-        let per_second = f64::from(rate.count) / rate.period.as_secs_f64();
-        let capacity = f64::from(rate.count);
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut key = (class, identity);
-        if buckets.map.len() >= self.max_buckets && !buckets.map.contains_key(&key) {
-            if buckets.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
-                buckets.swept = Some(now);
-                buckets.map.retain(|(class, _), b| {
-                    let rate = self.rate(*class);
-                    let refill =
-                        now.duration_since(b.at).as_secs_f64() * f64::from(rate.count) / rate.period.as_secs_f64();
-                    b.tokens + refill < f64::from(rate.count)
-                });
-            }
-            if buckets.map.len() >= self.max_buckets {
-                key = (class, Identity::Overflow);
-            }
-        }
-        let bucket = buckets.map.entry(key).or_insert(Bucket { tokens: capacity, at: now });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(bucket.tokens as u32)
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
-        }
+        buckets.take((class, identity), &|class| self.rate(class), self.max_buckets, now)
     }
 
     /// The refusal of a call that must wait `wait`.
@@ -391,8 +431,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some((class, identity)) = self.limit.subject(&req) else { return Box::pin(self.inner.call(req)) };
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let address = self.limit.clients.of(&req);
+        if let Some(address) = address {
+            // The services may limit by it too (failed logins per account and address).
+            req.extensions_mut().insert(ClientAddress(address));
+        }
+        let Some((class, identity)) = self.limit.subject(&req, address) else { return Box::pin(self.inner.call(req)) };
         match self.limit.shared.clone() {
             None => match self.limit.take(class, identity, Instant::now()) {
                 Ok(_) => Box::pin(self.inner.call(req)),
@@ -416,7 +461,7 @@ where
 
 impl RateLimitLayer {
     /// The class and identity of a call to one of the gateway's methods.
-    fn subject<B>(&self, req: &Request<B>) -> Option<(Class, Identity)> {
+    fn subject<B>(&self, req: &Request<B>, address: Option<IpAddr>) -> Option<(Class, Identity)> {
         let rpc = req.extensions().get::<gateway::RpcMethod>()?;
         self.gateway.method(rpc.0)?;
         let class = Class::of(rpc.0);
@@ -424,9 +469,78 @@ impl RateLimitLayer {
         // they carry: a token of one's own must not open a fresh allowance.
         let identity = match req.extensions().get::<Caller>() {
             Some(caller) if class != Class::Credentials => Identity::User(caller.user_id),
-            _ => Identity::Address(self.clients.of(req)?),
+            _ => Identity::Address(address?),
         };
         Some((class, identity))
+    }
+}
+
+/// Failed logins per account and client address (`RATE_LIMIT_LOGIN_FAILURES`),
+/// in the process or in Redis with the other buckets: each attempt at an
+/// account takes a token from its bucket for that address, and a
+/// successful login refills it, so only failures add up.
+#[derive(Clone)]
+pub struct LoginFailures {
+    rate: Rate,
+    buckets: Arc<Mutex<Buckets>>,
+    shared: Option<SharedBuckets>,
+}
+
+impl std::fmt::Debug for LoginFailures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginFailures").field("rate", &self.rate).field("shared", &self.shared.is_some()).finish()
+    }
+}
+
+impl LoginFailures {
+    /// `rate` failures per account and address, kept in `shared` (Redis) or
+    /// in the process.
+    pub fn new(rate: Rate, shared: Option<SharedBuckets>) -> Self {
+        Self { rate, buckets: Arc::default(), shared }
+    }
+
+    /// The bucket of `account` (case-insensitive) tried from `from`: a hash
+    /// that is the same on every replica.
+    fn identity(account: &str, from: IpAddr) -> Identity {
+        // FNV-1a: stable across processes, unlike the standard hasher.
+        let hash = account
+            .chars()
+            .flat_map(char::to_lowercase)
+            .flat_map(|c| {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf).as_bytes().to_vec()
+            })
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+        Identity::Account(hash, from)
+    }
+}
+
+impl crate::domain::auth::LoginAttempts for LoginFailures {
+    fn attempt(&self, account: &str, from: IpAddr) -> futures_util::future::BoxFuture<'_, Result<(), Duration>> {
+        let identity = Self::identity(account, from);
+        Box::pin(async move {
+            match &self.shared {
+                Some(shared) => shared.take(Class::LoginFailures, identity, self.rate).await,
+                None => {
+                    let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let rate = self.rate;
+                    buckets.take((Class::LoginFailures, identity), &|_| rate, MAX_BUCKETS, Instant::now()).map(drop)
+                }
+            }
+        })
+    }
+
+    fn succeeded(&self, account: &str, from: IpAddr) -> futures_util::future::BoxFuture<'_, ()> {
+        let identity = Self::identity(account, from);
+        Box::pin(async move {
+            match &self.shared {
+                Some(shared) => shared.forget(Class::LoginFailures, identity).await,
+                None => {
+                    let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    buckets.map.remove(&(Class::LoginFailures, identity));
+                }
+            }
+        })
     }
 }
 

@@ -517,6 +517,63 @@ async fn tokens_do_not_reset_the_credential_allowance() {
     assert_eq!(app.json("GET", "/api/user", Some(&jake), None).await.status, 200);
 }
 
+/// Failed logins are limited per account and client address: guessing
+/// one account's password from one address stops after
+/// RATE_LIMIT_LOGIN_FAILURES (even with the right password, which the
+/// guesser must not be able to tell), while the owner, from another
+/// address, still logs in; a success forgets the failures; other accounts
+/// have their own count; gRPC answers RESOURCE_EXHAUSTED with RetryInfo.
+#[tokio::test]
+async fn failed_logins_are_limited_per_account_and_address() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit_login_failures = conduit::middleware::ratelimit::Rate::parse("3/h").unwrap();
+        s.trusted_proxies = vec![conduit::middleware::client::Network::parse("127.0.0.1/32").unwrap()];
+    })
+    .await;
+    app.register("jake").await;
+    app.register("jane").await;
+    let login = |from: &'static str, email: &'static str, password: &'static str| {
+        let body = json!({"user": {"email": email, "password": password}});
+        let app = &app;
+        async move {
+            let headers = [("content-type", "application/json"), ("x-forwarded-for", from)];
+            app.send("POST", "/api/users/login", &headers, body.to_string().into()).await
+        }
+    };
+    let (a, b) = ("203.0.113.1", "203.0.113.2");
+    for _ in 0..3 {
+        assert_eq!(login(a, "jake@example.com", "guess-guess").await.status, 401);
+    }
+    let refused = login(a, "JAKE@example.com", "secret-password").await;
+    assert_eq!(refused.status, 429, "the account's budget at this address is spent, whatever the case of the email");
+    assert!(refused.headers.get("retry-after").is_some());
+    assert_eq!(login(b, "jake@example.com", "secret-password").await.status, 200, "the owner is not locked out");
+    assert_eq!(login(a, "jane@example.com", "guess-guess").await.status, 401, "other accounts count apart");
+    // A success forgets the failures before it.
+    for _ in 0..2 {
+        assert_eq!(login(b, "jake@example.com", "guess-guess").await.status, 401);
+    }
+    assert_eq!(login(b, "jake@example.com", "secret-password").await.status, 200);
+    let after: Vec<u16> = [
+        login(b, "jake@example.com", "x-guess-1").await.status,
+        login(b, "jake@example.com", "x-guess-2").await.status,
+    ]
+    .to_vec();
+    assert_eq!(after, [401, 401]);
+
+    let mut users = app.users().await;
+    let guess = |password: &str| conduit::pb::conduit::v1::LoginRequest {
+        user: Some(conduit::pb::conduit::v1::LoginUser { email: "jane@example.com".into(), password: password.into() }),
+    };
+    for _ in 0..3 {
+        assert_eq!(users.login(guess("grpc-guess")).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+    let status = users.login(guess("secret-password")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    use tonic_types::StatusExt;
+    assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some());
+}
+
 /// BODY_LIMIT bounds gRPC messages too.
 #[tokio::test]
 async fn grpc_messages_follow_the_body_limit() {
@@ -563,4 +620,22 @@ async fn replicas_share_rate_limits_through_redis() {
     assert_eq!(statuses, [401, 401, 401, 429, 429]);
     let refused = b.json("POST", "/api/users/login", None, Some(login)).await;
     assert!(refused.headers.get("retry-after").is_some() && refused.headers.get("ratelimit-policy").is_some());
+
+    // Failed logins per account and address are shared too, and a success
+    // on one replica forgets them on all.
+    let tune = |s: &mut conduit::config::ServeSettings| {
+        s.redis_url = Some(conduit::config::Secret::from("redis://127.0.0.1:6379".to_owned()));
+        s.rate_limit_redis_prefix = format!("{prefix}logins:");
+        s.rate_limit_login_failures = conduit::middleware::ratelimit::Rate::parse("2/h").unwrap();
+    };
+    let (a, b) = (spawn_app_with(tune).await, spawn_app_with(tune).await);
+    // One database per app: the account exists on both, as it would behind one database.
+    a.register("jake").await;
+    b.register("jake").await;
+    let attempt = |password: &str| json!({"user": {"email": "jake@example.com", "password": password}});
+    assert_eq!(a.json("POST", "/api/users/login", None, Some(attempt("guess-1"))).await.status, 401);
+    assert_eq!(b.json("POST", "/api/users/login", None, Some(attempt("secret-password"))).await.status, 200);
+    assert_eq!(a.json("POST", "/api/users/login", None, Some(attempt("guess-2"))).await.status, 401);
+    assert_eq!(b.json("POST", "/api/users/login", None, Some(attempt("guess-3"))).await.status, 401);
+    assert_eq!(a.json("POST", "/api/users/login", None, Some(attempt("secret-password"))).await.status, 429);
 }

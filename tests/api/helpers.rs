@@ -132,6 +132,7 @@ pub(crate) async fn spawn_app_with(tune: impl FnOnce(&mut ServeSettings)) -> Tes
     base.max_concurrent_requests = 64;
     base.rate_limit = Rate::parse("100000/s").unwrap();
     base.rate_limit_credentials = Rate::parse("100000/s").unwrap();
+    base.rate_limit_login_failures = Rate::parse("100000/s").unwrap();
     base.rate_limit_redis_prefix = "conduit:test:".into();
     base.db_max_connections = 5;
     base.password_hash_concurrency = 2;

@@ -4,6 +4,7 @@ mod store;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::ClientAddress;
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::Check;
@@ -31,9 +32,17 @@ impl Users {
     }
 
     // POST /users/login
-    async fn login(&self, request: LoginRequest) -> ConduitResult<UserResponse> {
-        let user = request.user.unwrap_or_default();
+    async fn login(&self, request: Request<LoginRequest>) -> ConduitResult<UserResponse> {
+        let from = request.extensions().get::<ClientAddress>().map(|a| a.0);
+        let user = request.into_inner().user.unwrap_or_default();
         Check::new().text("user.email", &user.email).text("user.password", &user.password).finish()?;
+        // Attempts at one account from one address are limited; a success
+        // forgets them, so only failures add up (unknown emails included,
+        // so that the answer says nothing of which accounts exist).
+        let guard = self.ctx.logins.as_deref().zip(from);
+        if let Some((logins, from)) = guard {
+            logins.attempt(&user.email, from).await.map_err(ConduitError::TooManyAttempts)?;
+        }
         let invalid = ConduitError::Unauthenticated {
             key: "credentials",
             problem: "invalid",
@@ -45,6 +54,9 @@ impl Users {
         };
         if !self.ctx.passwords.verify(user.password, row.password_hash.clone()).await? {
             return Err(invalid);
+        }
+        if let Some((logins, from)) = guard {
+            logins.succeeded(&user.email, from).await;
         }
         let token = self.ctx.tokens.issue(row.id)?;
         Ok(Self::reply(row, token))
@@ -126,7 +138,7 @@ impl Users {
 #[tonic::async_trait]
 impl users_server::Users for Users {
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<UserResponse>, Status> {
-        Ok(Response::new(Users::login(self, request.into_inner()).await?))
+        Ok(Response::new(Users::login(self, request).await?))
     }
 
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<UserResponse>, Status> {
