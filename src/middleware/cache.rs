@@ -2,9 +2,10 @@
 //! the article list — any `GET` of a method declared free of side effects,
 //! by JSON or Connect), bounded in memory and in age.
 //!
-//! Any other call (a write) clears it when its answer is ready, in this
-//! process at once and in every replica through PostgreSQL `NOTIFY` on
-//! one channel: the database every replica already shares, so no other
+//! A write clears it once it has succeeded (a failed call, a login, which
+//! is declared `(gateway.v1.effects).changes_no_data`, changes nothing
+//! cached), in this process at once and in every replica through
+//! PostgreSQL `NOTIFY` on one channel: the database every replica already shares, so no other
 //! component is needed, and `NOTIFY` is delivered only after the writer's
 //! transaction commits. A replica whose listening connection drops clears
 //! its cache when it reconnects (notifications may have been missed), and
@@ -203,11 +204,21 @@ impl CacheLayer {
         Some(req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()))
     }
 
-    /// Whether a call changes data (clears the cache once answered).
+    /// Whether a call may change data (clears the cache once it succeeded).
     fn writes<B>(&self, req: &Request<B>) -> bool {
         let Some(rpc) = req.extensions().get::<gateway::RpcMethod>() else { return false };
-        self.gateway.method(rpc.0).is_some_and(|spec| !spec.no_side_effects)
+        self.gateway.method(rpc.0).is_some_and(|spec| !spec.no_side_effects && !spec.changes_no_data)
     }
+}
+
+/// Whether an answer reports success in its protocol: a 2xx status, and
+/// for gRPC and gRPC-Web no error status in the headers, where a failed
+/// unary call (a trailers-only answer) carries it. A write that fails
+/// committed nothing (the services write in one transaction), so it must
+/// not cost every replica its cache.
+fn succeeded(response: &Response<Body>) -> bool {
+    response.status().is_success()
+        && response.headers().get("grpc-status").is_none_or(|status| status.as_bytes() == b"0")
 }
 
 /// Tells this process's notifications from other replicas' (with the pid).
@@ -253,7 +264,9 @@ where
             let answer = self.inner.call(req);
             return Box::pin(async move {
                 let response = answer.await?;
-                cache.invalidate();
+                if succeeded(&response) {
+                    cache.invalidate();
+                }
                 Ok(response)
             });
         }

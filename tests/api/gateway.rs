@@ -148,6 +148,7 @@ async fn generated_json_types_report_out_of_range_numbers_by_field() {
         input: &pb::MESSAGE_CONDUIT_V1_LIST_ARTICLES_REQUEST,
         event_id: "",
         authenticated: false,
+        changes_no_data: false,
     };
     static ROUTES: [RouteSpec; 1] = [RouteSpec {
         rpc: "/conduit.v1.Articles/ListArticles",

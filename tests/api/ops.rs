@@ -860,6 +860,39 @@ async fn anonymous_reads_are_cached_and_writes_clear_them_in_every_replica() {
     assert!(tags.as_array().unwrap().len() == 2, "{tags}");
 }
 
+/// Only writes that succeed clear the cache: a failed login, a favorite of
+/// an article that does not exist, an invalid article, over JSON and gRPC,
+/// and a successful login (it changes no data) leave the invalidation count
+/// and the cached answers as they were; a successful write still clears.
+#[tokio::test]
+async fn failed_writes_and_logins_leave_the_cache_alone() {
+    let app = spawn_app_with(|s| s.cache_ttl = Duration::from_secs(120)).await;
+    let token = app.register("writer").await;
+    let invalidations = r#"conduit_cache_events_total{event="invalidation"} "#;
+    let hits = r#"conduit_cache_events_total{event="hit"} "#;
+    app.get("/api/tags", None).await;
+    let before = sample(app.admin_port, invalidations).await;
+    let bad_login = serde_json::json!({"user": {"email": "writer@example.com", "password": "not-the-password"}});
+    let good_login = serde_json::json!({"user": {"email": "writer@example.com", "password": "secret-password"}});
+    assert_eq!(app.json("POST", "/api/users/login", None, Some(bad_login)).await.status, 401);
+    assert_eq!(app.json("POST", "/api/users/login", None, Some(good_login)).await.status, 200);
+    assert_eq!(app.json("POST", "/api/articles/nowhere/favorite", Some(&token), None).await.status, 404);
+    let invalid = serde_json::json!({"article": {"title": "", "description": "d", "body": "b"}});
+    assert_eq!(app.json("POST", "/api/articles", Some(&token), Some(invalid)).await.status, 422);
+    let mut articles = app.articles().await;
+    let favorite = conduit::pb::conduit::v1::FavoriteArticleRequest { slug: "nowhere".into() };
+    let status = articles.favorite_article(crate::helpers::authed(favorite, &token)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(sample(app.admin_port, invalidations).await, before, "nothing was written");
+    let hits_before = sample(app.admin_port, hits).await;
+    app.get("/api/tags", None).await;
+    assert_eq!(sample(app.admin_port, hits).await, hits_before + 1.0, "the cached answer is still there");
+
+    app.article(&token, "Written", &["new"]).await;
+    assert_eq!(sample(app.admin_port, invalidations).await, before + 1.0, "a write that succeeded clears");
+    assert_eq!(app.get("/api/tags", None).await.body["tags"], serde_json::json!(["new"]));
+}
+
 /// Answers worth it are compressed as the client prefers (gzip, br,
 /// zstd), with their own strong tags that validate with 304; small ones
 /// and clients that accept none get identity; gRPC messages are gzipped

@@ -33,6 +33,9 @@ pub struct MethodSpec {
     /// `(gateway.v1.access).authenticated`: callers must present valid
     /// credentials (an API's authentication layer enforces it).
     pub authenticated: bool,
+    /// `(gateway.v1.effects).changes_no_data`: though not free of side
+    /// effects, it changes no data the API serves (caches stay valid).
+    pub changes_no_data: bool,
 }
 
 /// An HTTP rule of one method, as read from its descriptor.
