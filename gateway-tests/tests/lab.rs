@@ -718,12 +718,13 @@ async fn connect_streams_requests_through_the_grpc_service() {
     assert_eq!(upload.len(), 2);
     assert_eq!(pb::Thing::decode(upload[0].1.clone()).unwrap(), thing("2"));
 
-    // A message that is not a Thing: the gRPC status becomes the end-of-stream error.
+    // A message that is not a Thing: the gRPC status (the client's mistake)
+    // becomes the end-of-stream error.
     let bad = lab.send("POST", "/gatewaytest.v1.Lab/Chat", &connect_proto, envelope(0, &[0xff, 0xff])).await;
     let bad = frames(bad.body);
     let (flags, end) = bad.last().unwrap();
     assert_eq!(*flags, 2);
-    assert_eq!(serde_json::from_slice::<Value>(end).unwrap()["error"]["code"], "internal", "{end:?}");
+    assert_eq!(serde_json::from_slice::<Value>(end).unwrap()["error"]["code"], "invalid_argument", "{end:?}");
 }
 
 /// The Connect protocol's edge cases, as connectrpc.com/docs/protocol states
@@ -800,6 +801,51 @@ async fn connect_edge_cases_answer_as_the_protocol_says() {
     }
     // A JSON/HTTP request to a path no rule has keeps the JSON API's 404.
     assert_eq!(lab.get("/v1/nowhere").await.status, 404);
+}
+
+/// A message that does not decode — here a string field holding bytes that
+/// are not UTF-8 — is the client's mistake on every protocol:
+/// INVALID_ARGUMENT over gRPC and gRPC-Web as over Connect, 400 over JSON.
+#[tokio::test]
+async fn undecodable_messages_are_invalid_arguments_on_every_protocol() {
+    let lab = lab().await;
+    // Thing.id (field 1, length-delimited) = the single byte 0xFF.
+    let not_utf8 = envelope(0, &[0x0a, 0x01, 0xff]);
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    for content_type in ["application/grpc", "application/grpc-web+proto"] {
+        let request = http::Request::post(format!("http://127.0.0.1:{}/gatewaytest.v1.Lab/Echo", lab.port))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(not_utf8.clone()))
+            .unwrap();
+        let response = h2.request(request).await.unwrap();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap();
+        let trailers = body.trailers().cloned().unwrap_or_default();
+        // gRPC-Web sends trailers as a last frame (flag 0x80) when not in the headers.
+        let framed: Vec<(u8, Bytes)> = frames(body.to_bytes());
+        let in_frame =
+            framed.iter().find(|(flags, _)| flags & 0x80 != 0).map(|(_, t)| String::from_utf8_lossy(t).into_owned());
+        let status = headers
+            .get("grpc-status")
+            .or_else(|| trailers.get("grpc-status"))
+            .map(|s| s.to_str().unwrap().to_owned())
+            .or_else(|| {
+                in_frame
+                    .as_deref()
+                    .and_then(|t| t.lines().find_map(|l| l.strip_prefix("grpc-status:")).map(|s| s.trim().to_owned()))
+            });
+        assert_eq!(status.as_deref(), Some("3"), "{content_type}: {headers:?} {trailers:?} {in_frame:?}");
+    }
+    let connect = lab
+        .send(
+            "POST",
+            "/gatewaytest.v1.Lab/Echo",
+            &[("content-type", "application/proto")],
+            Bytes::from_static(&[0x0a, 0x01, 0xff]),
+        )
+        .await;
+    assert_eq!((connect.status, &connect.json()["code"]), (400, &json!("invalid_argument")));
 }
 
 /// A request body that sends `first` and then stays open.

@@ -218,14 +218,14 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ValidatingDecoder { inner: tonic_prost::ProstCodec::<T, U>::raw_decoder(BufferSettings::default()) }
+        ValidatingDecoder { _type: PhantomData }
     }
 }
 
 /// The decoder of [`ValidatingCodec`].
 #[derive(Debug)]
 pub struct ValidatingDecoder<U> {
-    inner: tonic_prost::ProstDecoder<U>,
+    _type: PhantomData<U>,
 }
 
 impl<U: prost::Message + Default + Validate + Send + 'static> Decoder for ValidatingDecoder<U> {
@@ -233,15 +233,15 @@ impl<U: prost::Message + Default + Validate + Send + 'static> Decoder for Valida
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let item = self.inner.decode(buf)?;
-        if let Some(message) = &item {
-            message.validate()?;
-        }
-        Ok(item)
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        self.inner.buffer_settings()
+        // A message that does not decode (broken wire format, a string that
+        // is not UTF-8) is the sender's mistake, as Connect and JSON say too;
+        // tonic's own decoder calls it INTERNAL.
+        let message = U::decode(buf).map_err(|e| {
+            let name = std::any::type_name::<U>().rsplit("::").next().unwrap_or_default();
+            Status::invalid_argument(format!("the message is not a valid {name}: {e}"))
+        })?;
+        message.validate()?;
+        Ok(Some(message))
     }
 }
 
