@@ -90,6 +90,39 @@ async fn update_tells_null_empty_and_absent_apart() {
     assert_eq!(put(json!({"password": "short"})).await.status, 422);
 }
 
+/// A key named twice in a JSON body is refused with 422 on every route,
+/// the partial updates (whose keys say what changes) included, and
+/// nothing is written.
+#[tokio::test]
+async fn a_key_named_twice_is_refused_on_every_route() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Twice", &[]).await;
+    let auth = format!("Token {token}");
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+    for (method, path, body) in [
+        ("PUT", "/api/user".to_owned(), r#"{"user": {"bio": "a", "bio": "b"}}"#),
+        ("PUT", "/api/user".to_owned(), r#"{"user": {"bio": "a"}, "user": {"bio": "b"}}"#),
+        ("PUT", format!("/api/articles/{slug}"), r#"{"article": {"title": "x", "title": "y"}}"#),
+        (
+            "POST",
+            "/api/articles".to_owned(),
+            r#"{"article": {"title": "t", "description": "d", "body": "b", "body": "c"}}"#,
+        ),
+        ("POST", format!("/api/articles/{slug}/comments"), r#"{"comment": {"body": "a", "body": "b"}}"#),
+    ] {
+        let reply = app.send(method, &path, &headers, body.to_owned().into()).await;
+        assert_eq!(reply.status, 422, "{method} {path} {body}: {:?}", reply.body);
+        assert!(format!("{:?}", reply.body).contains("more than once"), "{method} {path}: {:?}", reply.body);
+    }
+    let stored: (Option<String>, String) =
+        sqlx::query_as("SELECT u.bio, a.title FROM users u JOIN articles a ON a.author_id = u.id")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, (None, "Twice".to_owned()));
+}
+
 #[tokio::test]
 async fn login_accepts_the_email_in_any_case_and_rejects_a_wrong_password() {
     let app = spawn_app().await;

@@ -45,7 +45,9 @@ pub(crate) fn decode_http<I: DeserializeOwned>(
     let mut root = Map::new();
     let mut mask = Vec::new();
     if !spec.body.is_empty() && !is_blank(body) {
-        let body: Value = from_slice(body)?;
+        // Keys named twice are refused here too, as the typed decoders refuse
+        // them: serde_json's `Value` would keep the last one.
+        let StrictJson(body) = from_slice(body)?;
         if spec.body == "*" {
             match body {
                 Value::Object(map) => {
@@ -125,6 +127,65 @@ fn from_json<'de, T: serde::Deserialize<'de>, D: serde::Deserializer<'de, Error 
             invalid_field(&path, inner.to_string())
         }
     })
+}
+
+/// A JSON document in which no object names a key twice.
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
+        struct Strict;
+        impl<'de> Visitor<'de> for Strict {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(Value::from(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::String(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::String(v))
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(StrictJson(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Value::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut object = Map::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let StrictJson(value) = map.next_value()?;
+                    if object.contains_key(&key) {
+                        return Err(A::Error::custom(format!("field {key:?} is given more than once")));
+                    }
+                    object.insert(key, value);
+                }
+                Ok(Value::Object(object))
+            }
+        }
+        deserializer.deserialize_any(Strict).map(StrictJson)
+    }
 }
 
 fn bind_query(
