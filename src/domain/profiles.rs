@@ -36,6 +36,7 @@ impl From<ProfileRow> for ProfileResponse {
 
 /// A profile as `viewer` sees it.
 async fn profile(db: &PgPool, username: &str, viewer: Option<i64>) -> ConduitResult<ProfileRow> {
+    super::validate::lookup_key("username", username)?;
     sqlx::query_as!(
         ProfileRow,
         r#"SELECT u.id, u.username, u.bio, u.image,

@@ -59,6 +59,22 @@ impl Check {
     }
 }
 
+/// A lookup key from the path or the query (a slug, a user name, a tag):
+/// stored text cannot hold NUL, so a key with one is the caller's mistake,
+/// named by its field, rather than a search for a row that cannot exist.
+pub fn lookup_key(field: &str, value: &str) -> ConduitResult<()> {
+    Check::new().text(field, value).finish()
+}
+
+/// The filters of an article list or export: each a lookup key.
+pub fn list_filters(tag: Option<&str>, author: Option<&str>, favorited: Option<&str>) -> ConduitResult<()> {
+    let mut check = Check::new();
+    for (field, value) in [("tag", tag), ("author", author), ("favorited", favorited)] {
+        check.text(field, value.unwrap_or_default());
+    }
+    check.finish()
+}
+
 /// Tags as stored: trimmed, blanks dropped, duplicates dropped, order kept
 /// (the proto bounds their number and length).
 pub fn tags(field: &str, given: &[String], check: &mut Check) -> Vec<String> {

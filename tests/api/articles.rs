@@ -272,11 +272,32 @@ async fn nul_characters_are_refused_with_422_never_a_500() {
         )
         .await;
     assert_eq!(errors(&reply), ["username must not contain NUL characters"]);
-    for path in ["/api/articles/a%00b", "/api/articles?tag=%00", "/api/profiles/a%00", "/api/articles/x%00/comments"] {
-        let reply = app.get(path, None).await;
-        assert_eq!(reply.status, 422, "{path}");
-        assert_eq!(errors(&reply), ["body must not contain NUL characters"], "{path}");
+    // In the path or the query: named by the field, on reads and writes.
+    for (method, path, field) in [
+        ("GET", "/api/articles/a%00b", "slug"),
+        ("GET", "/api/articles?tag=%00", "tag"),
+        ("GET", "/api/articles?author=a%00", "author"),
+        ("GET", "/api/articles?favorited=%00x", "favorited"),
+        ("GET", "/api/profiles/a%00", "username"),
+        ("GET", "/api/articles/x%00/comments", "slug"),
+        ("POST", "/api/articles/x%00/favorite", "slug"),
+        ("DELETE", "/api/articles/x%00/favorite", "slug"),
+        ("PUT", "/api/articles/x%00", "slug"),
+        ("DELETE", "/api/articles/x%00", "slug"),
+        ("POST", "/api/profiles/a%00/follow", "username"),
+    ] {
+        let body = (method == "PUT").then(|| json!({"article": {"title": "t"}}));
+        let reply = app.json(method, path, Some(&token), body).await;
+        assert_eq!(reply.status, 422, "{method} {path}");
+        assert_eq!(errors(&reply), [format!("{field} must not contain NUL characters")], "{method} {path}");
     }
+    let mut articles = app.articles().await;
+    let request = conduit::pb::conduit::v1::ListArticlesRequest { tag: Some("a\0".into()), ..Default::default() };
+    let status = articles.list_articles(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    use tonic_types::StatusExt;
+    let violations = status.get_details_bad_request().map(|b| b.field_violations).unwrap_or_default();
+    assert_eq!(violations.first().map(|v| v.field.as_str()), Some("tag"), "{status:?}");
 }
 
 #[tokio::test]

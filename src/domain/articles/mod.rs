@@ -102,6 +102,7 @@ impl Articles {
         };
         let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
+        validate::list_filters(r.tag.as_deref(), r.author.as_deref(), r.favorited.as_deref())?;
         let (db, batch, stall) = (self.ctx.db.clone(), self.exports_config.batch, self.exports_config.stall_timeout);
         // A batch waits here while the next is fetched: the reader's pace is
         // the query's pace, with about two batches in memory.
@@ -135,6 +136,9 @@ impl Articles {
     }
 
     async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
+        if let Key::Slug(slug) = key {
+            validate::lookup_key("slug", slug)?;
+        }
         let row = store::read_one(&self.ctx.db, viewer, key).await?;
         Ok(SingleArticleResponse { article: Some(row.into()) })
     }
@@ -156,6 +160,7 @@ impl Articles {
         let viewer = self.ctx.tokens.viewer(&request);
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset);
+        validate::list_filters(r.tag.as_deref(), r.author.as_deref(), r.favorited.as_deref())?;
         let filter = filters(&r.tag, &r.author, &r.favorited);
         let (total, rows) = store::list(&self.ctx.db, viewer, filter, limit, offset).await?;
         Ok(MultipleArticlesResponse {
@@ -248,6 +253,7 @@ impl Articles {
     // POST and DELETE /articles/{slug}/favorite
     async fn favorite(&self, request: Request<String>, favorite: bool) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        validate::lookup_key("slug", request.get_ref())?;
         let id = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
         self.single(Some(caller.user_id), Key::Ids(&[id])).await
     }

@@ -481,6 +481,7 @@ async fn link_tags(
 
 /// Who wrote the article with this slug, and its id.
 pub(crate) async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
+    crate::domain::validate::lookup_key("slug", slug)?;
     let row = sqlx::query!("SELECT id, author_id FROM articles WHERE slug = $1", slug)
         .fetch_optional(db)
         .await?
