@@ -5,8 +5,12 @@
 //! (`BODY_READ_TIMEOUT`: 408, or DEADLINE_EXCEEDED in the call's protocol)
 //! and, per client address, in number (`BODY_READS_PER_ADDRESS`: beyond it,
 //! RESOURCE_EXHAUSTED / 429 at once), so that one address cannot hold an
-//! unbounded share of memory either. Client and bidirectional streams pass
-//! untouched: their messages arrive over the call's life, under its deadline.
+//! unbounded share of memory either. A gRPC or gRPC-Web message read whole
+//! is checked for broken framing (a length prefix longer than the data,
+//! `grpc-web-text` that is not base64), the client's mistake:
+//! INVALID_ARGUMENT, where tonic's framing would answer INTERNAL. Client and
+//! bidirectional streams pass untouched: their messages arrive over the
+//! call's life, under its deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -159,7 +163,15 @@ where
             drop(place);
             let req = Request::from_parts(parts, ());
             match read {
-                Ok(Ok(body)) => inner.call(req.map(|()| Body::new(body))).await,
+                Ok(Ok(mut body)) => {
+                    // A whole gRPC or gRPC-Web message whose framing is broken is the
+                    // client's mistake; tonic's framing would call it INTERNAL.
+                    if let Err(problem) = body.check_grpc_framing(&req) {
+                        let status = Status::invalid_argument(problem);
+                        return Ok(layer.gateway.reject_as(&req, StatusCode::BAD_REQUEST, &status));
+                    }
+                    inner.call(req.map(|()| Body::new(body))).await
+                }
                 Ok(Err(e)) => {
                     let status = Status::invalid_argument(format!("cannot read the request body: {e}"));
                     Ok(layer.gateway.reject_as(&req, StatusCode::BAD_REQUEST, &status))
@@ -206,6 +218,69 @@ struct Replay {
     /// Data bytes in `frames`.
     size: usize,
     rest: Option<Body>,
+}
+
+impl Replay {
+    /// For a gRPC or gRPC-Web request read whole: its messages must be
+    /// whole frames (flags 0 or 1, then as many bytes as the length prefix
+    /// says), and `grpc-web-text` must be base64 (padded groups of four, as
+    /// the spec lets a client send each message's text apart; the body is
+    /// then handed on as one canonical text). `Err` says what is wrong.
+    fn check_grpc_framing(&mut self, req: &Request<()>) -> Result<(), String> {
+        let content_type = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let is_grpc = content_type.starts_with("application/grpc");
+        if !is_grpc || self.rest.is_some() || self.frames.iter().any(|f| !f.is_data()) {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(self.size);
+        for frame in &self.frames {
+            if let Some(data) = frame.data_ref() {
+                body.extend_from_slice(data.chunk());
+            }
+        }
+        let text = content_type.starts_with("application/grpc-web-text");
+        let binary = if text { decode_grpc_web_text(&body)? } else { body };
+        let mut rest = binary.as_slice();
+        while !rest.is_empty() {
+            let Some((header, after)) = rest.split_first_chunk::<5>() else {
+                return Err(format!("the body ends inside a message's 5-byte header ({} bytes)", rest.len()));
+            };
+            if header[0] > 1 {
+                return Err(format!("a message's flags byte is {} (0 or 1, compressed)", header[0]));
+            }
+            let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if after.len() < length {
+                return Err(format!(
+                    "a message's length prefix says {length} bytes, but the body ends after {}",
+                    after.len()
+                ));
+            }
+            rest = &after[length..];
+        }
+        if text {
+            use base64::Engine as _;
+            let canonical = Bytes::from(base64::engine::general_purpose::STANDARD.encode(&binary));
+            self.size = canonical.len();
+            self.frames = VecDeque::from([Frame::data(canonical)]);
+        }
+        Ok(())
+    }
+}
+
+/// `grpc-web-text`: base64 in groups of four characters, each group padded
+/// or not (a client may encode every message apart and concatenate them).
+fn decode_grpc_web_text(text: &[u8]) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    if !text.len().is_multiple_of(4) {
+        return Err(format!("the grpc-web-text body is not base64: {} characters, not a multiple of 4", text.len()));
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for (index, group) in text.chunks(4).enumerate() {
+        base64::engine::general_purpose::STANDARD
+            .decode_vec(group, &mut out)
+            .map_err(|e| format!("the grpc-web-text body is not base64 (at character {}): {e}", index * 4))?;
+    }
+    Ok(out)
 }
 
 impl http_body::Body for Replay {

@@ -123,6 +123,60 @@ async fn json_is_served_over_http2_cleartext_too() {
     assert_eq!(&body[..], br#"{"tags":[]}"#);
 }
 
+/// Broken framing of a whole gRPC or gRPC-Web message — a length prefix
+/// longer than the data, a header cut short, flags that mean nothing,
+/// grpc-web-text that is not base64 — is INVALID_ARGUMENT, not INTERNAL;
+/// grpc-web-text sent as separately padded messages is still served.
+#[tokio::test]
+async fn broken_grpc_framing_is_the_clients_mistake() {
+    let app = spawn_app().await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let call = |content_type: &'static str, body: Vec<u8>| {
+        let request = http::Request::post(app.url("/conduit.v1.Tags/ListTags"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let sent = client.request(request);
+        async move {
+            let response = sent.await.unwrap();
+            let headers = response.headers().clone();
+            let collected = response.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+            let status = headers
+                .get("grpc-status")
+                .or_else(|| trailers.get("grpc-status"))
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                status,
+                headers
+                    .get("grpc-message")
+                    .or_else(|| trailers.get("grpc-message"))
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                body,
+            )
+        }
+    };
+    for (content_type, body, why) in [
+        ("application/grpc", vec![0, 0, 0, 0, 10, 1, 2], "length prefix longer than the data"),
+        ("application/grpc", vec![0, 0, 0], "header cut short"),
+        ("application/grpc", vec![7, 0, 0, 0, 0], "flags"),
+        ("application/grpc-web+proto", vec![0, 0, 0, 0, 10, 1, 2], "length prefix longer than the data"),
+        ("application/grpc-web-text", b"!!!!".to_vec(), "not base64"),
+        ("application/grpc-web-text", b"AAAAAA".to_vec(), "not a multiple of 4"),
+    ] {
+        let (status, message, _) = call(content_type, body).await;
+        assert_eq!(status.as_deref(), Some("3"), "{content_type}, {why}: {message:?}");
+    }
+    // One empty message written as two groups ("AAAA" then the padded
+    // "AAA="): base64 in groups of four, served (the status travels in the
+    // text body's trailer frame, not in the headers).
+    let (status, message, body) = call("application/grpc-web-text", b"AAAAAAA=".to_vec()).await;
+    assert!(status.is_none() || status.as_deref() == Some("0"), "{status:?} {message:?}");
+    assert!(!body.is_empty(), "a text answer");
+}
+
 #[tokio::test]
 async fn success_codes_come_from_the_proto_options() {
     let app = spawn_app().await;
