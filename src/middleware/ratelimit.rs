@@ -504,12 +504,8 @@ impl LoginFailures {
     fn identity(account: &str, from: IpAddr) -> Identity {
         // FNV-1a: stable across processes, unlike the standard hasher.
         let hash = account
-            .chars()
-            .flat_map(char::to_lowercase)
-            .flat_map(|c| {
-                let mut buf = [0u8; 4];
-                c.encode_utf8(&mut buf).as_bytes().to_vec()
-            })
+            .to_lowercase()
+            .bytes()
             .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
         Identity::Account(hash, from)
     }
