@@ -22,7 +22,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::{Buf, Bytes};
 use futures_util::future::BoxFuture;
-use gateway::{Gateway, MethodKind, RpcMethod};
+use gateway::{Gateway, MethodKind, Protocol, RpcMethod};
 use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -62,13 +62,34 @@ impl ReadBodyLayer {
             return false;
         }
         // A declared length over the limit is the service's to refuse at once, unread.
-        let declared =
-            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.limit as u64) {
+        if self.declared_over_limit(req) {
             return false;
         }
         let Some(rpc) = req.extensions().get::<RpcMethod>() else { return false };
         self.gateway.method(rpc.0).is_some_and(|m| matches!(m.kind, MethodKind::Unary | MethodKind::ServerStreaming))
+    }
+
+    /// Whether the body declares a length over the limit.
+    fn declared_over_limit<B>(&self, req: &Request<B>) -> bool {
+        let declared =
+            req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        declared.is_some_and(|n| n > self.limit as u64)
+    }
+
+    /// Whether the call is gRPC or gRPC-Web, whose size check would
+    /// otherwise be tonic's (OUT_OF_RANGE, where the gateway's Connect and
+    /// JSON answers and grpc-go say RESOURCE_EXHAUSTED).
+    fn is_grpc<B>(&self, req: &Request<B>) -> bool {
+        matches!(req.extensions().get::<Protocol>(), Some(Protocol::Grpc | Protocol::GrpcWeb))
+    }
+
+    /// RESOURCE_EXHAUSTED for a body over the limit, in the call's protocol.
+    fn too_large<B>(&self, req: &Request<B>) -> Response<Body> {
+        let status = Status::resource_exhausted(format!(
+            "the request message is larger than the {} bytes this server accepts (BODY_LIMIT)",
+            self.limit
+        ));
+        self.gateway.reject_as(req, StatusCode::PAYLOAD_TOO_LARGE, &status)
     }
 
     /// Takes one of `address`'s reading places, if one is free.
@@ -131,6 +152,9 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if self.layer.is_grpc(&req) && self.layer.declared_over_limit(&req) {
+            return Box::pin(std::future::ready(Ok(self.layer.too_large(&req))));
+        }
         if !self.layer.reads_first(&req) {
             return Box::pin(self.inner.call(req));
         }
@@ -163,6 +187,7 @@ where
             drop(place);
             let req = Request::from_parts(parts, ());
             match read {
+                Ok(Ok(body)) if body.rest.is_some() && layer.is_grpc(&req) => Ok(layer.too_large(&req)),
                 Ok(Ok(mut body)) => {
                     // A whole gRPC or gRPC-Web message whose framing is broken is the
                     // client's mistake; tonic's framing would call it INTERNAL.
@@ -239,24 +264,7 @@ impl Replay {
             }
         }
         let text = content_type.starts_with("application/grpc-web-text");
-        let binary = if text { decode_grpc_web_text(&body)? } else { body };
-        let mut rest = binary.as_slice();
-        while !rest.is_empty() {
-            let Some((header, after)) = rest.split_first_chunk::<5>() else {
-                return Err(format!("the body ends inside a message's 5-byte header ({} bytes)", rest.len()));
-            };
-            if header[0] > 1 {
-                return Err(format!("a message's flags byte is {} (0 or 1, compressed)", header[0]));
-            }
-            let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            if after.len() < length {
-                return Err(format!(
-                    "a message's length prefix says {length} bytes, but the body ends after {}",
-                    after.len()
-                ));
-            }
-            rest = &after[length..];
-        }
+        let binary = gateway::check_grpc_body(&body, text)?;
         if text {
             use base64::Engine as _;
             let canonical = Bytes::from(base64::engine::general_purpose::STANDARD.encode(&binary));
@@ -265,22 +273,6 @@ impl Replay {
         }
         Ok(())
     }
-}
-
-/// `grpc-web-text`: base64 in groups of four characters, each group padded
-/// or not (a client may encode every message apart and concatenate them).
-fn decode_grpc_web_text(text: &[u8]) -> Result<Vec<u8>, String> {
-    use base64::Engine as _;
-    if !text.len().is_multiple_of(4) {
-        return Err(format!("the grpc-web-text body is not base64: {} characters, not a multiple of 4", text.len()));
-    }
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    for (index, group) in text.chunks(4).enumerate() {
-        base64::engine::general_purpose::STANDARD
-            .decode_vec(group, &mut out)
-            .map_err(|e| format!("the grpc-web-text body is not base64 (at character {}): {e}", index * 4))?;
-    }
-    Ok(out)
 }
 
 impl http_body::Body for Replay {

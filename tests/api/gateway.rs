@@ -127,35 +127,43 @@ async fn json_is_served_over_http2_cleartext_too() {
 /// longer than the data, a header cut short, flags that mean nothing,
 /// grpc-web-text that is not base64 — is INVALID_ARGUMENT, not INTERNAL;
 /// grpc-web-text sent as separately padded messages is still served.
+/// A raw HTTP/2 call of `path` with `content_type`, as a gRPC-family client
+/// sends it: the grpc-status and grpc-message (from the headers or the
+/// trailers) and the body as text.
+async fn raw_call(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (Option<String>, Option<String>, String, u16) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let mut request = http::Request::post(app.url(path)).header("content-type", content_type).header("te", "trailers");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let response = client.request(request.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+    let code = response.status().as_u16();
+    let headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    let field = |name: &str| headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_owned());
+    (field("grpc-status"), field("grpc-message"), body, code)
+}
+
+/// Broken framing of a whole gRPC or gRPC-Web message — a length prefix
+/// longer than the data, a header cut short, flags that mean nothing,
+/// grpc-web-text that is not base64 — is INVALID_ARGUMENT, not INTERNAL;
+/// grpc-web-text sent as separately padded messages is still served.
 #[tokio::test]
 async fn broken_grpc_framing_is_the_clients_mistake() {
     let app = spawn_app().await;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
     let call = |content_type: &'static str, body: Vec<u8>| {
-        let request = http::Request::post(app.url("/conduit.v1.Tags/ListTags"))
-            .header("content-type", content_type)
-            .header("te", "trailers")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-        let sent = client.request(request);
+        let app = &app;
         async move {
-            let response = sent.await.unwrap();
-            let headers = response.headers().clone();
-            let collected = response.into_body().collect().await.unwrap();
-            let trailers = collected.trailers().cloned().unwrap_or_default();
-            let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
-            let status = headers
-                .get("grpc-status")
-                .or_else(|| trailers.get("grpc-status"))
-                .map(|v| v.to_str().unwrap().to_owned());
-            (
-                status,
-                headers
-                    .get("grpc-message")
-                    .or_else(|| trailers.get("grpc-message"))
-                    .map(|v| v.to_str().unwrap().to_owned()),
-                body,
-            )
+            let (status, message, body, _) = raw_call(app, "/conduit.v1.Tags/ListTags", content_type, &[], body).await;
+            (status, message, body)
         }
     };
     for (content_type, body, why) in [
@@ -629,9 +637,13 @@ async fn failed_logins_are_limited_per_account_and_address() {
     assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some());
 }
 
-/// BODY_LIMIT bounds gRPC messages too.
+/// BODY_LIMIT bounds every protocol's message, with one gRPC code
+/// (RESOURCE_EXHAUSTED, as grpc-go and connect-go answer) that each
+/// protocol maps to HTTP by its own table; the JSON API answers 413.
+/// Compressed messages are bounded as they decompress.
 #[tokio::test]
 async fn grpc_messages_follow_the_body_limit() {
+    use prost::Message;
     let app = spawn_app_with(|s| s.body_limit = 1024).await;
     let token = app.register("jake").await;
     let mut articles = app.articles().await;
@@ -642,8 +654,35 @@ async fn grpc_messages_follow_the_body_limit() {
         tag_list: Vec::new(),
     };
     let request = conduit::pb::conduit::v1::CreateArticleRequest { article: Some(article) };
-    let status = articles.create_article(crate::helpers::authed(request, &token)).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    let status = articles.create_article(crate::helpers::authed(request.clone(), &token)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "gRPC: {status:?}");
+    assert!(status.message().contains("1024 bytes"), "{status:?}");
+    // gzip makes the message small on the wire; it is bounded as it decompresses.
+    let mut compressed = app.articles().await.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let status = compressed.create_article(crate::helpers::authed(request.clone(), &token)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "gRPC gzip: {status:?}");
+
+    let auth = format!("Token {token}");
+    let encoded = request.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    let path = "/conduit.v1.Articles/CreateArticle";
+    let headers = [("authorization", auth.as_str())];
+    for content_type in ["application/grpc", "application/grpc-web+proto"] {
+        let (status, message, _, _) = raw_call(&app, path, content_type, &headers, framed.clone()).await;
+        assert_eq!(status.as_deref(), Some("8"), "{content_type}: {message:?}");
+    }
+    // Declared over the limit: refused unread.
+    let declared = [("authorization", auth.as_str()), ("content-length", "99999")];
+    let (status, why, _, _) = raw_call(&app, path, "application/grpc", &declared, framed.clone()).await;
+    assert_eq!(status.as_deref(), Some("8"), "declared: {why:?}");
+    let (_, _, body, http) = raw_call(&app, path, "application/proto", &headers, encoded.clone()).await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "resource_exhausted", "Connect: {body}");
+    assert_eq!(http, 429, "Connect maps resource_exhausted to 429");
+    let big = json!({"article": {"title": "t", "description": "d", "body": "x".repeat(2000)}});
+    assert_eq!(app.json("POST", "/api/articles", Some(&token), Some(big)).await.status, 413, "JSON");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM articles").fetch_one(&app.db).await.unwrap();
     assert_eq!(count, 0);
 }
