@@ -61,6 +61,8 @@ pub struct Application {
     /// The workers' own connections (each running job holds one), so that
     /// a busy queue never starves the API's pool; `None` without workers.
     jobs_db: Option<PgPool>,
+    /// Revoked sessions, followed across replicas while serving.
+    sessions: crate::domain::auth::Sessions,
 }
 
 impl Application {
@@ -92,6 +94,7 @@ impl Application {
             passwords: Passwords::new(settings.password_hash_concurrency),
             logins: Some(std::sync::Arc::new(logins)),
         };
+        let sessions = ctx.tokens.sessions().clone();
         let tls = match &settings.tls {
             Some((cert, key)) => Some(crate::server::tls::Tls::load(cert, key).map_err(StartupError::Tls)?),
             None => None,
@@ -131,6 +134,7 @@ impl Application {
             hub,
             jobs: settings.jobs.clone(),
             jobs_db,
+            sessions,
         })
     }
 
@@ -159,6 +163,7 @@ impl Application {
         let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.database_watch));
         let invalidations = tokio::spawn(self.cache.clone().listen());
         let notifications = tokio::spawn(self.hub.clone().listen(self.db.clone()));
+        let revocations = tokio::spawn(self.sessions.clone().listen(self.db.clone()));
         let queue = tokio::spawn(crate::postgres::jobs::watch_queue(
             self.db.clone(),
             self.metrics.clone(),
@@ -214,6 +219,7 @@ impl Application {
         watcher.abort();
         invalidations.abort();
         notifications.abort();
+        revocations.abort();
         queue.abort();
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");

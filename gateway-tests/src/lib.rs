@@ -25,3 +25,5 @@ pub mod gatewaytest {
 
 /// The lab's own package.
 pub use gatewaytest::v1 as pb;
+
+pub mod fuzz;

@@ -1,5 +1,6 @@
 //! Domain input rules the protos cannot state: blank text, NUL characters
-//! (PostgreSQL text cannot hold them), user names that are URL segments,
+//! (PostgreSQL text cannot hold them), user names that are URL segments
+//! and cannot pass for someone else's,
 //! tag normalisation and slugs. Lengths, counts, ranges and required fields
 //! are declared in the protos (`buf.validate`) and checked before a service
 //! method runs. Each check records the field's path and what is wrong, after
@@ -44,10 +45,27 @@ impl Check {
         self.text(field, value)
     }
 
-    /// A user name: a URL segment, so no whitespace or '/'.
+    /// A user name: a URL segment, so no whitespace or '/' and not only
+    /// dots (`.` and `..` are path steps, not names); and a name readers
+    /// can tell apart from another, so no control or invisible formatting
+    /// characters (bidirectional overrides, zero-width spaces and joiners).
+    /// (The proto vocabulary has only regular expressions for this, which
+    /// neither OpenAPI's ECMAScript patterns nor the test generators read
+    /// alike for Unicode classes, so the rule lives here.)
     pub fn username(&mut self, field: &str, value: &str) -> &mut Self {
         if value.chars().any(|c| c.is_whitespace() || c == '/') {
             self.fail(field, "must not contain spaces or '/'".into());
+            return self;
+        }
+        if value.contains('\0') {
+            return self.text(field, value);
+        }
+        if value.chars().any(|c| c.is_control() || is_invisible(c)) {
+            self.fail(field, "must not contain control or invisible formatting characters".into());
+            return self;
+        }
+        if !value.is_empty() && value.chars().all(|c| c == '.') {
+            self.fail(field, "must not be only dots".into());
             return self;
         }
         self.text(field, value)
@@ -57,6 +75,41 @@ impl Check {
     pub fn finish(&mut self) -> ConduitResult<()> {
         if self.errors.is_empty() { Ok(()) } else { Err(ConduitError::Invalid(std::mem::take(&mut self.errors))) }
     }
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15.1: soft
+/// hyphen, bidirectional marks, overrides and isolates, zero-width space,
+/// joiners, word joiner, byte-order mark, tags...) and the Hangul fillers,
+/// which render as nothing.
+fn is_invisible(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x115F, 0x1160),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0x3164, 0x3164),
+        (0xFEFF, 0xFEFF),
+        (0xFFA0, 0xFFA0),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let c = c as u32;
+    RANGES.iter().any(|&(low, high)| (low..=high).contains(&c))
 }
 
 /// A lookup key from the path or the query (a slug, a user name, a tag):
@@ -149,6 +202,31 @@ mod tests {
         let nul = vec!["a\0b".to_owned()];
         tags("article.tagList", &nul, &mut check);
         assert!(check.finish().is_err(), "NUL in a tag");
+    }
+
+    #[test]
+    fn user_names_cannot_hide_characters_or_be_path_steps() {
+        let refused = [
+            (".", "must not be only dots"),
+            ("..", "must not be only dots"),
+            ("jake\u{200B}", "must not contain control or invisible formatting characters"),
+            ("\u{202E}ekaj", "must not contain control or invisible formatting characters"),
+            ("ja\u{2066}ke", "must not contain control or invisible formatting characters"),
+            ("ja\u{FEFF}ke", "must not contain control or invisible formatting characters"),
+            ("ja\u{E0041}ke", "must not contain control or invisible formatting characters"),
+            ("ja\u{7}ke", "must not contain control or invisible formatting characters"),
+            ("ja\u{85}ke", "must not contain spaces or '/'"),
+            ("ja/ke", "must not contain spaces or '/'"),
+        ];
+        for (name, problem) in refused {
+            let Err(ConduitError::Invalid(errors)) = Check::new().username("user.username", name).finish() else {
+                panic!("{name:?} is refused");
+            };
+            assert_eq!((errors[0].field.as_str(), errors[0].message.as_str()), ("user.username", problem), "{name:?}");
+        }
+        for name in ["jake", "j.ake", "...a", "Jéké", "雅克", "jake_2024", "🦀"] {
+            assert!(Check::new().username("user.username", name).finish().is_ok(), "{name:?}");
+        }
     }
 
     #[test]

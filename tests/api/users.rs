@@ -4,7 +4,7 @@ use conduit::pb::conduit::v1 as pb;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::helpers::{JWT_SECRET, authed, errors, spawn_app};
+use crate::helpers::{JWT_SECRET, authed, errors, spawn_app, spawn_app_with};
 
 fn new_user(username: &str, email: &str, password: &str) -> serde_json::Value {
     json!({"user": {"username": username, "email": email, "password": password}})
@@ -147,11 +147,178 @@ async fn login_accepts_the_email_in_any_case_and_rejects_a_wrong_password() {
 /// A token signed with another secret, and one of ours that expired long ago.
 fn bad_tokens() -> (String, String) {
     let sign = |secret: &[u8], exp: u64| {
-        let claims = json!({"sub": "1", "iat": 0, "exp": exp});
-        let key = jsonwebtoken::EncodingKey::from_secret(secret);
-        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+        let claims = json!({"sub": "1", "sid": 1, "iat": 0, "nbf": 0, "exp": exp});
+        conduit::domain::auth::Hs256::new(secret).sign(&claims).unwrap()
     };
     (sign(b"another-secret-another-secret-another", 4_000_000_000), sign(JWT_SECRET.as_bytes(), 1_000))
+}
+
+/// The claims of a token, unverified.
+fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+/// Tokens carry a session and a not-before time, both checked; a token of
+/// ours without a session (as issued before sessions) is refused.
+#[tokio::test]
+async fn tokens_name_their_session_and_are_not_valid_before_nbf() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let claims = claims_of(&token);
+    assert!(claims["sid"].as_i64().unwrap() > 0, "{claims}");
+    assert_eq!(claims["nbf"], claims["iat"]);
+    let keys = conduit::domain::auth::Hs256::new(JWT_SECRET.as_bytes());
+    let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs();
+    let early = json!({"sub": claims["sub"], "sid": claims["sid"], "iat": now, "nbf": now + 600, "exp": now + 3600});
+    let reply = app.get("/api/user", Some(&keys.sign(&early).unwrap())).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.body["errors"]["token"], json!(["is invalid"]));
+    let sessionless = json!({"sub": claims["sub"], "iat": now, "exp": now + 3600});
+    assert_eq!(app.get("/api/user", Some(&keys.sign(&sessionless).unwrap())).await.status, 401);
+    let none = format!("{}.{}.", "eyJhbGciOiJub25lIn0", token.split('.').nth(1).unwrap());
+    assert_eq!(app.get("/api/user", Some(&none)).await.status, 401, "alg none");
+    assert_eq!(app.get("/api/user", Some(&token)).await.status, 200);
+}
+
+/// Signs in and returns the token.
+async fn sign_in(app: &crate::helpers::TestApp, email: &str, password: &str) -> String {
+    let body = json!({"user": {"email": email, "password": password}});
+    let reply = app.json("POST", "/api/users/login", None, Some(body)).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.body["user"]["token"].as_str().unwrap().to_owned()
+}
+
+/// A new password, or an email changed to another address, ends every
+/// other session at once, on every protocol and on every replica; the
+/// session that made the change goes on (as the upstream suites expect),
+/// and re-sending the same email ends nothing.
+#[tokio::test]
+async fn a_password_or_email_change_revokes_the_other_sessions() {
+    let a = spawn_app().await;
+    let b =
+        spawn_app_with(|s| s.database_url = conduit::config::Secret::from(crate::helpers::url_for(&a.db_name))).await;
+    let here = a.register("jake").await;
+    let elsewhere = sign_in(&a, "jake@example.com", "secret-password").await;
+    let other_replica = sign_in(&b, "jake@example.com", "secret-password").await;
+    assert_ne!(claims_of(&here)["sid"], claims_of(&elsewhere)["sid"]);
+    // The same email again (as the Postman suite sends it) and a bio end nothing.
+    let same = json!({"user": {"email": "JAKE@example.com", "bio": "hi"}});
+    assert_eq!(a.json("PUT", "/api/user", Some(&here), Some(same)).await.status, 200);
+    for token in [&here, &elsewhere, &other_replica] {
+        assert_eq!(a.get("/api/user", Some(token)).await.status, 200);
+    }
+
+    let change = json!({"user": {"password": "new-password"}});
+    let reply = a.json("PUT", "/api/user", Some(&here), Some(change.clone())).await;
+    assert_eq!(reply.status, 200);
+    let refreshed = reply.body["user"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(claims_of(&refreshed)["sid"], claims_of(&here)["sid"], "the changing session goes on");
+    // The changing session may change it again at once (Bruno's errors-auth 19-20).
+    assert_eq!(a.json("PUT", "/api/user", Some(&here), Some(change)).await.status, 200);
+    assert_eq!(a.get("/api/user", Some(&refreshed)).await.status, 200);
+    let reply = a.get("/api/user", Some(&elsewhere)).await;
+    assert_eq!(reply.status, 401, "revoked in this replica at once");
+    assert_eq!(reply.body["errors"]["token"], json!(["is invalid"]));
+    let mut users = a.users().await;
+    let status = users.get_current_user(authed(pb::GetCurrentUserRequest {}, &elsewhere)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "over gRPC too");
+    // The other replica hears of it through NOTIFY, without a restart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.get("/api/user", Some(&other_replica)).await.status != 401 {
+        assert!(std::time::Instant::now() < deadline, "replica B still accepts a revoked session");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.get("/api/user", Some(&here)).await.status, 200);
+    assert_eq!(b.get("/api/articles", Some(&elsewhere)).await.status, 200, "a public read ignores a revoked token");
+
+    // A new email ends the sessions opened since, too.
+    let fresh = sign_in(&b, "jake@example.com", "new-password").await;
+    let email = json!({"user": {"email": "jacob@example.com"}});
+    assert_eq!(b.json("PUT", "/api/user", Some(&fresh), Some(email)).await.status, 200);
+    assert_eq!(b.get("/api/user", Some(&here)).await.status, 401);
+    assert_eq!(b.get("/api/user", Some(&fresh)).await.status, 200);
+    // A replica that starts later knows of every revocation from the database.
+    let c =
+        spawn_app_with(|s| s.database_url = conduit::config::Secret::from(crate::helpers::url_for(&a.db_name))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.get("/api/user", Some(&elsewhere)).await.status != 401 {
+        assert!(std::time::Instant::now() < deadline, "a new replica accepts a revoked session");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.get("/api/user", Some(&fresh)).await.status, 200);
+}
+
+/// User names are unique without regard to case, and names that hide
+/// characters or are path steps are refused naming the field.
+#[tokio::test]
+async fn user_names_cannot_impersonate() {
+    let app = spawn_app().await;
+    let token = app.register("jake").await;
+    let reply = app.json("POST", "/api/users", None, Some(new_user("JAKE", "other@example.com", "password"))).await;
+    assert_eq!(reply.status, 409);
+    assert_eq!(errors(&reply), ["username has already been taken"]);
+    app.register("jane").await;
+    let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"username": "Jane"}}))).await;
+    assert_eq!(errors(&reply), ["username has already been taken"]);
+    let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"username": "Jake"}}))).await;
+    assert_eq!(reply.status, 200, "one's own name in another case is no conflict");
+    assert_eq!(reply.body["user"]["username"], "Jake");
+    for (name, problem) in [
+        (".", "username must not be only dots"),
+        ("..", "username must not be only dots"),
+        ("jake\u{200B}", "username must not contain control or invisible formatting characters"),
+        ("\u{202E}ekaj", "username must not contain control or invisible formatting characters"),
+    ] {
+        let reply = app.json("POST", "/api/users", None, Some(new_user(name, "x@example.com", "password"))).await;
+        assert_eq!((reply.status, errors(&reply)), (422, vec![problem.to_owned()]), "{name:?}");
+        let reply = app.json("PUT", "/api/user", Some(&token), Some(json!({"user": {"username": name}}))).await;
+        assert_eq!((reply.status, errors(&reply)), (422, vec![problem.to_owned()]), "{name:?}");
+    }
+    let mut users = app.users().await;
+    let request = pb::RegisterRequest {
+        user: Some(pb::NewUser { username: "..".into(), email: "y@example.com".into(), password: "password".into() }),
+    };
+    let status = users.register(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// The migration that makes names unique without regard to case keeps
+/// the oldest account's name and renames each younger twin, saying so.
+#[tokio::test]
+async fn the_case_migration_renames_younger_twins() {
+    let name = format!("conduit_test_twins_{}", std::process::id());
+    let url = crate::helpers::create_database(&name).await;
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    // The migrations before it, from a directory holding only those.
+    let earlier = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&earlier).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_str().unwrap() < "20261202000002" {
+            std::fs::copy(&path, earlier.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(earlier.as_path()).await.unwrap().run(&db).await.unwrap();
+    std::fs::remove_dir_all(&earlier).unwrap();
+    for (username, email) in [("jake", "a@x"), ("Jake", "b@x"), ("JAKE", "c@x"), ("Jake-2", "d@x"), ("jane", "e@x")] {
+        sqlx::query("INSERT INTO users (username, email, password_hash) VALUES ($1, $2, 'x')")
+            .bind(username)
+            .bind(email)
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    conduit::postgres::MIGRATOR.run(&db).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT username FROM users ORDER BY id").fetch_all(&db).await.unwrap();
+    assert_eq!(names, ["jake", "Jake-2-2", "JAKE-3", "Jake-2", "jane"]);
+    let twin = sqlx::query("INSERT INTO users (username, email, password_hash) VALUES ('JANE', 'f@x', 'x')")
+        .execute(&db)
+        .await;
+    assert!(twin.is_err(), "the index now refuses case twins");
+    db.close().await;
+    crate::helpers::drop_database(&name).await;
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Who is calling: tokens (JWT, HS256) and passwords (argon2id).
+//! Who is calling: tokens (JWT, HS256), sessions and passwords (argon2id).
 //!
 //! Transport-neutral: the token is the `authorization` header (gRPC
 //! metadata), whichever protocol carried it. Both the RealWorld
@@ -7,13 +7,18 @@
 //! every method declared `(gateway.v1.access).authenticated` in the protos,
 //! and hands the [`Caller`] to the service.
 
+mod jwt;
+mod sessions;
+
+pub use jwt::{Hs256, JwtError, MAX_TOKEN_BYTES};
+pub use sessions::Sessions;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 
@@ -24,17 +29,26 @@ use super::error::{ConduitError, ConduitResult};
 pub struct Claims {
     /// The user's id.
     pub sub: String,
+    /// The session the token belongs to (see [`Sessions`]).
+    pub sid: i64,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
+    /// Not valid before, seconds since the epoch.
+    pub nbf: u64,
     /// Expires at, seconds since the epoch.
     pub exp: u64,
 }
+
+/// Clock difference between replicas tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 5;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The user's id.
     pub user_id: i64,
+    /// The session of the token.
+    pub session: i64,
     /// The token it presented, handed back by calls that return the user.
     pub token: String,
 }
@@ -67,9 +81,8 @@ pub struct Tokens {
 }
 
 struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    keys: Hs256,
+    sessions: Sessions,
     ttl: Duration,
 }
 
@@ -86,31 +99,38 @@ fn now() -> u64 {
 impl Tokens {
     /// Tokens signed with `secret`, valid for `ttl`.
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        Self {
-            inner: Arc::new(TokenKeys {
-                encoding: EncodingKey::from_secret(secret),
-                decoding: DecodingKey::from_secret(secret),
-                validation,
-                ttl,
-            }),
-        }
+        Self { inner: Arc::new(TokenKeys { keys: Hs256::new(secret), sessions: Sessions::new(ttl), ttl }) }
     }
 
-    /// A fresh token for a user.
-    pub fn issue(&self, user_id: i64) -> ConduitResult<String> {
+    /// The sessions the tokens belong to.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// A fresh token for a user's session.
+    pub fn issue(&self, user_id: i64, session: i64) -> ConduitResult<String> {
         let iat = now();
-        let claims = Claims { sub: user_id.to_string(), iat, exp: iat + self.inner.ttl.as_secs() };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.inner.encoding)
-            .map_err(|e| ConduitError::Internal(format!("cannot sign a token: {e}")))
+        let claims =
+            Claims { sub: user_id.to_string(), sid: session, iat, nbf: iat, exp: iat + self.inner.ttl.as_secs() };
+        self.inner.keys.sign(&claims).map_err(|e| ConduitError::Internal(format!("cannot sign a token: {e}")))
     }
 
-    fn verify(&self, token: &str) -> ConduitResult<i64> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.inner.decoding, &self.inner.validation)
-            .map_err(|_| token_invalid("the token is invalid or expired"))?;
-        data.claims.sub.parse().map_err(|_| token_invalid("the token is invalid or expired"))
+    /// The user and session of a token that is ours, current and not revoked.
+    fn verify(&self, token: &str) -> ConduitResult<(i64, i64)> {
+        let claims: Claims =
+            self.inner.keys.verify(token).map_err(|_| token_invalid("the token is invalid or expired"))?;
+        let now = now();
+        if claims.exp.saturating_add(LEEWAY_SECONDS) < now {
+            return Err(token_invalid("the token is invalid or expired"));
+        }
+        if claims.nbf > now.saturating_add(LEEWAY_SECONDS) {
+            return Err(token_invalid("the token is not valid yet"));
+        }
+        let user = claims.sub.parse().map_err(|_| token_invalid("the token is invalid or expired"))?;
+        if self.inner.sessions.is_revoked(claims.sid) {
+            return Err(token_invalid("this session was ended by a change of password or email; sign in again"));
+        }
+        Ok((user, claims.sid))
     }
 
     /// The caller, if the request carries credentials; an error if they are bad.
@@ -128,8 +148,8 @@ impl Tokens {
             }
             _ => return Err(token_invalid("use the Token or Bearer authorization scheme")),
         };
-        let user_id = self.verify(token)?;
-        Ok(Some(Caller { user_id, token: token.to_owned() }))
+        let (user_id, session) = self.verify(token)?;
+        Ok(Some(Caller { user_id, session, token: token.to_owned() }))
     }
 
     /// The caller where a token is optional: a bad or expired token counts

@@ -58,7 +58,9 @@ impl Users {
         if let Some((logins, from)) = guard {
             logins.succeeded(&user.email, from).await;
         }
-        let token = self.ctx.tokens.issue(row.id)?;
+        let mut db = self.ctx.db.acquire().await?;
+        let session = self.ctx.tokens.sessions().open(&mut db, row.id).await?;
+        let token = self.ctx.tokens.issue(row.id, session)?;
         Ok(Self::reply(row, token))
     }
 
@@ -72,8 +74,11 @@ impl Users {
             .finish()?;
         store::ensure_free(&self.ctx.db, Some(&user.username), Some(&user.email), None).await?;
         let hash = self.ctx.passwords.hash(user.password).await?;
-        let row = store::insert(&self.ctx.db, &user.username, &user.email, &hash).await?;
-        let token = self.ctx.tokens.issue(row.id)?;
+        let mut tx = self.ctx.db.begin().await?;
+        let row = store::insert(&mut tx, &user.username, &user.email, &hash).await?;
+        let session = self.ctx.tokens.sessions().open(&mut tx, row.id).await?;
+        tx.commit().await?;
+        let token = self.ctx.tokens.issue(row.id, session)?;
         Ok(Self::reply(row, token))
     }
 
@@ -128,10 +133,21 @@ impl Users {
             bio: clear_or(user.bio, "bio"),
             image: clear_or(user.image, "image"),
         };
-        let row =
-            store::update(&self.ctx.db, caller.user_id, changes).await?.ok_or_else(crate::domain::auth::user_gone)?;
-        let token = self.ctx.tokens.issue(row.id)?;
-        Ok(Self::reply(row, token))
+        // A new password, or a new email, ends every other session: whoever
+        // held the old credentials is signed out everywhere but here.
+        let sessions = self.ctx.tokens.sessions();
+        let mut tx = self.ctx.db.begin().await?;
+        let updated =
+            store::update(&mut tx, caller.user_id, changes).await?.ok_or_else(crate::domain::auth::user_gone)?;
+        let ended = if updated.credentials_changed {
+            sessions.end_others(&mut tx, caller.user_id, caller.session).await?
+        } else {
+            Default::default()
+        };
+        tx.commit().await?;
+        sessions.ended(ended);
+        let token = self.ctx.tokens.issue(updated.row.id, caller.session)?;
+        Ok(Self::reply(updated.row, token))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Users in Postgres.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::domain::error::{ConduitError, ConduitResult, FieldError};
 
@@ -25,7 +25,7 @@ pub(crate) struct UserRow {
 fn taken(e: sqlx::Error) -> ConduitError {
     if let sqlx::Error::Database(db) = &e {
         match db.constraint() {
-            Some("users_username_key") => {
+            Some("users_username_key" | "users_username_lower_key") => {
                 return ConduitError::Taken(vec![FieldError::new("user.username", "has already been taken")]);
             }
             Some("users_email_key") => {
@@ -55,7 +55,8 @@ pub(crate) async fn by_id(db: &PgPool, id: i64) -> ConduitResult<Option<UserRow>
         .await?)
 }
 
-/// Fails with every unique value of these that another user has.
+/// Fails with every unique value of these that another user has (both
+/// compared without regard to case).
 pub(crate) async fn ensure_free(
     db: &PgPool,
     username: Option<&str>,
@@ -64,7 +65,7 @@ pub(crate) async fn ensure_free(
 ) -> ConduitResult<()> {
     let row = sqlx::query!(
         r#"SELECT
-             EXISTS (SELECT 1 FROM users WHERE username = $1 AND id IS DISTINCT FROM $3) AS "username!",
+             EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($1) AND id IS DISTINCT FROM $3) AS "username!",
              EXISTS (SELECT 1 FROM users WHERE lower(email) = lower($2) AND id IS DISTINCT FROM $3) AS "email!""#,
         username,
         email,
@@ -84,7 +85,12 @@ pub(crate) async fn ensure_free(
 
 /// Creates a user. A race lost to another registration still reports the
 /// value taken, from the unique index.
-pub(crate) async fn insert(db: &PgPool, username: &str, email: &str, password_hash: &str) -> ConduitResult<UserRow> {
+pub(crate) async fn insert(
+    db: &mut PgConnection,
+    username: &str,
+    email: &str,
+    password_hash: &str,
+) -> ConduitResult<UserRow> {
     sqlx::query_as!(
         UserRow,
         "INSERT INTO users (username, email, password_hash) VALUES ($1, $2, $3)
@@ -113,19 +119,30 @@ pub(crate) struct UserChanges {
     pub(crate) image: Option<String>,
 }
 
+/// A user after an update, and whether the update changed how they sign
+/// in (the password, or the email to another address).
+#[derive(Debug)]
+pub(crate) struct Updated {
+    /// The user as updated.
+    pub(crate) row: UserRow,
+    /// Whether other sessions must end.
+    pub(crate) credentials_changed: bool,
+}
+
 /// Applies changes to a user; `None` when the user is gone.
-pub(crate) async fn update(db: &PgPool, id: i64, changes: UserChanges) -> ConduitResult<Option<UserRow>> {
-    sqlx::query_as!(
-        UserRow,
-        "UPDATE users SET
-             email = COALESCE($2, email),
-             username = COALESCE($3, username),
-             password_hash = COALESCE($4, password_hash),
-             bio = CASE WHEN $5::text IS NULL THEN bio ELSE NULLIF($5, '') END,
-             image = CASE WHEN $6::text IS NULL THEN image ELSE NULLIF($6, '') END,
+pub(crate) async fn update(db: &mut PgConnection, id: i64, changes: UserChanges) -> ConduitResult<Option<Updated>> {
+    let row = sqlx::query!(
+        r#"UPDATE users SET
+             email = COALESCE($2, users.email),
+             username = COALESCE($3, users.username),
+             password_hash = COALESCE($4, users.password_hash),
+             bio = CASE WHEN $5::text IS NULL THEN users.bio ELSE NULLIF($5, '') END,
+             image = CASE WHEN $6::text IS NULL THEN users.image ELSE NULLIF($6, '') END,
              updated_at = now()
-         WHERE id = $1
-         RETURNING id, username, email, password_hash, bio, image",
+         FROM (SELECT email FROM users WHERE id = $1 FOR UPDATE) AS before
+         WHERE users.id = $1
+         RETURNING users.id, users.username, users.email, users.password_hash, users.bio, users.image,
+                   ($4::text IS NOT NULL OR lower(before.email) <> lower(users.email)) AS "credentials_changed!""#,
         id,
         changes.email,
         changes.username,
@@ -135,5 +152,16 @@ pub(crate) async fn update(db: &PgPool, id: i64, changes: UserChanges) -> Condui
     )
     .fetch_optional(db)
     .await
-    .map_err(taken)
+    .map_err(taken)?;
+    Ok(row.map(|r| Updated {
+        row: UserRow {
+            id: r.id,
+            username: r.username,
+            email: r.email,
+            password_hash: r.password_hash,
+            bio: r.bio,
+            image: r.image,
+        },
+        credentials_changed: r.credentials_changed,
+    }))
 }
