@@ -28,14 +28,16 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-pc-table \
  -Cllvm-args=-sanitizer-coverage-trace-compares \
  --cfg fuzzing"
-# The gateway-tests build script needs protoc's includes only from the repo.
-cargo build --release --quiet --bins
+# An explicit --target keeps the flags off build scripts and proc macros,
+# which run on the host and are not linked with libFuzzer.
+host=$(rustc -vV | sed -n 's/^host: //p')
+cargo build --release --quiet --bins --target "$host"
 
 mkdir -p logs
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target" "artifacts/$target" "seeds/$target" "regressions/$target"
   echo "== $target: ${seconds}s"
-  ./target/release/"$target" "corpus/$target" "seeds/$target" "regressions/$target" \
+  ./target/"$host"/release/"$target" "corpus/$target" "seeds/$target" "regressions/$target" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
     -report_slow_units=2 -artifact_prefix="artifacts/$target/" -print_final_stats=1 \
     > "logs/$target.log" 2>&1 || echo "   $target stopped with a finding: see fuzz/logs/$target.log and fuzz/artifacts/$target/"
