@@ -114,7 +114,9 @@ def main():
     print(f"comments: {len(comment_jobs)} in {time.time() - t:.1f}s", flush=True)
 
     with open(sys.argv[2] if len(sys.argv) > 2 else "bench/.state.json", "w") as f:
-        json.dump({"reader": tokens[0], "fan": names[1], "tokens": tokens[:50], "slugs": slugs[:500]}, f)
+        json.dump({"reader": tokens[0], "fan": names[1], "tokens": tokens[:50], "slugs": slugs[:500],
+                   "names": names[:50], "star": names[USERS - 1], "star_token": tokens[USERS - 1],
+                   "follower_tokens": tokens[100:200]}, f)
     print(f"seeded in {time.time() - started:.1f}s")
 
 

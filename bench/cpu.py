@@ -1,0 +1,411 @@
+#!/usr/bin/env python3
+"""Where the time goes: CPU microseconds per request of conduit and of
+PostgreSQL, per scenario, beside throughput and latency.
+
+Starts a private PostgreSQL (initdb into a temporary directory, a free
+loopback port, pg_stat_statements with track = all; the shared server on
+5432 is never touched), a release build of conduit on it, seeds the
+standard dataset through the API (bench/seed.py), then for each scenario
+runs wrk and counts, over a window that ends only once the job queue has
+drained (or the drain bound passed; the queue's size and age at the end
+are reported, so deferring work cannot look like saving it):
+
+  - CPU of conduit (/proc/<pid>/stat) and of PostgreSQL (the postmaster,
+    its live children, and the children that exited), per request;
+  - transactions (pg_stat_database) and statements (pg_stat_statements,
+    nested ones included) per request, and NOTIFYs (calls of statements
+    that send one);
+  - req/s, p50 and p99 from wrk.
+
+Each configuration is a fresh conduit process on the same database:
+`shipped` (the defaults: cache on, job workers on) and `bare` (CACHE_TTL=0s,
+JOB_WORKERS=0: jobs are still enqueued, none run, and the queue is only
+reported), so the cost of each is visible; `--baseline BIN` adds another
+build (of main, say) as `baseline`, with bare's settings, to compare CPU per
+request in the same run. `--compare NAME=URL` adds another RealWorld implementation's
+throughput and latency on the read scenarios and the favorite mix (its
+CPU is not counted; seed it the same way).
+
+Prints tables; asserts nothing. Loopback only; every load run is bounded by
+--duration and every wait by a timeout; every process it starts is stopped.
+
+Usage: python3 bench/cpu.py [--duration 10] [--connections 32]
+                             [--configs shipped,bare] [--scenarios a,b]
+                             [--compare NAME=URL ...] [--baseline BIN]
+Environment: CONDUIT_BIN (default target/release/conduit).
+"""
+
+import argparse
+import atexit
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.path.abspath(os.environ.get("CONDUIT_BIN", os.path.join(ROOT, "target/release/conduit")))
+SECRET = "bench-cpu-secret-bench-cpu-secret-bench-cpu"
+TICK = os.sysconf("SC_CLK_TCK")
+CHILDREN = []
+WORK = tempfile.mkdtemp(prefix="conduit-bench-cpu-")
+
+SCENARIOS = [
+    "list-token", "feed", "article", "favorite-mix", "comment", "follow-mix", "create-article", "fan-out-100",
+]
+READS = {"list-token", "feed", "article"}
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_all():
+    for process in reversed(CHILDREN):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+atexit.register(stop_all)
+
+
+def pg_bin():
+    found = sorted(d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()) if os.path.isdir(
+        "/usr/lib/postgresql") else []
+    if found:
+        return f"/usr/lib/postgresql/{found[-1]}/bin"
+    path = shutil.which("initdb")
+    if not path:
+        sys.exit("PostgreSQL's server binaries (initdb, postgres) are needed")
+    return os.path.dirname(path)
+
+
+class PrivatePostgres:
+    """A throw-away server: PostgreSQL refuses to run as root, so as root it
+    runs as the `postgres` account."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.data = os.path.join(WORK, "pg")
+        self.bin = pg_bin()
+        self.user = None
+        if os.geteuid() == 0:
+            self.user = pwd.getpwnam("postgres")
+            os.chown(WORK, self.user.pw_uid, self.user.pw_gid)
+        self.run([f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync"])
+        settings = {
+            "listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": WORK,
+            "shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all",
+            "pg_stat_statements.max": "10000", "max_connections": "200", "shared_buffers": "256MB",
+            "fsync": "on", "synchronous_commit": "on",
+        }
+        args = [f"{self.bin}/postgres", "-D", self.data] + [f"-c{k}={v}" for k, v in settings.items()]
+        self.process = subprocess.Popen(args, stdout=open(os.path.join(WORK, "pg.log"), "w"),
+                                        stderr=subprocess.STDOUT, preexec_fn=self.demote)
+        CHILDREN.append(self.process)
+        deadline = time.time() + 30
+        while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
+                             capture_output=True).returncode != 0:
+            if time.time() > deadline:
+                sys.exit("the private PostgreSQL did not start: " + open(os.path.join(WORK, "pg.log")).read()[-2000:])
+            time.sleep(0.2)
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}"
+
+    def demote(self):
+        if self.user:
+            os.setgid(self.user.pw_gid)
+            os.setuid(self.user.pw_uid)
+
+    def run(self, args):
+        subprocess.run(args, check=True, capture_output=True, preexec_fn=self.demote)
+
+    def sql(self, statement, db="conduit"):
+        result = subprocess.run(["psql", f"{self.url}/{db}", "-v", "ON_ERROR_STOP=1", "-Atqc", statement],
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"psql: {result.stderr.strip()[:400]}")
+        return result.stdout.strip()
+
+    def cpu_ticks(self):
+        """The postmaster's own CPU, its live children's, and what its exited
+        children used (cutime/cstime of the postmaster)."""
+        pid = self.process.pid
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = proc_stat(int(entry))
+            except OSError:
+                continue
+            if int(entry) == pid:
+                total += fields[13] + fields[14] + fields[15] + fields[16]
+            elif fields[3] == pid:
+                total += fields[13] + fields[14]
+        return total
+
+
+def proc_stat(pid):
+    """Fields of /proc/<pid>/stat, numbered as proc(5) numbers them minus one
+    (the command, which may hold spaces, is skipped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    rest = text[text.rindex(")") + 2:].split()
+    return [0, 0] + [rest[0]] + [int(x) for x in rest[1:]]
+
+
+def process_ticks(pid):
+    fields = proc_stat(pid)
+    return fields[13] + fields[14]
+
+
+class Conduit:
+    def __init__(self, pg, config, binary=None):
+        self.port = free_port()
+        env = dict(os.environ, DATABASE_URL=f"{pg.url}/conduit", JWT_SECRET=SECRET,
+                   CONDUIT_LISTEN=f"127.0.0.1:{self.port}", CONDUIT_ADMIN_LISTEN="127.0.0.1:0",
+                   RATE_LIMIT="100000000/min", RATE_LIMIT_CREDENTIALS="100000000/min",
+                   RATE_LIMIT_LOGIN_FAILURES="100000000/min", LOG_LEVEL="warn")
+        self.workers = config not in ("bare", "baseline")
+        if not self.workers:
+            env.update(CACHE_TTL="0s", JOB_WORKERS="0")
+        self.process = subprocess.Popen([binary or BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
+                                        stderr=open(os.path.join(WORK, f"conduit-{config}.log"), "w"))
+        CHILDREN.append(self.process)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 60
+        while not answers(self.port):
+            if self.process.poll() is not None or time.time() > deadline:
+                sys.exit(f"conduit did not start: {open(os.path.join(WORK, f'conduit-{config}.log')).read()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def answers(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /api/tags HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            return s.recv(12).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def lua(name, body):
+    path = os.path.join(WORK, name + ".lua")
+    with open(path, "w") as f:
+        f.write(body)
+    return path
+
+
+def scripts(state):
+    """wrk scripts for the write scenarios; tokens and slugs are inlined."""
+    tokens = "{" + ",".join(json.dumps(t) for t in state["tokens"]) + "}"
+    slugs = "{" + ",".join(json.dumps(s) for s in state["slugs"]) + "}"
+    names = "{" + ",".join(json.dumps(n) for n in state["names"]) + "}"
+    head = f"local tokens, slugs, names = {tokens}, {slugs}, {names}\nmath.randomseed(7)\nlocal n = 0\n"
+    auth = '{["Authorization"] = "Token " .. tokens[math.random(#tokens)], ["Content-Type"] = "application/json"}'
+    return {
+        "favorite-mix": lua("favorite", head + f"""
+request = function()
+  local method = (math.random(2) == 1) and "POST" or "DELETE"
+  return wrk.format(method, "/api/articles/" .. slugs[math.random(#slugs)] .. "/favorite", {auth})
+end"""),
+        "comment": lua("comment", head + f"""
+request = function()
+  return wrk.format("POST", "/api/articles/" .. slugs[math.random(#slugs)] .. "/comments", {auth},
+    '{{"comment":{{"body":"A benchmark comment"}}}}')
+end"""),
+        "follow-mix": lua("follow", head + f"""
+request = function()
+  -- names[i] is the user of tokens[i]: never follow oneself.
+  local who = math.random(#tokens)
+  local whom = (who + math.random(#names - 1) - 1) % #names + 1
+  local method = (math.random(2) == 1) and "POST" or "DELETE"
+  return wrk.format(method, "/api/profiles/" .. names[whom] .. "/follow",
+    {{["Authorization"] = "Token " .. tokens[who]}})
+end"""),
+        "create-article": lua("create", head + f"""
+local stamp = os.time()
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/api/articles", {auth},
+    '{{"article":{{"title":"Bench ' .. stamp .. ' ' .. n .. ' ' .. math.random(1e9) .. '","description":"d","body":"b","tagList":["bench"]}}}}')
+end"""),
+        "fan-out-100": lua("fanout", f"""
+local star = {json.dumps(state["star_token"])}
+local stamp, n = os.time(), 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/api/articles", {{["Authorization"] = "Token " .. star, ["Content-Type"] = "application/json"}},
+    '{{"article":{{"title":"Fan-out ' .. stamp .. ' ' .. n .. ' ' .. math.random(1e9) .. '","description":"d","body":"b"}}}}')
+end"""),
+    }
+
+
+def wrk(url, args, duration, connections):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"] + args + [url],
+                         capture_output=True, text=True, timeout=duration + 60).stdout
+
+    def grab(pattern):
+        m = re.search(pattern, out, re.M)
+        return m.group(1) if m else None
+
+    requests = int(grab(r"^\s*(\d+) requests in") or 0)
+    non2xx = int(grab(r"Non-2xx or 3xx responses: (\d+)") or 0)
+    return {"requests": requests, "rps": float(grab(r"^Requests/sec:\s+([\d.]+)") or 0),
+            "p50": grab(r"^\s+50%\s+(\S+)"), "p99": grab(r"^\s+99%\s+(\S+)"), "non2xx": non2xx}
+
+
+def counters(pg):
+    row = pg.sql("""SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'conduit'),
+                           (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements),
+                           (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
+                             WHERE query ILIKE '%pg_notify%' OR query ILIKE 'notify %')""")
+    xacts, statements, notifies = (int(float(x)) for x in row.split("|"))
+    return xacts, statements, notifies
+
+
+def drain(pg, bound):
+    """Waits until no job is queued or running (or `bound` seconds); returns
+    what is left and the age in seconds of the oldest."""
+    deadline = time.time() + bound
+    while True:
+        row = pg.sql("""SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)
+                        FROM jobs WHERE state IN ('queued', 'running')""")
+        left, age = row.split("|")
+        if int(left) == 0 or time.time() > deadline:
+            return int(left), float(age)
+        time.sleep(0.2)
+
+
+def run_scenario(pg, conduit, name, target, args, duration, connections):
+    c0, p0, (x0, s0, n0) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
+    result = wrk(target, args, duration, connections)
+    # Without workers nothing drains: the queue is only reported.
+    left, age = drain(pg, 60 if conduit.workers else 0)
+    c1, p1, (x1, s1, n1) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
+    requests = max(result["requests"], 1)
+    per = lambda ticks: ticks * 1e6 / TICK / requests
+    return dict(result, conduit_us=per(c1 - c0), pg_us=per(p1 - p0), xacts=(x1 - x0) / requests,
+                statements=(s1 - s0) / requests, notifies=(n1 - n0) / requests, queue_left=left, queue_age=age)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--configs", default="shipped,bare")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=URL")
+    parser.add_argument("--baseline", metavar="BIN",
+                        help="another conduit binary (a build of main), run as config `baseline` (cache and workers off)")
+    options = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    if not os.path.exists(BINARY):
+        sys.exit(f"{BINARY} is missing: cargo build --release (or set CONDUIT_BIN)")
+    chosen = options.scenarios.split(",")
+
+    log("starting a private PostgreSQL with pg_stat_statements")
+    pg = PrivatePostgres()
+    pg.sql("CREATE DATABASE conduit", db="postgres")
+    pg.sql("CREATE EXTENSION pg_stat_statements")
+    seeding = Conduit(pg, "shipped")
+    state_path = os.path.join(WORK, "state.json")
+    log("seeding the standard dataset through the API (bench/seed.py)")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench/seed.py"), str(seeding.port), state_path],
+                   check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    state = json.load(open(state_path))
+    # The fan-out author: 100 followers, so each article notifies 100 users.
+    import http.client
+    api = http.client.HTTPConnection("127.0.0.1", seeding.port, timeout=30)
+    for token in state["follower_tokens"]:
+        api.request("POST", f"/api/profiles/{state['star']}/follow", headers={"authorization": "Token " + token})
+        response = api.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    drain(pg, 120)
+    seeding.stop()
+    pg.sql("VACUUM ANALYZE")
+    pg.sql("CHECKPOINT")
+    lua_scripts = scripts(state)
+
+    rows = []
+    configs = options.configs.split(",") + (["baseline"] if options.baseline else [])
+    for config in configs:
+        # A configuration without workers leaves its jobs queued: they are
+        # not the next configuration's work.
+        pg.sql("DELETE FROM jobs WHERE state = 'queued'")
+        conduit = Conduit(pg, config, options.baseline if config == "baseline" else None)
+        url = conduit.url
+        wrk(url + "/api/articles", [], 3, options.connections)  # warm-up: pool, prepared statements
+        targets = {
+            "list-token": (url + "/api/articles", ["-H", "Authorization: Token " + state["reader"]]),
+            "feed": (url + "/api/articles/feed", ["-H", "Authorization: Token " + state["reader"]]),
+            "article": (url + "/api/articles/" + state["slugs"][0], []),
+        }
+        for name in ("favorite-mix", "comment", "follow-mix", "create-article", "fan-out-100"):
+            targets[name] = (url, ["-s", lua_scripts[name]])
+        for name in chosen:
+            target, args = targets[name]
+            log(f"{config}: {name}")
+            rows.append((config, name, run_scenario(pg, conduit, name, target, args, options.duration,
+                                                    options.connections)))
+        conduit.stop()
+
+    compared = []
+    for spec in options.compare:
+        label, base = spec.split("=", 1)
+        for name in chosen:
+            if name in READS or name == "favorite-mix":
+                path = {"list-token": "/api/articles", "feed": "/api/articles/feed",
+                        "article": "/api/articles/" + state["slugs"][0]}.get(name, "")
+                args = ["-s", lua_scripts[name]] if name == "favorite-mix" else \
+                    (["-H", "Authorization: Token " + state["reader"]] if name != "article" else [])
+                log(f"{label}: {name}")
+                compared.append((label, name, wrk(base.rstrip("/") + path, args, options.duration,
+                                                  options.connections)))
+
+    print()
+    print(f"wrk -t1 -c{options.connections} -d{options.duration}s; CPU over the load and the job queue's drain; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    header = ("config", "scenario", "req/s", "p50", "p99", "non2xx", "conduit µs/req", "pg µs/req",
+              "xact/req", "stmt/req", "notify/req", "queue left/age s")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for config, name, r in rows:
+        print(f"| {config} | {name} | {r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['non2xx']} | "
+              f"{r['conduit_us']:.0f} | {r['pg_us']:.0f} | {r['xacts']:.2f} | {r['statements']:.2f} | "
+              f"{r['notifies']:.2f} | {r['queue_left']}/{r['queue_age']:.1f} |")
+    if compared:
+        print()
+        print("| implementation | scenario | req/s | p50 | p99 | non2xx | conduit (shipped) ÷ it |")
+        print("|---|---|---|---|---|---|---|")
+        ours = {name: r["rps"] for config, name, r in rows if config == "shipped"}
+        for label, name, r in compared:
+            ratio = ours.get(name, 0) / r["rps"] if r["rps"] else float("nan")
+            print(f"| {label} | {name} | {r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['non2xx']} | {ratio:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
