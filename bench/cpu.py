@@ -285,6 +285,16 @@ def counters(pg):
     return xacts, statements, notifies
 
 
+def statement_calls(pg):
+    """Calls per statement (pg_stat_statements), keyed by query id."""
+    rows = pg.sql("SELECT queryid, calls, regexp_replace(left(query, 110), '\\s+', ' ', 'g') FROM pg_stat_statements")
+    calls = {}
+    for line in rows.splitlines():
+        queryid, count, text = line.split("|", 2)
+        calls[queryid] = (int(count), text)
+    return calls
+
+
 def drain(pg, bound):
     """Waits until no job is queued or running (or `bound` seconds); returns
     what is left and the age in seconds of the oldest."""
@@ -298,7 +308,8 @@ def drain(pg, bound):
         time.sleep(0.2)
 
 
-def run_scenario(pg, conduit, name, target, args, duration, connections):
+def run_scenario(pg, conduit, name, target, args, duration, connections, top):
+    calls0 = statement_calls(pg) if top else {}
     c0, p0, (x0, s0, n0) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
     result = wrk(target, args, duration, connections)
     # Without workers nothing drains: the queue is only reported.
@@ -306,6 +317,12 @@ def run_scenario(pg, conduit, name, target, args, duration, connections):
     c1, p1, (x1, s1, n1) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
     requests = max(result["requests"], 1)
     per = lambda ticks: ticks * 1e6 / TICK / requests
+    if top:
+        calls1 = statement_calls(pg)
+        deltas = sorted(((count - calls0.get(q, (0, ""))[0], text) for q, (count, text) in calls1.items()),
+                        reverse=True)[:top]
+        for delta, text in deltas:
+            print(f"    {delta / requests:7.2f}/req  {text}", file=sys.stderr)
     return dict(result, conduit_us=per(c1 - c0), pg_us=per(p1 - p0), xacts=(x1 - x0) / requests,
                 statements=(s1 - s0) / requests, notifies=(n1 - n0) / requests, queue_left=left, queue_age=age)
 
@@ -317,6 +334,8 @@ def main():
     parser.add_argument("--configs", default="shipped,bare")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=URL")
+    parser.add_argument("--top", type=int, default=0, metavar="N",
+                        help="also print each scenario's N most-called statements, per request")
     parser.add_argument("--baseline", metavar="BIN",
                         help="another conduit binary (a build of main), run as config `baseline` (cache and workers off)")
     options = parser.parse_args()
@@ -370,7 +389,7 @@ def main():
             target, args = targets[name]
             log(f"{config}: {name}")
             rows.append((config, name, run_scenario(pg, conduit, name, target, args, options.duration,
-                                                    options.connections)))
+                                                    options.connections, options.top)))
         conduit.stop()
 
     compared = []
