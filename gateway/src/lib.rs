@@ -90,7 +90,7 @@ pub use gateway::{DEFAULT_BODY_LIMIT, Gateway, GatewayBuilder, Protocol, RouteTe
 pub use message::method::Method;
 pub use message::{protojson, validate, wkt};
 pub use protocol::deadline::{Deadline, Timeout, TimeoutLayer};
-pub use protocol::envelope::{check_grpc_body, decode_grpc_web_text};
+pub use protocol::envelope::check_grpc_body;
 pub use rule::binding::invalid_field;
 pub use rule::router::{Match, Router};
 pub use rule::spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};

@@ -57,10 +57,8 @@ impl Check {
             self.fail(field, "must not contain spaces or '/'".into());
             return self;
         }
-        if value.contains('\0') {
-            return self.text(field, value);
-        }
-        if value.chars().any(|c| c.is_control() || is_invisible(c)) {
+        // NUL has its own message, from `text`.
+        if value.chars().any(|c| (c.is_control() && c != '\0') || is_invisible(c)) {
             self.fail(field, "must not contain control or invisible formatting characters".into());
             return self;
         }

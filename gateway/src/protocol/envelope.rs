@@ -60,7 +60,7 @@ pub fn check_grpc_body(body: &[u8], text: bool) -> Result<std::borrow::Cow<'_, [
 
 /// `grpc-web-text`: base64 in groups of four characters, each group padded
 /// or not.
-pub fn decode_grpc_web_text(text: &[u8]) -> Result<Vec<u8>, String> {
+fn decode_grpc_web_text(text: &[u8]) -> Result<Vec<u8>, String> {
     use base64::Engine as _;
     if !text.len().is_multiple_of(4) {
         return Err(format!("the grpc-web-text body is not base64: {} characters, not a multiple of 4", text.len()));

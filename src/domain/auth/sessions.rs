@@ -34,13 +34,7 @@ impl Sessions {
 
     /// Whether session `sid` was ended.
     pub fn is_revoked(&self, sid: i64) -> bool {
-        let revoked = self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        !revoked.is_empty() && revoked.contains_key(&sid)
-    }
-
-    /// How many revoked sessions are held.
-    pub fn revoked_count(&self) -> usize {
-        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.revoked.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(&sid)
     }
 
     fn remember(&self, ended: impl IntoIterator<Item = (i64, i64)>) {
