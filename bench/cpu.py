@@ -183,6 +183,7 @@ class Conduit:
                    CONDUIT_LISTEN=f"127.0.0.1:{self.port}", CONDUIT_ADMIN_LISTEN="127.0.0.1:0",
                    RATE_LIMIT="100000000/min", RATE_LIMIT_CREDENTIALS="100000000/min",
                    RATE_LIMIT_LOGIN_FAILURES="100000000/min", LOG_LEVEL="warn")
+        # `baseline-shipped`: the baseline build with the defaults.
         self.workers = config not in ("bare", "baseline")
         if not self.workers:
             env.update(CACHE_TTL="0s", JOB_WORKERS="0")
@@ -337,7 +338,8 @@ def main():
     parser.add_argument("--top", type=int, default=0, metavar="N",
                         help="also print each scenario's N most-called statements, per request")
     parser.add_argument("--baseline", metavar="BIN",
-                        help="another conduit binary (a build of main), run as config `baseline` (cache and workers off)")
+                        help="another conduit binary (a build of main), run as config `baseline` (cache and "
+                             "workers off); add `baseline-shipped` to --configs for it with the defaults too")
     options = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
@@ -349,7 +351,9 @@ def main():
     pg = PrivatePostgres()
     pg.sql("CREATE DATABASE conduit", db="postgres")
     pg.sql("CREATE EXTENSION pg_stat_statements")
-    seeding = Conduit(pg, "shipped")
+    # Seeded by the baseline, when there is one: the database then has its
+    # migrations, which this build can extend but it could not undo.
+    seeding = Conduit(pg, "shipped", options.baseline)
     state_path = os.path.join(WORK, "state.json")
     log("seeding the standard dataset through the API (bench/seed.py)")
     subprocess.run([sys.executable, os.path.join(ROOT, "bench/seed.py"), str(seeding.port), state_path],
@@ -371,11 +375,16 @@ def main():
 
     rows = []
     configs = options.configs.split(",") + (["baseline"] if options.baseline else [])
+    if "baseline-shipped" in configs and not options.baseline:
+        sys.exit("--configs baseline-shipped needs --baseline BIN")
+    # The baseline (an older build) first: it cannot start on a database
+    # that this build has migrated further.
+    configs.sort(key=lambda c: not c.startswith("baseline"))
     for config in configs:
         # A configuration without workers leaves its jobs queued: they are
         # not the next configuration's work.
         pg.sql("DELETE FROM jobs WHERE state = 'queued'")
-        conduit = Conduit(pg, config, options.baseline if config == "baseline" else None)
+        conduit = Conduit(pg, config, options.baseline if config.startswith("baseline") else None)
         url = conduit.url
         wrk(url + "/api/articles", [], 3, options.connections)  # warm-up: pool, prepared statements
         targets = {

@@ -322,6 +322,24 @@ pub struct Settings {
     #[arg(long, env = "JOB_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
     pub job_retry_max: Duration,
 
+    /// Most first attempts of quick jobs (notifications) done together in
+    /// one transaction; 1 does every job alone.
+    #[arg(long, env = "JOB_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub job_batch: u32,
+
+    /// Shortest time between two looks at the queue when jobs keep coming:
+    /// jobs enqueued within it are done in one batch, and the workers' CPU
+    /// stays bounded under a write load (notifications arrive up to this late).
+    #[arg(long, env = "JOB_BATCH_WINDOW", default_value = "10ms", value_parser = parse_duration, global = true)]
+    pub job_batch_window: Duration,
+
+    /// Shortest time between two cross-replica signals (cache
+    /// invalidations, job wake-ups) sent by this process: the signals
+    /// raised meanwhile go out together in one NOTIFY, so writes never pay
+    /// a NOTIFY each; other replicas hear of them up to this late.
+    #[arg(long, env = "SIGNAL_INTERVAL", default_value = "10ms", value_parser = parse_duration, global = true)]
+    pub signal_interval: Duration,
+
     /// Notification watch streams one user may have open at once.
     #[arg(long, env = "WATCH_MAX_PER_USER", default_value_t = 8, global = true)]
     pub watch_max_per_user: usize,
@@ -446,6 +464,8 @@ pub struct ServeSettings {
     pub trusted_proxies: Vec<crate::middleware::client::Network>,
     /// Age bound of the response cache (zero: off).
     pub cache_ttl: Duration,
+    /// Shortest time between two cross-replica signals from this process.
+    pub signal_interval: Duration,
     /// Memory bound of the response cache.
     pub cache_max_bytes: usize,
     /// Smallest answer compressed.
@@ -521,6 +541,8 @@ impl Settings {
             retry_base: self.job_retry_base,
             retry_max: self.job_retry_max,
             drain_timeout: self.drain_delay + self.drain_timeout,
+            batch: self.job_batch as usize,
+            batch_window: self.job_batch_window,
         })
     }
 
@@ -655,6 +677,7 @@ impl Settings {
             drain_delay: self.drain_delay,
             trusted_proxies,
             cache_ttl: self.cache_ttl,
+            signal_interval: self.signal_interval,
             cache_max_bytes: self.cache_max_bytes,
             compression_min_bytes: self.compression_min_bytes,
             minimal_middleware: self.middleware == "minimal",

@@ -66,6 +66,7 @@ pub(crate) fn build(
     shared: Option<SharedBuckets>,
     metrics: Metrics,
     hub: Hub,
+    signals: crate::postgres::signal::Signals,
 ) -> Result<Stack, StackError> {
     let tokens = ctx.tokens.clone();
     let db = ctx.db.clone();
@@ -101,8 +102,13 @@ pub(crate) fn build(
         .add_service(reflection().build_v1().map_err(StackError::Reflection)?)
         .add_service(reflection().build_v1alpha().map_err(StackError::Reflection)?);
 
-    let cache =
-        CacheLayer::new(gateway.clone(), settings.cache_ttl, settings.cache_max_bytes, metrics.clone(), Some(db));
+    let cache = CacheLayer::new(
+        gateway.clone(),
+        settings.cache_ttl,
+        settings.cache_max_bytes,
+        metrics.clone(),
+        Some((db, signals)),
+    );
     if settings.minimal_middleware {
         // Only what the API's behaviour needs, to measure the layers' cost.
         let bare = tower::ServiceBuilder::new()

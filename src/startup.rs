@@ -61,6 +61,8 @@ pub struct Application {
     /// The workers' own connections (each running job holds one), so that
     /// a busy queue never starves the API's pool; `None` without workers.
     jobs_db: Option<PgPool>,
+    /// Wakes this process's workers after its own writes.
+    wake: crate::postgres::jobs::Wake,
     /// Revoked sessions, followed across replicas while serving.
     sessions: crate::domain::auth::Sessions,
 }
@@ -88,7 +90,10 @@ impl Application {
         };
         let logins =
             crate::middleware::ratelimit::LoginFailures::new(settings.rate_limit_login_failures, shared.clone());
+        let signals = crate::postgres::signal::Signals::new(db.clone(), settings.signal_interval);
+        let wake = crate::postgres::jobs::Wake::new(Some(signals.clone()));
         let ctx = Ctx {
+            jobs: wake.clone(),
             db: db.clone(),
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
@@ -108,7 +113,7 @@ impl Application {
         };
         let hub = crate::domain::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
         let crate::stack::Stack { app, health, cache } =
-            crate::stack::build(ctx, settings, shared, metrics.clone(), hub.clone())?;
+            crate::stack::build(ctx, settings, shared, metrics.clone(), hub.clone(), signals)?;
         let listener =
             TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
         let admin = TcpListener::bind(settings.admin_listen)
@@ -134,6 +139,7 @@ impl Application {
             hub,
             jobs: settings.jobs.clone(),
             jobs_db,
+            wake,
             sessions,
         })
     }
@@ -176,7 +182,8 @@ impl Application {
                 domain::job_handlers(),
                 self.jobs.clone(),
                 Some(self.metrics.clone()),
-            );
+            )
+            .woken_by(&self.wake);
             let mut stop = stop_workers;
             tokio::spawn(workers.run(async move {
                 let _ = stop.wait_for(|s| *s).await;

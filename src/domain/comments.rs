@@ -99,6 +99,7 @@ impl Comments {
         .fetch_optional(&self.ctx.db)
         .await?
         .ok_or(ConduitError::NotFound("article"))?;
+        self.ctx.jobs.enqueued();
         let (id, article) = (row.id, row.article_id);
         let comment = read(&self.ctx.db, Some(caller.user_id), article, Some(id)).await?.pop();
         Ok(SingleCommentResponse { comment: Some(comment.ok_or(ConduitError::NotFound("comment"))?) })

@@ -16,6 +16,8 @@ pub struct Ctx {
     pub passwords: auth::Passwords,
     /// Failed logins per account and address, when they are limited.
     pub logins: Option<std::sync::Arc<dyn auth::LoginAttempts>>,
+    /// Wakes the job workers once a write that enqueued jobs has committed.
+    pub jobs: crate::postgres::jobs::Wake,
 }
 
 /// How article exports read.

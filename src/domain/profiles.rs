@@ -77,6 +77,7 @@ impl Profiles {
             )
             .execute(&self.ctx.db)
             .await?;
+            self.ctx.jobs.enqueued();
         } else {
             sqlx::query!("DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2", caller.user_id, row.id)
                 .execute(&self.ctx.db)

@@ -5,9 +5,11 @@
 //! A write clears it once it has succeeded (a failed call, a login, which
 //! is declared `(gateway.v1.effects).changes_no_data`, changes nothing
 //! cached), in this process at once and in every replica through
-//! PostgreSQL `NOTIFY` on one channel: the database every replica already shares, so no other
-//! component is needed, and `NOTIFY` is delivered only after the writer's
-//! transaction commits. A replica whose listening connection drops clears
+//! PostgreSQL `NOTIFY` on one channel: the database every replica already
+//! shares, so no other component is needed. The writer's transaction has
+//! committed by then; invalidations are coalesced (one `NOTIFY` per
+//! `SIGNAL_INTERVAL` at most, see [`crate::postgres::signal`]), so other
+//! replicas clear that much later, and writes never wait for one. A replica whose listening connection drops clears
 //! its cache when it reconnects (notifications may have been missed), and
 //! no entry outlives `CACHE_TTL`, whatever happens to notifications.
 
@@ -24,6 +26,7 @@ use http_body_util::BodyExt;
 
 use crate::observability::metrics::Metrics;
 use crate::postgres::listen::Heard;
+use crate::postgres::signal::Signals;
 
 /// The notification channel shared by the replicas.
 const CHANNEL: &str = "conduit_cache";
@@ -79,8 +82,8 @@ pub struct CacheLayer {
     max_bytes: usize,
     gateway: gateway::Gateway,
     metrics: Metrics,
-    /// Where invalidations are published, and this replica's id in them.
-    notify: Option<(sqlx::PgPool, Arc<str>)>,
+    /// Where invalidations are heard and published, and this replica's id in them.
+    notify: Option<(sqlx::PgPool, Signals, Arc<str>)>,
 }
 
 impl std::fmt::Debug for CacheLayer {
@@ -91,13 +94,13 @@ impl std::fmt::Debug for CacheLayer {
 
 impl CacheLayer {
     /// A cache of at most `max_bytes` whose entries live at most `ttl`;
-    /// with `db`, invalidations are shared with the other replicas.
+    /// with a pool and its signals, invalidations are shared with the other replicas.
     pub fn new(
         gateway: gateway::Gateway,
         ttl: Duration,
         max_bytes: usize,
         metrics: Metrics,
-        db: Option<sqlx::PgPool>,
+        shared: Option<(sqlx::PgPool, Signals)>,
     ) -> Self {
         let id: Arc<str> = format!("{}-{}", std::process::id(), start_nanos()).into();
         Self {
@@ -107,7 +110,7 @@ impl CacheLayer {
             max_bytes,
             gateway,
             metrics,
-            notify: db.map(|db| (db, id)),
+            notify: shared.map(|(db, signals)| (db, signals, id)),
         }
     }
 
@@ -128,20 +131,14 @@ impl CacheLayer {
     /// Clears here and tells the other replicas.
     fn invalidate(&self) {
         self.clear();
-        if let Some((db, id)) = &self.notify {
-            let (db, id) = (db.clone(), id.clone());
-            tokio::spawn(async move {
-                let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(&*id).execute(&db).await;
-                if let Err(e) = sent {
-                    tracing::warn!(error = %e, "cannot notify the other replicas of a cache invalidation");
-                }
-            });
+        if let Some((_, signals, id)) = &self.notify {
+            signals.raise(CHANNEL, id);
         }
     }
 
     /// Listens for the other replicas' invalidations until the pool closes.
     pub async fn listen(self) {
-        let Some((db, id)) = self.notify.clone() else { return };
+        let Some((db, _, id)) = self.notify.clone() else { return };
         crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
             // Whatever was missed while not listening is unknown: start clean.
             Heard::Connected => self.clear(),

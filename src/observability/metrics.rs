@@ -108,6 +108,7 @@ struct Inner {
     shed: Counter,
     jobs: Family<JobLabels, Counter>,
     job_duration: Histogram,
+    job_batches: Counter,
     jobs_running: Gauge,
     queue: Family<QueueLabels, Gauge>,
     oldest_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -138,11 +139,17 @@ impl Metrics {
         let shed = Counter::default();
         let jobs = Family::<JobLabels, Counter>::default();
         let job_duration = latency_histogram();
+        let job_batches = Counter::default();
         let jobs_running = Gauge::default();
         let queue = Family::<QueueLabels, Gauge>::default();
         let oldest_queued = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register("jobs", "Job attempts finished in this process, by kind and outcome", jobs.clone());
         registry.register("job_duration_seconds", "Time each job attempt took", job_duration.clone());
+        registry.register(
+            "job_batches",
+            "Batches of first attempts that committed together in one transaction",
+            job_batches.clone(),
+        );
         registry.register("jobs_running", "Jobs this process is running now", jobs_running.clone());
         registry.register("job_queue", "Jobs in the queue, by state (read from the database)", queue.clone());
         registry.register(
@@ -204,6 +211,7 @@ impl Metrics {
             shed,
             jobs,
             job_duration,
+            job_batches,
             jobs_running,
             queue,
             oldest_queued,
@@ -252,6 +260,11 @@ impl Metrics {
     pub fn job_finished(&self, kind: &str, outcome: &'static str, seconds: f64) {
         self.0.jobs.get_or_create(&JobLabels { kind: kind.to_owned(), outcome }).inc();
         self.0.job_duration.observe(seconds);
+    }
+
+    /// Counts a batch of jobs that committed together.
+    pub fn job_batch(&self) {
+        self.0.job_batches.inc();
     }
 
     /// Jobs running in this process: one more (`true`) or one fewer.

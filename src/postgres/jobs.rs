@@ -9,6 +9,17 @@
 //! - **Claim**: a worker marks up to as many due jobs as it has free slots
 //!   `running` (`FOR UPDATE SKIP LOCKED`, so workers never wait on each
 //!   other) with a lease: `run_at` becomes the time by which it must finish.
+//! - **Batch**: kinds whose handler says so ([`Handler::batches`]: a few
+//!   statements, no slow calls) skip the claim on their first attempt: one
+//!   transaction deletes up to `batch` due jobs (`FOR UPDATE SKIP
+//!   LOCKED`), runs their handlers and commits, so a burst of writes costs
+//!   the workers one transaction, not two per job. If that transaction
+//!   fails, it rolls back whole and each of its jobs is claimed and
+//!   attempted alone as below, so one bad job costs only its own attempts.
+//!   A worker that dies mid-batch leaves the jobs queued as they were.
+//!   After a wake-up, workers wait until `batch_window` has passed since
+//!   their previous look, so that jobs arriving together are done together
+//!   and the workers' share of the CPU stays bounded under a write load.
 //! - **Run**: each attempt is one transaction that first deletes the job's
 //!   row (checking that this attempt still owns it), then runs the handler
 //!   on that transaction, then commits. Success is the commit: the handler's
@@ -41,6 +52,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::observability::metrics::Metrics;
+use crate::postgres::signal::Signals;
 
 /// The channel the enqueue trigger notifies.
 pub const CHANNEL: &str = "conduit_jobs";
@@ -61,6 +73,15 @@ pub struct Job {
     pub max_attempts: i32,
 }
 
+/// A claimed row: id, kind, payload, attempt, attempts allowed.
+type ClaimedRow = (i64, String, sqlx::types::Json<serde_json::Value>, i32, i32);
+
+impl From<ClaimedRow> for Job {
+    fn from((id, kind, payload, attempt, max_attempts): ClaimedRow) -> Self {
+        Self { id, kind, payload: payload.0, attempt, max_attempts }
+    }
+}
+
 /// Why an attempt failed; the message is kept as the job's `last_error`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -77,6 +98,25 @@ impl From<sqlx::Error> for JobError {
 pub trait Handler: Send + Sync + 'static {
     /// Does one attempt of `job`.
     fn run<'a>(&'a self, job: &'a Job, tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>>;
+
+    /// Whether first attempts of this handler's jobs may be done several
+    /// at a time in one transaction ([`Handler::run_batch`]): only for
+    /// handlers whose work is a few statements, never a slow call.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Does the first attempt of each of `jobs` (all of kinds this handler
+    /// is registered for) on one transaction; an error rolls back all of
+    /// them, and each is then attempted alone with [`Handler::run`].
+    fn run_batch<'a>(&'a self, jobs: &'a [Job], tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            for job in jobs {
+                self.run(job, tx).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Handlers by job kind.
@@ -99,9 +139,52 @@ impl Handlers {
 
     /// Adds (or replaces) the handler of `kind`.
     pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
-        self.0.insert(kind.to_owned(), Arc::new(handler));
+        self.register_kinds(&[kind], handler)
+    }
+
+    /// Adds one handler for several kinds: a batch of jobs of these kinds
+    /// is given to it in one call.
+    pub fn register_kinds(&mut self, kinds: &[&str], handler: impl Handler) -> &mut Self {
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        for kind in kinds {
+            self.0.insert((*kind).to_owned(), handler.clone());
+        }
         self
     }
+}
+
+/// Wakes job workers after a commit that enqueued jobs: this process's at
+/// once, every other replica's by a coalesced signal (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Wake {
+    local: Arc<Notify>,
+    signals: Option<Signals>,
+}
+
+impl Wake {
+    /// Wakes this process's workers (those made [`Workers::woken_by`] it)
+    /// and, with `signals`, the other replicas'.
+    pub fn new(signals: Option<Signals>) -> Self {
+        Self { local: Arc::new(Notify::new()), signals }
+    }
+
+    /// Says that a transaction that enqueued jobs has committed.
+    pub fn enqueued(&self) {
+        self.local.notify_one();
+        if let Some(signals) = &self.signals {
+            signals.raise(CHANNEL, "");
+        }
+    }
+}
+
+/// Wakes every replica's workers at once, without coalescing: for tools
+/// that enqueue outside the service (`conduit jobs canary`, tests).
+pub async fn notify_workers<'e, E>(executor: E) -> Result<(), sqlx::Error>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(executor).await?;
+    Ok(())
 }
 
 /// A job that does nothing but what its payload asks, to check that the
@@ -119,7 +202,7 @@ impl Canary {
     /// first `fail_attempts` attempts; returns how many.
     pub async fn enqueue(db: &PgPool, count: u32, sleep_ms: u64, fail_attempts: u32) -> Result<i64, sqlx::Error> {
         let payload = serde_json::json!({ "sleep_ms": sleep_ms, "fail_attempts": fail_attempts });
-        sqlx::query_scalar(
+        let n = sqlx::query_scalar(
             "WITH ins AS (INSERT INTO jobs (kind, payload) SELECT $1, $2 FROM generate_series(1, $3) RETURNING 1) \
              SELECT count(*) FROM ins",
         )
@@ -127,7 +210,9 @@ impl Canary {
         .bind(sqlx::types::Json(&payload))
         .bind(i64::from(count))
         .fetch_one(db)
-        .await
+        .await?;
+        notify_workers(db).await?;
+        Ok(n)
     }
 }
 
@@ -147,7 +232,9 @@ impl Handler for Canary {
     }
 }
 
-/// Enqueues a job in the caller's transaction (or alone, on a pool).
+/// Enqueues a job in the caller's transaction (or alone, on a pool). Once
+/// that has committed, [`Wake::enqueued`] (or [`notify_workers`]) runs it at
+/// once; otherwise the workers' poll finds it.
 pub async fn enqueue<'e, E>(executor: E, kind: &str, payload: &serde_json::Value) -> Result<i64, sqlx::Error>
 where
     E: sqlx::PgExecutor<'e>,
@@ -179,6 +266,10 @@ pub struct WorkerSettings {
     pub retry_max: Duration,
     /// How long running jobs get to finish once a stop is asked.
     pub drain_timeout: Duration,
+    /// Most jobs done in one batch transaction (see the module doc).
+    pub batch: usize,
+    /// Shortest time between two looks at the queue after wake-ups.
+    pub batch_window: Duration,
 }
 
 /// The delay before retry number `attempt` (from 1): exponential from
@@ -211,6 +302,11 @@ pub struct Workers {
     metrics: Option<Metrics>,
     name: String,
     kinds: Vec<String>,
+    /// Kinds whose first attempts are batched.
+    batch_kinds: Vec<String>,
+    wake: Arc<Notify>,
+    /// When the earliest retry this process scheduled comes due.
+    retry_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -225,28 +321,82 @@ impl Workers {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let name = format!("{host}:{}", std::process::id());
         let kinds = handlers.0.keys().cloned().collect();
-        Self { db, handlers, settings, metrics, name, kinds }
+        let batch_kinds = match settings.batch {
+            0 | 1 => Vec::new(),
+            _ => handlers.0.iter().filter(|(_, h)| h.batches()).map(|(k, _)| k.clone()).collect(),
+        };
+        Self {
+            db,
+            handlers,
+            settings,
+            metrics,
+            name,
+            kinds,
+            batch_kinds,
+            wake: Arc::new(Notify::new()),
+            retry_due: Arc::default(),
+        }
+    }
+
+    /// Makes these workers wake when `wake` says jobs were enqueued in
+    /// this process.
+    #[must_use]
+    pub fn woken_by(mut self, wake: &Wake) -> Self {
+        self.wake = wake.local.clone();
+        self
     }
 
     /// Runs jobs until `stop` completes, then drains (see the module doc).
     pub async fn run(self, stop: impl Future<Output = ()> + Send) {
-        let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(self.db.clone(), wake.clone()));
+        let listener = tokio::spawn(listen(self.db.clone(), self.wake.clone()));
         let (cancel, cancelled) = watch::channel(false);
         let mut running: JoinSet<()> = JoinSet::new();
+        // The batch under way, if any (at most one per process).
+        let mut batching: JoinSet<usize> = JoinSet::new();
+        let mut batch_wanted = true;
         let mut poll = tokio::time::interval(self.settings.poll_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rescue: Option<Instant> = None;
+        let mut last_look: Option<tokio::time::Instant> = None;
+        // When a retry comes due, if before the next poll.
+        let mut retry_at: Option<tokio::time::Instant> = None;
         let mut stop = std::pin::pin!(stop);
         tracing::info!(worker = %self.name, concurrency = self.settings.concurrency, "job workers started");
         loop {
+            // Jobs arriving together wait for each other a little, so that
+            // a write load costs the workers a bounded number of looks.
+            if let Some(last) = last_look {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    () = tokio::time::sleep_until(last + self.settings.batch_window) => {}
+                }
+            }
+            let now = tokio::time::Instant::now();
+            last_look = Some(now);
+            if let Some(due) = self.retry_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                retry_at = Some(retry_at.map_or(due, |at| at.min(due)));
+            }
+            // A retry came due: claimed below; the next one is asked for
+            // then (the earliest time kept here hides any later one).
+            let retry_came_due = retry_at.is_some_and(|at| at <= now);
+            if retry_came_due {
+                retry_at = None;
+            }
             while running.try_join_next().is_some() {}
+            // A full batch means more may be waiting: another at once.
+            while let Some(taken) = batching.try_join_next() {
+                batch_wanted |= taken.unwrap_or(0) >= self.settings.batch;
+            }
+            if batch_wanted && batching.is_empty() && !self.batch_kinds.is_empty() {
+                batch_wanted = false;
+                let this = self.clone();
+                batching.spawn(async move { this.batch().await });
+            }
             let free = self.settings.concurrency.saturating_sub(running.len());
             let mut full = free == 0;
-            // When the next retry comes due, if before the next poll.
-            let mut next_due: Option<tokio::time::Instant> = None;
             if free > 0 {
-                if last_rescue.is_none_or(|t| t.elapsed() >= self.settings.poll_interval) {
+                let polling = last_rescue.is_none_or(|t| t.elapsed() >= self.settings.poll_interval);
+                if polling {
                     last_rescue = Some(Instant::now());
                     if let Err(e) = self.rescue().await {
                         tracing::warn!(error = %e, "cannot re-queue jobs whose lease ran out");
@@ -255,10 +405,12 @@ impl Workers {
                 }
                 match self.claim(free).await {
                     Ok(jobs) => {
-                        full = jobs.len() == free;
-                        if !full {
-                            next_due = self.next_due().await;
+                        if (polling || retry_came_due)
+                            && let Some(due) = self.next_due().await
+                        {
+                            retry_at = Some(retry_at.map_or(due, |at| at.min(due)));
                         }
+                        full = jobs.len() == free;
                         for job in jobs {
                             let this = self.clone();
                             let cancelled = cancelled.clone();
@@ -276,13 +428,24 @@ impl Workers {
             }
             tokio::select! {
                 _ = &mut stop => break,
-                _ = wake.notified(), if !full => {}
+                // Enqueued jobs: a batch (if one is under way, another
+                // after it) and a claim, or a claim when slots free up.
+                _ = self.wake.notified(), if !full || !self.batch_kinds.is_empty() => batch_wanted = true,
+                Some(taken) = batching.join_next(), if !batching.is_empty() => {
+                    batch_wanted |= taken.unwrap_or(0) >= self.settings.batch;
+                }
                 Some(_) = running.join_next(), if !running.is_empty() => {}
-                _ = poll.tick() => {}
-                () = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {}
+                _ = poll.tick() => batch_wanted = true,
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
             }
         }
         listener.abort();
+        // A batch is a few statements: it commits or rolls back soon.
+        let batch_done = tokio::time::timeout(self.settings.drain_timeout, batching.join_next()).await;
+        if batch_done.is_err() {
+            tracing::warn!("a job batch outlived the drain deadline; its jobs stay queued");
+            batching.abort_all();
+        }
         if !running.is_empty() {
             tracing::info!(running = running.len(), "job workers stopping; waiting for running jobs");
             let drained = tokio::time::timeout(self.settings.drain_timeout, async {
@@ -306,12 +469,14 @@ impl Workers {
     }
 
     /// Claims up to `n` due jobs of the kinds this process runs (during a
-    /// rolling deploy, older replicas leave newer kinds to newer ones).
+    /// rolling deploy, older replicas leave newer kinds to newer ones),
+    /// except the first attempts of batched kinds.
     async fn claim(&self, n: usize) -> Result<Vec<Job>, sqlx::Error> {
-        let rows: Vec<(i64, String, sqlx::types::Json<serde_json::Value>, i32, i32)> = sqlx::query_as(
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
                              locked_by = $3, updated_at = now() \
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() AND kind = ANY($5) \
+                            AND NOT (attempts = 0 AND kind = ANY($6)) \
                           ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
         )
@@ -320,18 +485,116 @@ impl Workers {
         .bind(&self.name)
         .bind(self.settings.max_attempts)
         .bind(&self.kinds)
+        .bind(&self.batch_kinds)
         .fetch_all(&self.db)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, kind, payload, attempt, max_attempts)| Job {
-                id,
-                kind,
-                payload: payload.0,
-                attempt,
-                max_attempts,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Job::from).collect())
+    }
+
+    /// Does one batch of first attempts (see the module doc); returns how
+    /// many jobs it took.
+    async fn batch(self) -> usize {
+        let started = Instant::now();
+        let taken = match self.try_batch().await {
+            Ok(Ok(jobs)) => {
+                if let Some(m) = self.metrics.as_ref().filter(|_| !jobs.is_empty()) {
+                    m.job_batch();
+                    let elapsed = started.elapsed().as_secs_f64();
+                    for job in &jobs {
+                        m.job_finished(&job.kind, "succeeded", elapsed);
+                    }
+                }
+                return jobs.len();
+            }
+            Ok(Err((jobs, error))) => {
+                tracing::warn!(jobs = jobs.len(), %error, "a job batch failed; attempting its jobs one by one");
+                jobs
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run a job batch");
+                return 0;
+            }
+        };
+        let ids: Vec<i64> = taken.iter().map(|j| j.id).collect();
+        let claimed: Result<Vec<ClaimedRow>, _> = sqlx::query_as(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
+                             locked_by = $3, updated_at = now() \
+             WHERE id = ANY($1) AND state = 'queued' \
+             RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
+        )
+        .bind(&ids)
+        .bind(self.settings.lease)
+        .bind(&self.name)
+        .bind(self.settings.max_attempts)
+        .fetch_all(&self.db)
+        .await;
+        match claimed {
+            Ok(rows) => {
+                for job in rows.into_iter().map(Job::from) {
+                    // Alone now, each under its own lease; never cut off.
+                    self.clone().attempt(job, watch::channel(false).1).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim a failed batch's jobs; the poll will"),
+        }
+        taken.len()
+    }
+
+    /// Takes up to `batch` due first attempts of batched kinds and runs
+    /// them in one transaction: the jobs committed (`Ok(Ok)`), or the jobs
+    /// rolled back with the handler's error (`Ok(Err)`).
+    async fn try_batch(&self) -> Result<Result<Vec<Job>, (Vec<Job>, String)>, sqlx::Error> {
+        let mut tx = self.db.begin().await?;
+        // Completion first, as for a single attempt; it commits durably.
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
+            "WITH done AS (DELETE FROM jobs WHERE id IN \
+                 (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() AND attempts = 0 \
+                    AND kind = ANY($2) ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
+               RETURNING id, kind, payload, max_attempts) \
+             SELECT id, kind, payload, 1, COALESCE(max_attempts, $3) FROM done \
+             WHERE set_config('synchronous_commit', 'on', true) = 'on' ORDER BY id",
+        )
+        .bind(i64::try_from(self.settings.batch).unwrap_or(i64::MAX))
+        .bind(&self.batch_kinds)
+        .bind(self.settings.max_attempts)
+        .fetch_all(&mut *tx)
+        .await?;
+        let jobs: Vec<Job> = rows.into_iter().map(Job::from).collect();
+        if jobs.is_empty() {
+            tx.rollback().await?;
+            return Ok(Ok(jobs));
+        }
+        // One call per handler, jobs in queue order within it.
+        let mut groups: Vec<(Arc<dyn Handler>, Vec<Job>)> = Vec::new();
+        for job in &jobs {
+            let Some(handler) = self.handlers.0.get(&job.kind) else { continue };
+            match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
+                Some((_, group)) => group.push(job.clone()),
+                None => groups.push((handler.clone(), vec![job.clone()])),
+            }
+        }
+        let work = async {
+            for (handler, group) in &groups {
+                std::panic::AssertUnwindSafe(handler.run_batch(group, &mut tx))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(JobError("the handler panicked".into())))?;
+            }
+            Ok::<(), JobError>(())
+        };
+        let result = tokio::time::timeout(self.settings.lease, work).await.unwrap_or_else(|_| {
+            Err(JobError(format!("timed out: a batch may take at most JOB_LEASE ({:?})", self.settings.lease)))
+        });
+        match result {
+            Ok(()) => match tx.commit().await {
+                Ok(()) => Ok(Ok(jobs)),
+                Err(e) => Ok(Err((jobs, format!("cannot commit: {e}")))),
+            },
+            Err(e) => {
+                tx.rollback().await?;
+                Ok(Err((jobs, e.0)))
+            }
+        }
     }
 
     /// When the earliest queued job not yet due (a retry backing off) will
@@ -498,6 +761,12 @@ impl Workers {
         .bind(error)
         .execute(&self.db)
         .await?;
+        if !dead && delay < self.settings.poll_interval {
+            // The row's time was taken before now: due by then at the latest.
+            let due = tokio::time::Instant::now() + delay + Duration::from_millis(5);
+            let mut retry = self.retry_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *retry = Some(retry.map_or(due, |at| at.min(due)));
+        }
         Ok(if dead { "dead" } else { "retried" })
     }
 
@@ -512,8 +781,7 @@ impl Workers {
         .bind(job.attempt)
         .execute(&self.db)
         .await?;
-        sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&self.db).await?;
-        Ok(())
+        notify_workers(&self.db).await
     }
 }
 
@@ -590,7 +858,7 @@ pub async fn requeue(db: &PgPool, ids: Option<&[i64]>) -> Result<u64, sqlx::Erro
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
+    notify_workers(&mut *tx).await?;
     tx.commit().await?;
     Ok(n)
 }

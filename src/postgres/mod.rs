@@ -1,11 +1,12 @@
 //! PostgreSQL plumbing, below the domain: the pools, the embedded
 //! migrations, the private server started when no `DATABASE_URL` is given,
-//! the `LISTEN` loop every cross-replica signal uses, and the durable job
-//! queue.
+//! the `LISTEN` loop every cross-replica signal uses, the coalescing sender
+//! of those signals, and the durable job queue.
 
 pub mod jobs;
 pub mod listen;
 pub mod private;
+pub mod signal;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

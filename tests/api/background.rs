@@ -1,5 +1,5 @@
 //! Background work on a real PostgreSQL: the job queue (retries, crashes,
-//! shutdown, wake-ups, dead jobs), notifications made by jobs under
+//! shutdown, wake-ups, batches, dead jobs), coalesced signals, notifications made by jobs under
 //! concurrent writes and delivered live across two replicas over SSE,
 //! NDJSON, gRPC and gRPC-Web, resumption with `Last-Event-ID`, and the
 //! streamed export and its cancellation.
@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use conduit::pb::conduit::v1 as pb;
-use conduit::postgres::jobs::{Handler, Handlers, Job, JobError, WorkerSettings, Workers};
+use conduit::postgres::jobs::{Handler, Handlers, Job, JobError, Wake, WorkerSettings, Workers};
+use conduit::postgres::signal::Signals;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
@@ -38,6 +39,8 @@ fn settings(poll: Duration) -> WorkerSettings {
         retry_base: Duration::from_millis(40),
         retry_max: Duration::from_millis(400),
         drain_timeout: Duration::from_secs(5),
+        batch: 200,
+        batch_window: Duration::from_millis(10),
     }
 }
 
@@ -111,6 +114,7 @@ async fn a_job_that_fails_twice_then_succeeds_backs_off_and_its_work_commits_onc
     let (stop, metrics) = run_workers(&db, handlers, patient);
 
     let id = conduit::postgres::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    conduit::postgres::jobs::notify_workers(&db).await.unwrap();
     // After the first failure the job waits, queued, with the error kept.
     eventually(Duration::from_secs(5), "the first failure", || async {
         matches!(job_row(&db, id).await, Some((state, 1, Some(error))) if state == "queued" && error == "failure number 1")
@@ -158,17 +162,21 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&db).await.unwrap();
     assert_eq!(jobs, 0);
 
-    // A committed one runs at once.
+    // A committed one runs at once, woken by a signal as another replica's
+    // writes wake these workers.
+    let wake = Wake::new(Some(Signals::new(db.clone(), Duration::from_millis(10))));
     let mut tx = db.begin().await.unwrap();
     let canary =
         conduit::postgres::jobs::enqueue(&mut *tx, conduit::postgres::jobs::Canary::KIND, &json!({})).await.unwrap();
     tx.commit().await.unwrap();
+    wake.enqueued();
     let started = Instant::now();
     eventually(Duration::from_secs(3), "the canary to run", || async { job_row(&db, canary).await.is_none() }).await;
     assert!(started.elapsed() < Duration::from_secs(2), "woken in {:?}", started.elapsed());
 
     // A job failing every attempt dies after the third and stays.
     let id = conduit::postgres::jobs::enqueue(&db, "flaky", &json!({})).await.unwrap();
+    wake.enqueued();
     eventually(Duration::from_secs(10), "the job to die", || async {
         matches!(job_row(&db, id).await, Some((state, 3, _)) if state == "dead")
     })
@@ -205,6 +213,116 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
         .await;
     assert_eq!(attempts.lock().unwrap()[3].0, 1);
     let _ = stop.send(());
+    db.close().await;
+    drop_database(&name).await;
+}
+
+/// Records each job's work in its transaction; fails the jobs whose
+/// payload says `bad`. Batched.
+struct Tally;
+
+impl Handler for Tally {
+    fn run<'a>(&'a self, job: &'a Job, tx: &'a mut sqlx::PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO effects VALUES ($1, $2)").bind(job.id).bind(job.attempt).execute(&mut *tx).await?;
+            if job.payload["bad"] == true {
+                return Err(JobError(format!("job {} is bad", job.id)));
+            }
+            Ok(())
+        })
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn quick_jobs_enqueued_together_commit_in_one_batch_and_a_failing_one_is_retried_alone() {
+    let (name, db) = database("batch").await;
+    sqlx::query("CREATE TABLE effects (job bigint, attempt int)").execute(&db).await.unwrap();
+    let mut handlers = Handlers::new();
+    handlers.register("tally", Tally);
+    let mut patient = settings(Duration::from_secs(3600));
+    patient.max_attempts = 2;
+    let (stop, metrics) = run_workers(&db, handlers, patient);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Thirty jobs committed together: one batch, each job's work once.
+    let mut tx = db.begin().await.unwrap();
+    for _ in 0..30 {
+        conduit::postgres::jobs::enqueue(&mut *tx, "tally", &json!({})).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    conduit::postgres::jobs::notify_workers(&db).await.unwrap();
+    let left = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs").fetch_one(&db).await.unwrap() };
+    eventually(Duration::from_secs(5), "the batch", || async { left().await == 0 }).await;
+    let counted = metrics.render();
+    for line in ["conduit_job_batches_total 1", r#"conduit_jobs_total{kind="tally",outcome="succeeded"} 30"#] {
+        assert!(counted.contains(line), "{line} is missing from:\n{counted}");
+    }
+
+    // Ten more, one of them bad: the batch rolls back whole, then each job
+    // runs alone; the nine good ones commit once, the bad one retries and dies.
+    let mut tx = db.begin().await.unwrap();
+    let mut bad = 0;
+    for i in 0..10 {
+        let id = conduit::postgres::jobs::enqueue(&mut *tx, "tally", &json!({ "bad": i == 4 })).await.unwrap();
+        if i == 4 {
+            bad = id;
+        }
+    }
+    tx.commit().await.unwrap();
+    conduit::postgres::jobs::notify_workers(&db).await.unwrap();
+    eventually(Duration::from_secs(10), "the bad job to die", || async {
+        matches!(job_row(&db, bad).await, Some((state, 2, Some(error))) if state == "dead" && error.ends_with("is bad"))
+    })
+    .await;
+    assert_eq!(left().await, 1, "only the bad job is left");
+    let effects: Vec<(i64, i64, i32)> =
+        sqlx::query_as("SELECT job, count(*), max(attempt) FROM effects GROUP BY job ORDER BY job")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(effects.len(), 39, "{effects:?}");
+    assert!(effects.iter().all(|&(job, n, attempt)| job != bad && n == 1 && attempt == 1), "{effects:?}");
+    let counted = metrics.render();
+    for line in [
+        "conduit_job_batches_total 1",
+        r#"conduit_jobs_total{kind="tally",outcome="succeeded"} 39"#,
+        r#"conduit_jobs_total{kind="tally",outcome="retried"} 1"#,
+        r#"conduit_jobs_total{kind="tally",outcome="dead"} 1"#,
+    ] {
+        assert!(counted.contains(line), "{line} is missing from:\n{counted}");
+    }
+    let _ = stop.send(());
+    db.close().await;
+    drop_database(&name).await;
+}
+
+#[tokio::test]
+async fn signals_raised_in_a_burst_go_out_as_a_few_notifies_and_the_last_one_always_arrives() {
+    let (name, db) = database("signals").await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db).await.unwrap();
+    listener.listen("burst").await.unwrap();
+    let signals = Signals::new(db.clone(), Duration::from_millis(50));
+    let started = Instant::now();
+    for i in 0..1000 {
+        signals.raise("burst", &i.to_string());
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let raising = started.elapsed();
+    let mut heard = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await {
+        heard.push(n.payload().to_owned());
+    }
+    // One NOTIFY per 50 ms at most, the first at once.
+    let most = 2 + (raising.as_millis() / 50) as usize;
+    assert!(!heard.is_empty() && heard.len() <= most, "{} notifies in {raising:?}: {heard:?}", heard.len());
+    assert_eq!(heard.last().map(String::as_str), Some("999"), "{heard:?}");
+    drop(listener);
     db.close().await;
     drop_database(&name).await;
 }

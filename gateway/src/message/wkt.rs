@@ -476,8 +476,56 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+impl Timestamp {
+    /// The RFC 3339 text of a timestamp of years 0001 to 9999 (`None`
+    /// outside them), written digit by digit into `buf`: the formatting
+    /// machinery took ~3,000 instructions a timestamp, a fifth of a whole
+    /// article list's CPU.
+    fn rfc3339<'b>(&self, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds) {
+            return None;
+        }
+        let days = self.seconds.div_euclid(86_400);
+        let secs = self.seconds.rem_euclid(86_400) as u32;
+        let (year, month, day) = civil_from_days(days);
+        let year = year as u32;
+        fn digits(buf: &mut [u8], mut n: u32) {
+            for b in buf.iter_mut().rev() {
+                *b = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        }
+        digits(&mut buf[0..4], year);
+        buf[4] = b'-';
+        digits(&mut buf[5..7], month);
+        buf[7] = b'-';
+        digits(&mut buf[8..10], day);
+        buf[10] = b'T';
+        digits(&mut buf[11..13], secs / 3600);
+        buf[13] = b':';
+        digits(&mut buf[14..16], secs / 60 % 60);
+        buf[16] = b':';
+        digits(&mut buf[17..19], secs % 60);
+        buf[19] = b'.';
+        let nanos = self.nanos.clamp(0, 999_999_999) as u32;
+        let (fraction, width) = if nanos.is_multiple_of(1_000_000) {
+            (nanos / 1_000_000, 3)
+        } else if nanos.is_multiple_of(1_000) {
+            (nanos / 1_000, 6)
+        } else {
+            (nanos, 9)
+        };
+        digits(&mut buf[20..20 + width], fraction);
+        buf[20 + width] = b'Z';
+        std::str::from_utf8(&buf[..21 + width]).ok()
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.rfc3339(&mut [0; 30]) {
+            return f.write_str(text);
+        }
         let days = self.seconds.div_euclid(86_400);
         let secs = self.seconds.rem_euclid(86_400);
         let (y, mo, d) = civil_from_days(days);
@@ -587,7 +635,10 @@ impl serde::Serialize for Timestamp {
                 self.seconds, self.nanos
             )));
         }
-        serializer.collect_str(self)
+        match self.rfc3339(&mut [0; 30]) {
+            Some(text) => serializer.serialize_str(text),
+            None => serializer.collect_str(self),
+        }
     }
 }
 
@@ -612,10 +663,41 @@ mod tests {
             (Timestamp::new(951_782_400, 0), "2000-02-29T00:00:00.000Z"),
             (Timestamp::new(1_709_164_800, 0), "2024-02-29T00:00:00.000Z"),
             (Timestamp::new(-1, 0), "1969-12-31T23:59:59.000Z"),
+            (Timestamp::new(MIN_SECONDS, 0), "0001-01-01T00:00:00.000Z"),
+            (Timestamp::new(MAX_SECONDS, 999_999_999), "9999-12-31T23:59:59.999999999Z"),
         ];
         for (ts, text) in cases {
             assert_eq!(ts.to_string(), text);
             assert_eq!(text.parse::<Timestamp>().unwrap(), ts, "{text}");
+        }
+        // Outside years 1 to 9999 Display still writes something readable.
+        assert_eq!(Timestamp::new(MAX_SECONDS + 1, 0).to_string(), "10000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn digit_by_digit_formatting_agrees_with_the_formatting_machinery() {
+        let mut seconds = MIN_SECONDS;
+        let mut step = 0i32;
+        while seconds <= MAX_SECONDS {
+            // Whole milliseconds, whole microseconds, then any nanoseconds.
+            let nanos = match step % 3 {
+                0 => step % 1000 * 1_000_000,
+                1 => step % 1_000_000 * 1_000,
+                _ => (step * 7919) % 1_000_000_000,
+            };
+            let ts = Timestamp::new(seconds, nanos);
+            let (days, secs) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+            let (y, mo, d) = civil_from_days(days);
+            let fraction = match nanos {
+                n if n % 1_000_000 == 0 => format!("{:03}", n / 1_000_000),
+                n if n % 1_000 == 0 => format!("{:06}", n / 1_000),
+                n => format!("{n:09}"),
+            };
+            let expected =
+                format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{fraction}Z", secs / 3600, secs / 60 % 60, secs % 60);
+            assert_eq!(ts.to_string(), expected);
+            seconds += 79_999_997;
+            step += 1;
         }
     }
 

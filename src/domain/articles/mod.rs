@@ -15,7 +15,7 @@ use crate::pb::conduit::v1::{
     MultipleArticlesResponse, Profile, SingleArticleResponse, TagsResponse, UnfavoriteArticleRequest,
     UpdateArticleRequest, articles_server, tags_server,
 };
-use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle, Page};
+use store::{ArticleChanges, ArticleRow, Filter, Key, NewArticle};
 
 /// The Articles service.
 #[derive(Debug, Clone)]
@@ -74,6 +74,14 @@ impl From<ArticleRow> for ArticleSummary {
 }
 
 /// Empty filter values mean "no filter", as clients send `?tag=` for none.
+/// A page of articles with the total matching.
+fn page(total: i64, rows: Vec<ArticleRow>) -> MultipleArticlesResponse {
+    MultipleArticlesResponse {
+        articles: rows.into_iter().map(Into::into).collect(),
+        articles_count: i32::try_from(total).unwrap_or(i32::MAX),
+    }
+}
+
 fn filter_value(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
@@ -143,18 +151,6 @@ impl Articles {
         Ok(SingleArticleResponse { article: Some(row.into()) })
     }
 
-    async fn page(&self, viewer: Option<i64>, page: Page) -> ConduitResult<MultipleArticlesResponse> {
-        let rows = if page.ids.is_empty() {
-            Vec::new()
-        } else {
-            store::read(&self.ctx.db, viewer, Key::Ids(&page.ids), false).await?
-        };
-        Ok(MultipleArticlesResponse {
-            articles: rows.into_iter().map(Into::into).collect(),
-            articles_count: i32::try_from(page.total).unwrap_or(i32::MAX),
-        })
-    }
-
     // GET /articles
     async fn list(&self, request: Request<ListArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
         let viewer = self.ctx.tokens.viewer(&request);
@@ -163,10 +159,7 @@ impl Articles {
         validate::list_filters(r.tag.as_deref(), r.author.as_deref(), r.favorited.as_deref())?;
         let filter = filters(&r.tag, &r.author, &r.favorited);
         let (total, rows) = store::list(&self.ctx.db, viewer, filter, limit, offset).await?;
-        Ok(MultipleArticlesResponse {
-            articles: rows.into_iter().map(Into::into).collect(),
-            articles_count: i32::try_from(total).unwrap_or(i32::MAX),
-        })
+        Ok(page(total, rows))
     }
 
     // GET /articles/feed
@@ -174,8 +167,8 @@ impl Articles {
         let caller = self.ctx.tokens.require(&request)?;
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset);
-        let page = store::feed(&self.ctx.db, caller.user_id, limit, offset).await?;
-        self.page(Some(caller.user_id), page).await
+        let (total, rows) = store::feed(&self.ctx.db, caller.user_id, limit, offset).await?;
+        Ok(page(total, rows))
     }
 
     // POST /articles
@@ -192,6 +185,7 @@ impl Articles {
         let base = validate::slugify(&article.title);
         let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
         let id = store::create(&self.ctx.db, caller.user_id, &base, &new).await?;
+        self.ctx.jobs.enqueued();
         self.single(Some(caller.user_id), Key::Ids(&[id])).await
     }
 
@@ -255,6 +249,9 @@ impl Articles {
         let caller = self.ctx.tokens.require(&request)?;
         validate::lookup_key("slug", request.get_ref())?;
         let id = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
+        if favorite {
+            self.ctx.jobs.enqueued();
+        }
         self.single(Some(caller.user_id), Key::Ids(&[id])).await
     }
 }

@@ -107,15 +107,6 @@ pub(crate) struct Filter<'a> {
     pub(crate) favorited: Option<&'a str>,
 }
 
-/// One page of ids, newest first, and the total matching.
-#[derive(Debug)]
-pub(crate) struct Page {
-    /// All articles matching.
-    pub(crate) total: i64,
-    /// Ids of the page, in order.
-    pub(crate) ids: Vec<i64>,
-}
-
 /// The SQL of a list page for one combination of filters. Each combination
 /// is its own statement, so Postgres plans each for what it filters on (one
 /// statement with "filter may be null" conditions gets a generic plan that
@@ -243,25 +234,31 @@ pub(crate) fn export_sql(filter: &Filter<'_>) -> String {
     )
 }
 
-/// An article of an export or list row, read by column name.
-fn article_row(row: &sqlx::postgres::PgRow, with_body: bool) -> Result<Option<ArticleRow>, sqlx::Error> {
+/// An article of an export or list row whose columns from `first` on are
+/// [`article_columns`]'s, read by position without type checks, as the
+/// query macros read theirs (by name, with checks, it took ~500
+/// instructions a column: a quarter of a list request's CPU).
+fn article_row(row: &sqlx::postgres::PgRow, first: usize, with_body: bool) -> Result<Option<ArticleRow>, sqlx::Error> {
     use sqlx::Row;
-    let Some(id) = row.try_get::<Option<i64>, _>("id")? else { return Ok(None) };
+    debug_assert_eq!(sqlx::Column::name(&row.columns()[first]), "id");
+    let Some(id) = row.try_get_unchecked::<Option<i64>, _>(first)? else { return Ok(None) };
+    let (body, rest) =
+        if with_body { (row.try_get_unchecked(first + 4)?, first + 5) } else { (String::new(), first + 4) };
     Ok(Some(ArticleRow {
         id,
-        slug: row.try_get("slug")?,
-        title: row.try_get("title")?,
-        description: row.try_get("description")?,
-        body: if with_body { row.try_get("body")? } else { String::new() },
-        tag_list: row.try_get("tag_list")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        favorites_count: row.try_get("favorites_count")?,
-        username: row.try_get("username")?,
-        bio: row.try_get("bio")?,
-        image: row.try_get("image")?,
-        favorited: row.try_get("favorited")?,
-        following: row.try_get("following")?,
+        slug: row.try_get_unchecked(first + 1)?,
+        title: row.try_get_unchecked(first + 2)?,
+        description: row.try_get_unchecked(first + 3)?,
+        body,
+        tag_list: row.try_get_unchecked(rest)?,
+        created_at: row.try_get_unchecked(rest + 1)?,
+        updated_at: row.try_get_unchecked(rest + 2)?,
+        favorites_count: row.try_get_unchecked(rest + 3)?,
+        username: row.try_get_unchecked(rest + 4)?,
+        bio: row.try_get_unchecked(rest + 5)?,
+        image: row.try_get_unchecked(rest + 6)?,
+        favorited: row.try_get_unchecked(rest + 7)?,
+        following: row.try_get_unchecked(rest + 8)?,
     }))
 }
 
@@ -296,7 +293,7 @@ pub(crate) async fn export(
         };
         let last = rows.len() < batch;
         for row in &rows {
-            let Some(article) = article_row(row, true)? else { continue };
+            let Some(article) = article_row(row, 0, true)? else { continue };
             match out.send_timeout(article, stall).await {
                 Ok(()) => {}
                 Err(tokio::sync::mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -320,14 +317,55 @@ pub(crate) async fn export(
 /// viewer is the parameter after limit and offset.
 fn list_sql(filter: &Filter<'_>) -> String {
     let viewer = [filter.tag, filter.favorited, filter.author].iter().flatten().count() + 3;
+    with_articles(&page_sql(filter), viewer)
+}
+
+/// A page statement (one row: `total`, `ids`) joined to its articles as
+/// `$viewer` sees them, in page order.
+fn with_articles(page: &str, viewer: usize) -> String {
     format!(
         "WITH page AS ({page}) \
          SELECT page.total, {columns} \
          FROM page LEFT JOIN articles a ON a.id = ANY(page.ids) LEFT JOIN users u ON u.id = a.author_id \
          ORDER BY array_position(page.ids, a.id)",
-        page = page_sql(filter),
         columns = article_columns(viewer, false)
     )
+}
+
+/// The feed of `$1` in one statement. The total adds up the followed
+/// authors' article counters, each read by its key (a join let the planner
+/// scan every user). The page takes at most limit + offset of each followed
+/// author's newest articles from the (author, newest first) index and keeps
+/// the newest of those: a prolific author costs no more than any other
+/// (read whole, one author of 3,000 articles made the feed 6× slower), and
+/// no table row is read before the page is known.
+static FEED_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    with_articles(
+        "SELECT COALESCE((SELECT sum((SELECT u.articles_count FROM users u WHERE u.id = f.followee_id)) \
+                          FROM follows f WHERE f.follower_id = $1), 0)::int8 AS total, \
+                ARRAY(SELECT n.id FROM follows f, \
+                        LATERAL (SELECT a.id, a.created_at FROM articles a WHERE a.author_id = f.followee_id \
+                                 ORDER BY a.created_at DESC, a.id DESC LIMIT $2 + $3) AS n \
+                      WHERE f.follower_id = $1 \
+                      ORDER BY n.created_at DESC, n.id DESC LIMIT $2 OFFSET $3) AS ids",
+        1,
+    )
+});
+
+/// Rows of a page statement ([`with_articles`]): the total and the articles.
+fn page_rows(rows: &[sqlx::postgres::PgRow]) -> ConduitResult<(i64, Vec<ArticleRow>)> {
+    use sqlx::Row;
+    let total = match rows.first() {
+        Some(row) => row.try_get::<i64, _>("total")?,
+        None => 0,
+    };
+    let mut articles = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(article) = article_row(row, 1, false)? {
+            articles.push(article);
+        }
+    }
+    Ok((total, articles))
 }
 
 /// A page of the article list as `viewer` sees it, with the total
@@ -339,42 +377,20 @@ pub(crate) async fn list(
     limit: i64,
     offset: i64,
 ) -> ConduitResult<(i64, Vec<ArticleRow>)> {
-    use sqlx::Row;
     let sql = list_sql(&filter);
     let mut query = sqlx::query(AssertSqlSafe(sql));
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         query = query.bind(value);
     }
     let rows = query.bind(limit).bind(offset).bind(crate::domain::context::viewer_id(viewer)).fetch_all(db).await?;
-    let total = match rows.first() {
-        Some(row) => row.try_get::<i64, _>("total")?,
-        None => 0,
-    };
-    let mut articles = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(article) = article_row(row, false)? {
-            articles.push(article);
-        }
-    }
-    Ok((total, articles))
+    page_rows(&rows)
 }
 
-/// A page of the feed of `user`: articles by the users it follows.
-pub(crate) async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> ConduitResult<Page> {
-    Ok(sqlx::query_as!(
-        Page,
-        r#"SELECT
-             COALESCE((SELECT sum(u.articles_count) FROM follows f JOIN users u ON u.id = f.followee_id
-                       WHERE f.follower_id = $1), 0)::int8 AS "total!",
-             ARRAY(SELECT a.id FROM articles a
-                   WHERE a.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $1)
-                   ORDER BY a.created_at DESC, a.id DESC LIMIT $2 OFFSET $3) AS "ids!""#,
-        user,
-        limit,
-        offset
-    )
-    .fetch_one(db)
-    .await?)
+/// A page of the feed of `user` (articles by the users it follows, as it
+/// sees them) with the total, in one round trip.
+pub(crate) async fn feed(db: &PgPool, user: i64, limit: i64, offset: i64) -> ConduitResult<(i64, Vec<ArticleRow>)> {
+    let rows = sqlx::query(AssertSqlSafe(FEED_SQL.as_str())).bind(user).bind(limit).bind(offset).fetch_all(db).await?;
+    page_rows(&rows)
 }
 
 /// A slug for `base` that no other article has and no route shadows:

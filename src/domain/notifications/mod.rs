@@ -4,7 +4,8 @@
 //! Writes enqueue a job in their own transaction (see [`crate::postgres::jobs`]);
 //! [`Fanout`] turns each job into notifications, numbered per recipient in
 //! commit order. An insert trigger notifies `conduit_notifications` with
-//! the recipient at commit; every replica's [`Hub`] listens and wakes the
+//! the recipients at commit (one `NOTIFY` per statement, ids separated by
+//! commas); every replica's [`Hub`] listens and wakes the
 //! watch streams of that recipient, which read what is new after their
 //! cursor. Since numbers follow commit order, "everything after n" never
 //! skips one that commits late: resuming after a reconnect has no gaps.
@@ -36,64 +37,96 @@ pub mod kinds;
 
 /// Registers the notification jobs' handler.
 pub fn register(handlers: &mut Handlers) {
-    for kind in [kinds::FOLLOW, kinds::FAVORITE, kinds::COMMENT, kinds::ARTICLE] {
-        handlers.register(kind, Fanout);
-    }
+    handlers.register_kinds(&[kinds::FOLLOW, kinds::FAVORITE, kinds::COMMENT, kinds::ARTICLE], Fanout);
 }
 
-/// Makes the notifications of one job, in the job's transaction.
+/// Makes the notifications of jobs, in the jobs' transaction: one
+/// statement for a whole batch.
 #[derive(Debug, Clone, Copy)]
 pub struct Fanout;
 
-impl Handler for Fanout {
-    fn run<'a>(&'a self, job: &'a Job, tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
-        Box::pin(async move {
+/// Who is told of each job, by its notification kind (`p` is the job);
+/// each notification's subject is checked to still exist (a deleted
+/// article or user tells no one).
+const RECIPIENTS: &str = "\
+    SELECT id FROM users WHERE p.kind = 'follow' AND id = p.recipient \
+    UNION ALL SELECT author_id FROM articles \
+        WHERE p.kind = 'favorite' AND id = p.article AND author_id <> p.actor \
+    UNION ALL SELECT a.author_id FROM comments c JOIN articles a ON a.id = c.article_id \
+        WHERE p.kind = 'comment' AND c.id = p.comment AND a.author_id <> p.actor \
+    UNION ALL SELECT f.follower_id FROM follows f JOIN articles a ON a.author_id = f.followee_id \
+        WHERE p.kind = 'article' AND a.id = p.article";
+
+impl Fanout {
+    async fn notify(jobs: &[Job], tx: &mut PgConnection) -> Result<(), JobError> {
+        let n = jobs.len();
+        let (mut ids, mut kinds, mut actors) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut articles, mut comments, mut recipients) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        for job in jobs {
             let id = |key: &str| job.payload.get(key).and_then(serde_json::Value::as_i64);
-            let Some(actor) = id("actor") else { return Err(JobError("the payload has no actor".into())) };
-            // Who is told; each notification's subject is checked to still
-            // exist (a deleted article or user tells no one).
-            let (kind, recipients) = match job.kind.as_str() {
-                kinds::FOLLOW => ("follow", "SELECT id FROM users WHERE id = p.recipient"),
-                kinds::FAVORITE => {
-                    ("favorite", "SELECT author_id FROM articles WHERE id = p.article AND author_id <> p.actor")
-                }
-                kinds::COMMENT => (
-                    "comment",
-                    "SELECT a.author_id FROM comments c JOIN articles a ON a.id = c.article_id \
-                     WHERE c.id = p.comment AND a.author_id <> p.actor",
-                ),
-                kinds::ARTICLE => (
-                    "article",
-                    "SELECT f.follower_id FROM follows f JOIN articles a ON a.author_id = f.followee_id \
-                     WHERE a.id = p.article",
-                ),
+            let Some(actor) = id("actor") else {
+                return Err(JobError(format!("job {}: the payload has no actor", job.id)));
+            };
+            let kind = match job.kind.as_str() {
+                kinds::FOLLOW => "follow",
+                kinds::FAVORITE => "favorite",
+                kinds::COMMENT => "comment",
+                kinds::ARTICLE => "article",
                 other => return Err(JobError(format!("not a notification job: {other}"))),
             };
-            // Counters are taken in recipient order, so fan-outs that
-            // overlap lock them in the same order and cannot deadlock.
-            let sql = format!(
-                "WITH p AS (SELECT $1::int8 AS actor, $2::int8 AS article, $3::int4 AS comment, \
-                                   $4::int8 AS recipient, $5::int8 AS job), \
-                      rcpt AS (SELECT DISTINCT r.rid FROM p, LATERAL ({recipients}) AS r(rid) \
-                               WHERE EXISTS (SELECT 1 FROM users WHERE id = p.actor)), \
-                      numbered AS (INSERT INTO notification_counters (user_id, last_seq) \
-                                   SELECT rid, 1 FROM rcpt ORDER BY rid \
-                                   ON CONFLICT (user_id) DO UPDATE SET last_seq = notification_counters.last_seq + 1 \
-                                   RETURNING user_id, last_seq) \
-                 INSERT INTO notifications (recipient_id, seq, kind, actor_id, article_id, comment_id, job_id) \
-                 SELECT n.user_id, n.last_seq, $6, p.actor, p.article, p.comment, p.job FROM numbered n, p"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(actor)
-                .bind(id("article"))
-                .bind(id("comment").and_then(|c| i32::try_from(c).ok()))
-                .bind(id("recipient"))
-                .bind(job.id)
-                .bind(kind)
-                .execute(&mut *tx)
-                .await?;
-            Ok(())
-        })
+            ids.push(job.id);
+            kinds.push(kind);
+            actors.push(actor);
+            articles.push(id("article"));
+            comments.push(id("comment").and_then(|c| i32::try_from(c).ok()));
+            recipients.push(id("recipient"));
+        }
+        // Each recipient's counter row is taken once, in recipient order
+        // (so fan-outs that overlap cannot deadlock), advanced by as many
+        // notifications as the batch has for them; they are numbered in
+        // job order below it. The row stays locked until commit, so numbers
+        // follow commit order.
+        let sql = format!(
+            "WITH p AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int4[], $6::int8[]) \
+                        AS p(job, kind, actor, article, comment, recipient) \
+                        WHERE EXISTS (SELECT 1 FROM users WHERE id = p.actor)), \
+                  told AS (SELECT DISTINCT p.job, r.rid FROM p, LATERAL ({RECIPIENTS}) AS r(rid)), \
+                  per AS (SELECT rid, count(*) AS k FROM told GROUP BY rid), \
+                  numbered AS (INSERT INTO notification_counters (user_id, last_seq) \
+                               SELECT rid, k FROM per ORDER BY rid \
+                               ON CONFLICT (user_id) DO UPDATE \
+                                   SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq \
+                               RETURNING user_id, last_seq) \
+             INSERT INTO notifications (recipient_id, seq, kind, actor_id, article_id, comment_id, job_id) \
+             SELECT t.rid, n.last_seq - per.k + row_number() OVER (PARTITION BY t.rid ORDER BY t.job), \
+                    p.kind, p.actor, p.article, p.comment, p.job \
+             FROM told t JOIN p ON p.job = t.job JOIN per ON per.rid = t.rid JOIN numbered n ON n.user_id = t.rid"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&ids)
+            .bind(&kinds)
+            .bind(&actors)
+            .bind(&articles)
+            .bind(&comments)
+            .bind(&recipients)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Handler for Fanout {
+    fn run<'a>(&'a self, job: &'a Job, tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(Self::notify(std::slice::from_ref(job), tx))
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn run_batch<'a>(&'a self, jobs: &'a [Job], tx: &'a mut PgConnection) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(Self::notify(jobs, tx))
     }
 }
 
@@ -178,8 +211,9 @@ impl Hub {
         crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
             // What was missed while not listening: every watch looks again.
             Heard::Connected => self.changed_all(),
-            Heard::Payload(user) => {
-                if let Ok(user) = user.parse() {
+            // The recipients of one statement's notifications.
+            Heard::Payload(users) => {
+                for user in users.split(',').filter_map(|u| u.parse().ok()) {
                     self.changed(user);
                 }
             }
