@@ -14,20 +14,41 @@ use sqlx::postgres::PgPoolOptions;
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 
-/// Opens a pool to the database.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: std::time::Duration,
-) -> Result<PgPool, sqlx::Error> {
+/// A pooled connection idle at least this long is checked (one round trip)
+/// before it is handed out; one in steady use is not.
+const CHECK_IF_IDLE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Pool options shared by both pools. sqlx checks a connection with a round
+/// trip when it goes back to the pool and, by default, again when it is
+/// taken: two round trips besides the query itself for every request (the
+/// list's PostgreSQL CPU went to them as much as to its statement). The
+/// check on release stays; the one on acquisition is made only for
+/// connections that sat idle, which the server may have closed meanwhile.
+fn pool_options(max_connections: u32, acquire_timeout: std::time::Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
         // Each acquisition's wait goes to the log at TRACE, which the
         // metrics read (conduit_db_pool_acquire_duration_seconds).
         .acquire_time_level(log::LevelFilter::Trace)
-        .connect(url)
-        .await
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IF_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// Opens a pool to the database.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, sqlx::Error> {
+    pool_options(max_connections, acquire_timeout).connect(url).await
 }
 
 /// Opens the job workers' pool. Their bookkeeping (claims, retries,
@@ -48,10 +69,5 @@ pub async fn connect_workers(
     let options = url
         .parse::<sqlx::postgres::PgConnectOptions>()?
         .options([("synchronous_commit", "off"), ("idle_in_transaction_session_timeout", idle.as_str())]);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(acquire_timeout)
-        .acquire_time_level(log::LevelFilter::Trace)
-        .connect_with(options)
-        .await
+    pool_options(max_connections, acquire_timeout).connect_with(options).await
 }

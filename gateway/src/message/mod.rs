@@ -2,8 +2,10 @@
 //! JSON or protobuf into the generated request and encodes its answer
 //! ([`method`]), the proto3 JSON mapping the generated code runs on
 //! ([`protojson`]), the well-known types
-//! ([`wkt`]) and the checks of `buf.validate` rules ([`validate`]).
+//! ([`wkt`]), the checks of `buf.validate` rules ([`validate`]) and the
+//! JSON text writer answers go through ([`json`]).
 
+pub(crate) mod json;
 pub(crate) mod method;
 pub mod protojson;
 pub mod validate;
