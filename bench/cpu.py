@@ -384,6 +384,10 @@ def main():
         # A configuration without workers leaves its jobs queued: they are
         # not the next configuration's work.
         pg.sql("DELETE FROM jobs WHERE state = 'queued'")
+        # The previous configuration's writes leave dead rows that autovacuum
+        # would clean up during this one's reads, on its account: clean now.
+        pg.sql("VACUUM ANALYZE")
+        pg.sql("CHECKPOINT")
         conduit = Conduit(pg, config, options.baseline if config.startswith("baseline") else None)
         url = conduit.url
         wrk(url + "/api/articles", [], 3, options.connections)  # warm-up: pool, prepared statements

@@ -366,6 +366,68 @@ async fn feed_shows_followed_authors_newest_first() {
 }
 
 #[tokio::test]
+async fn the_feed_pages_alike_whether_few_or_many_authors_are_followed() {
+    let app = spawn_app().await;
+    let reader = app.register("reader").await;
+    // 60 authors (more than the feed reads one by one), one of them
+    // prolific, their articles a minute apart; and one author not followed.
+    sqlx::query(
+        "WITH authors AS (INSERT INTO users (username, email, password_hash) \
+                          SELECT 'author' || g, 'author' || g || '@example.test', 'x' FROM generate_series(0, 60) g \
+                          RETURNING id, username) \
+         INSERT INTO articles (slug, title, description, body, tag_list, author_id, created_at, updated_at) \
+         SELECT a.username || '-' || g, 't', 'd', 'b', '{}', a.id, \
+                now() - make_interval(mins => (g * 61 + right(a.username, -6)::int)), now() \
+         FROM authors a, generate_series(1, CASE WHEN a.username = 'author7' THEN 40 ELSE 2 END) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let follow = |count: i32| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query("DELETE FROM follows").execute(&db).await.unwrap();
+            sqlx::query(
+                "INSERT INTO follows SELECT r.id, u.id FROM users r, users u \
+                 WHERE r.username = 'reader' AND u.username ~ '^author[0-9]+$' \
+                   AND right(u.username, -6)::int BETWEEN 1 AND $1",
+            )
+            .bind(count)
+            .execute(&db)
+            .await
+            .unwrap();
+        }
+    };
+    let expected = |count: i32, limit: i64, offset: i64| {
+        let db = app.db.clone();
+        async move {
+            let slugs: Vec<String> = sqlx::query_scalar(
+                "SELECT a.slug FROM articles a JOIN users u ON u.id = a.author_id \
+                 WHERE right(u.username, -6)::int BETWEEN 1 AND $1 AND u.username ~ '^author[0-9]+$' \
+                 ORDER BY a.created_at DESC, a.id DESC LIMIT $2 OFFSET $3",
+            )
+            .bind(count)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&db)
+            .await
+            .unwrap();
+            slugs
+        }
+    };
+    // 60 followed (the newest-first walk), then 10 (each author's newest).
+    for (count, total) in [(60, 40 + 59 * 2), (10, 40 + 9 * 2)] {
+        follow(count).await;
+        for (limit, offset) in [(20, 0), (20, 25), (5, 45), (20, 500)] {
+            let reply = app.get(&format!("/api/articles/feed?limit={limit}&offset={offset}"), Some(&reader)).await;
+            assert_eq!(reply.status, 200, "{:?}", reply.body);
+            assert_eq!(slugs(&reply), expected(count, limit, offset).await, "{count} followed, {limit}@{offset}");
+            assert_eq!(reply.body["articlesCount"], total, "{count} followed");
+        }
+    }
+}
+
+#[tokio::test]
 async fn tags_lists_tags_in_use_alphabetically() {
     let app = spawn_app().await;
     let jake = app.register("jake").await;
