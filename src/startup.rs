@@ -91,7 +91,7 @@ impl Application {
         let logins =
             crate::middleware::ratelimit::LoginFailures::new(settings.rate_limit_login_failures, shared.clone());
         let signals = crate::postgres::signal::Signals::new(db.clone(), settings.signal_interval);
-        let wake = crate::postgres::jobs::Wake::new(Some(signals.clone()));
+        let wake = crate::postgres::jobs::Wake::new(signals.clone());
         let ctx = Ctx {
             jobs: wake.clone(),
             db: db.clone(),

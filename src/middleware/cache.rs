@@ -9,8 +9,9 @@
 //! shares, so no other component is needed. The writer's transaction has
 //! committed by then; invalidations are coalesced (one `NOTIFY` per
 //! `SIGNAL_INTERVAL` at most, see [`crate::postgres::signal`]), so other
-//! replicas clear that much later, and writes never wait for one. A replica whose listening connection drops clears
-//! its cache when it reconnects (notifications may have been missed), and
+//! replicas clear that much later, and writes never wait for one. A
+//! replica whose listening connection drops clears its cache when it
+//! reconnects (notifications may have been missed), and
 //! no entry outlives `CACHE_TTL`, whatever happens to notifications.
 
 use std::collections::{HashMap, VecDeque};

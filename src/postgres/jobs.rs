@@ -54,7 +54,7 @@ use tokio::task::JoinSet;
 use crate::observability::metrics::Metrics;
 use crate::postgres::signal::Signals;
 
-/// The channel the enqueue trigger notifies.
+/// The channel that wakes workers (see [`Wake`] and [`notify_workers`]).
 pub const CHANNEL: &str = "conduit_jobs";
 
 /// One claimed job, as its handler sees it.
@@ -75,6 +75,31 @@ pub struct Job {
 
 /// A claimed row: id, kind, payload, attempt, attempts allowed.
 type ClaimedRow = (i64, String, sqlx::types::Json<serde_json::Value>, i32, i32);
+
+/// Claims the queued jobs `condition` picks (`$2` the lease, `$3` the
+/// worker's name, `$4` the default attempt limit), returning [`ClaimedRow`]s.
+fn claim_sql(condition: &str) -> String {
+    format!(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
+                         locked_by = $3, updated_at = now() \
+         WHERE {condition} \
+         RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)"
+    )
+}
+
+/// The claim of due jobs: up to `$1` of the kinds `$5`, except first
+/// attempts of the batched kinds `$6`.
+static CLAIM_DUE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    claim_sql(
+        "id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() AND kind = ANY($5) \
+                  AND NOT (attempts = 0 AND kind = ANY($6)) \
+                ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)",
+    )
+});
+
+/// The claim of the queued jobs among the ids `$1` (a failed batch's).
+static CLAIM_IDS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| claim_sql("id = ANY($1) AND state = 'queued'"));
 
 impl From<ClaimedRow> for Job {
     fn from((id, kind, payload, attempt, max_attempts): ClaimedRow) -> Self {
@@ -158,22 +183,20 @@ impl Handlers {
 #[derive(Debug, Clone)]
 pub struct Wake {
     local: Arc<Notify>,
-    signals: Option<Signals>,
+    signals: Signals,
 }
 
 impl Wake {
     /// Wakes this process's workers (those made [`Workers::woken_by`] it)
-    /// and, with `signals`, the other replicas'.
-    pub fn new(signals: Option<Signals>) -> Self {
+    /// and, through `signals`, the other replicas'.
+    pub fn new(signals: Signals) -> Self {
         Self { local: Arc::new(Notify::new()), signals }
     }
 
     /// Says that a transaction that enqueued jobs has committed.
     pub fn enqueued(&self) {
         self.local.notify_one();
-        if let Some(signals) = &self.signals {
-            signals.raise(CHANNEL, "");
-        }
+        self.signals.raise(CHANNEL, "");
     }
 }
 
@@ -472,22 +495,15 @@ impl Workers {
     /// rolling deploy, older replicas leave newer kinds to newer ones),
     /// except the first attempts of batched kinds.
     async fn claim(&self, n: usize) -> Result<Vec<Job>, sqlx::Error> {
-        let rows: Vec<ClaimedRow> = sqlx::query_as(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
-                             locked_by = $3, updated_at = now() \
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= now() AND kind = ANY($5) \
-                            AND NOT (attempts = 0 AND kind = ANY($6)) \
-                          ORDER BY run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
-        )
-        .bind(i64::try_from(n).unwrap_or(i64::MAX))
-        .bind(self.settings.lease)
-        .bind(&self.name)
-        .bind(self.settings.max_attempts)
-        .bind(&self.kinds)
-        .bind(&self.batch_kinds)
-        .fetch_all(&self.db)
-        .await?;
+        let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(CLAIM_DUE.as_str()))
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .bind(self.settings.lease)
+            .bind(&self.name)
+            .bind(self.settings.max_attempts)
+            .bind(&self.kinds)
+            .bind(&self.batch_kinds)
+            .fetch_all(&self.db)
+            .await?;
         Ok(rows.into_iter().map(Job::from).collect())
     }
 
@@ -516,18 +532,13 @@ impl Workers {
             }
         };
         let ids: Vec<i64> = taken.iter().map(|j| j.id).collect();
-        let claimed: Result<Vec<ClaimedRow>, _> = sqlx::query_as(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, run_at = now() + $2, \
-                             locked_by = $3, updated_at = now() \
-             WHERE id = ANY($1) AND state = 'queued' \
-             RETURNING id, kind, payload, attempts, COALESCE(max_attempts, $4)",
-        )
-        .bind(&ids)
-        .bind(self.settings.lease)
-        .bind(&self.name)
-        .bind(self.settings.max_attempts)
-        .fetch_all(&self.db)
-        .await;
+        let claimed: Result<Vec<ClaimedRow>, _> = sqlx::query_as(sqlx::AssertSqlSafe(CLAIM_IDS.as_str()))
+            .bind(&ids)
+            .bind(self.settings.lease)
+            .bind(&self.name)
+            .bind(self.settings.max_attempts)
+            .fetch_all(&self.db)
+            .await;
         match claimed {
             Ok(rows) => {
                 for job in rows.into_iter().map(Job::from) {
@@ -567,7 +578,12 @@ impl Workers {
         // One call per handler, jobs in queue order within it.
         let mut groups: Vec<(Arc<dyn Handler>, Vec<Job>)> = Vec::new();
         for job in &jobs {
-            let Some(handler) = self.handlers.0.get(&job.kind) else { continue };
+            // Batched kinds come from the handlers; were one missing, its
+            // job must not be deleted undone: the batch fails instead.
+            let Some(handler) = self.handlers.0.get(&job.kind) else {
+                tx.rollback().await?;
+                return Ok(Err((jobs.clone(), format!("no handler for jobs of kind {:?}", job.kind))));
+            };
             match groups.iter_mut().find(|(h, _)| Arc::ptr_eq(h, handler)) {
                 Some((_, group)) => group.push(job.clone()),
                 None => groups.push((handler.clone(), vec![job.clone()])),

@@ -164,7 +164,7 @@ async fn jobs_exist_only_for_committed_writes_wake_workers_at_once_and_dead_ones
 
     // A committed one runs at once, woken by a signal as another replica's
     // writes wake these workers.
-    let wake = Wake::new(Some(Signals::new(db.clone(), Duration::from_millis(10))));
+    let wake = Wake::new(Signals::new(db.clone(), Duration::from_millis(10)));
     let mut tx = db.begin().await.unwrap();
     let canary =
         conduit::postgres::jobs::enqueue(&mut *tx, conduit::postgres::jobs::Canary::KIND, &json!({})).await.unwrap();

@@ -2,10 +2,8 @@
 //! JSON or protobuf into the generated request and encodes its answer
 //! ([`method`]), the proto3 JSON mapping the generated code runs on
 //! ([`protojson`]), the well-known types
-//! ([`wkt`]), the checks of `buf.validate` rules ([`validate`]) and the
-//! JSON text writer answers go through ([`json`]).
+//! ([`wkt`]) and the checks of `buf.validate` rules ([`validate`]).
 
-pub(crate) mod json;
 pub(crate) mod method;
 pub mod protojson;
 pub mod validate;

@@ -629,15 +629,12 @@ impl std::str::FromStr for Timestamp {
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if !(MIN_SECONDS..=MAX_SECONDS).contains(&self.seconds) || !(0..=999_999_999).contains(&self.nanos) {
-            return Err(serde::ser::Error::custom(format!(
+        match self.rfc3339(&mut [0; 30]) {
+            Some(text) if (0..=999_999_999).contains(&self.nanos) => serializer.serialize_str(text),
+            _ => Err(serde::ser::Error::custom(format!(
                 "timestamp {}s {}ns is outside years 0001 to 9999 or has nanos outside 0 to 999999999",
                 self.seconds, self.nanos
-            )));
-        }
-        match self.rfc3339(&mut [0; 30]) {
-            Some(text) => serializer.serialize_str(text),
-            None => serializer.collect_str(self),
+            ))),
         }
     }
 }

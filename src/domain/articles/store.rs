@@ -348,12 +348,13 @@ fn with_articles(page: &str, viewer: usize) -> String {
 static FEED_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     with_articles(
         &format!(
-            "SELECT COALESCE(CASE WHEN (SELECT count(*) FROM follows WHERE follower_id = $1) <= {FEED_PER_AUTHOR_MAX} \
+            "WITH followed AS (SELECT count(*) <= {FEED_PER_AUTHOR_MAX} AS few FROM follows WHERE follower_id = $1) \
+             SELECT COALESCE(CASE WHEN (SELECT few FROM followed) \
                       THEN (SELECT sum((SELECT u.articles_count FROM users u WHERE u.id = f.followee_id)) \
                             FROM follows f WHERE f.follower_id = $1) \
                       ELSE (SELECT sum(u.articles_count) FROM follows f JOIN users u ON u.id = f.followee_id \
                             WHERE f.follower_id = $1) END, 0)::int8 AS total, \
-                    CASE WHEN (SELECT count(*) FROM follows WHERE follower_id = $1) <= {FEED_PER_AUTHOR_MAX} \
+                    CASE WHEN (SELECT few FROM followed) \
                     THEN ARRAY(SELECT n.id FROM follows f, \
                                  LATERAL (SELECT a.id, a.created_at FROM articles a \
                                           WHERE a.author_id = f.followee_id \

@@ -57,6 +57,31 @@ const RECIPIENTS: &str = "\
     UNION ALL SELECT f.follower_id FROM follows f JOIN articles a ON a.author_id = f.followee_id \
         WHERE p.kind = 'article' AND a.id = p.article";
 
+/// The notifications of a batch of jobs (`$1`..`$6`: ids, notification
+/// kinds, actors, articles, comments, recipients), in one statement. Each
+/// recipient's counter row is taken once, in recipient order (so fan-outs
+/// that overlap cannot deadlock), advanced by as many notifications as the
+/// batch has for them; they are numbered in job order below it. The row
+/// stays locked until commit, so numbers follow commit order.
+static FANOUT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH p AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int4[], $6::int8[]) \
+                    AS p(job, kind, actor, article, comment, recipient) \
+                    WHERE EXISTS (SELECT 1 FROM users WHERE id = p.actor)), \
+              told AS (SELECT DISTINCT p.job, r.rid FROM p, LATERAL ({RECIPIENTS}) AS r(rid)), \
+              per AS (SELECT rid, count(*) AS k FROM told GROUP BY rid), \
+              numbered AS (INSERT INTO notification_counters (user_id, last_seq) \
+                           SELECT rid, k FROM per ORDER BY rid \
+                           ON CONFLICT (user_id) DO UPDATE \
+                               SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq \
+                           RETURNING user_id, last_seq) \
+         INSERT INTO notifications (recipient_id, seq, kind, actor_id, article_id, comment_id, job_id) \
+         SELECT t.rid, n.last_seq - per.k + row_number() OVER (PARTITION BY t.rid ORDER BY t.job), \
+                p.kind, p.actor, p.article, p.comment, p.job \
+         FROM told t JOIN p ON p.job = t.job JOIN per ON per.rid = t.rid JOIN numbered n ON n.user_id = t.rid"
+    )
+});
+
 impl Fanout {
     async fn notify(jobs: &[Job], tx: &mut PgConnection) -> Result<(), JobError> {
         let n = jobs.len();
@@ -82,28 +107,7 @@ impl Fanout {
             comments.push(id("comment").and_then(|c| i32::try_from(c).ok()));
             recipients.push(id("recipient"));
         }
-        // Each recipient's counter row is taken once, in recipient order
-        // (so fan-outs that overlap cannot deadlock), advanced by as many
-        // notifications as the batch has for them; they are numbered in
-        // job order below it. The row stays locked until commit, so numbers
-        // follow commit order.
-        let sql = format!(
-            "WITH p AS (SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int4[], $6::int8[]) \
-                        AS p(job, kind, actor, article, comment, recipient) \
-                        WHERE EXISTS (SELECT 1 FROM users WHERE id = p.actor)), \
-                  told AS (SELECT DISTINCT p.job, r.rid FROM p, LATERAL ({RECIPIENTS}) AS r(rid)), \
-                  per AS (SELECT rid, count(*) AS k FROM told GROUP BY rid), \
-                  numbered AS (INSERT INTO notification_counters (user_id, last_seq) \
-                               SELECT rid, k FROM per ORDER BY rid \
-                               ON CONFLICT (user_id) DO UPDATE \
-                                   SET last_seq = notification_counters.last_seq + EXCLUDED.last_seq \
-                               RETURNING user_id, last_seq) \
-             INSERT INTO notifications (recipient_id, seq, kind, actor_id, article_id, comment_id, job_id) \
-             SELECT t.rid, n.last_seq - per.k + row_number() OVER (PARTITION BY t.rid ORDER BY t.job), \
-                    p.kind, p.actor, p.article, p.comment, p.job \
-             FROM told t JOIN p ON p.job = t.job JOIN per ON per.rid = t.rid JOIN numbered n ON n.user_id = t.rid"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        sqlx::query(sqlx::AssertSqlSafe(FANOUT_SQL.as_str()))
             .bind(&ids)
             .bind(&kinds)
             .bind(&actors)
