@@ -22,16 +22,23 @@ Each configuration is a fresh conduit process on the same database:
 JOB_WORKERS=0: jobs are still enqueued, none run, and the queue is only
 reported), so the cost of each is visible; `--baseline BIN` adds another
 build (of main, say) as `baseline`, with bare's settings, to compare CPU per
-request in the same run. `--compare NAME=URL` adds another RealWorld implementation's
-throughput and latency on the read scenarios and the favorite mix (its
-CPU is not counted; seed it the same way).
+request in the same run. `--compare 'NAME=COMMAND'` adds another RealWorld
+implementation: COMMAND (run by sh, `{port}` and `{database_url}` replaced;
+its CPU is that of sh and every process under it)
+must start it on that loopback port with its own database on the private
+PostgreSQL, created empty for it; it is seeded with the same dataset through
+its own API and measured the same way (its process tree's CPU, PostgreSQL's,
+statements), and its throughput is set beside conduit's: reads against
+`bare` (every server does the work, no response cache), writes against
+`shipped`. `--pin CPUS` runs every server measured under `taskset -c CPUS`.
 
 Prints tables; asserts nothing. Loopback only; every load run is bounded by
 --duration and every wait by a timeout; every process it starts is stopped.
 
 Usage: python3 bench/cpu.py [--duration 10] [--connections 32]
                              [--configs shipped,bare] [--scenarios a,b]
-                             [--compare NAME=URL ...] [--baseline BIN]
+                             [--compare 'NAME=COMMAND' ...] [--baseline BIN]
+                             [--pin CPUS]
 Environment: CONDUIT_BIN (default target/release/conduit).
 """
 
@@ -172,11 +179,37 @@ def proc_stat(pid):
 
 
 def process_ticks(pid):
-    fields = proc_stat(pid)
-    return fields[13] + fields[14]
+    """CPU of a process, its live descendants, and the children it reaped
+    (a server started by a script may run as the script's child)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = proc_stat(int(entry))
+            except OSError:
+                continue
+    fields = parents.get(pid)
+    if fields is None:
+        return 0
+    total = fields[13] + fields[14] + fields[15] + fields[16]
+    family = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, f in parents.items():
+            if child not in family and f[3] in family:
+                family.add(child)
+                total += f[13] + f[14]
+                grew = True
+    return total
+
+
+PIN = []  # `taskset -c CPUS` when --pin is given
 
 
 class Conduit:
+    db = "conduit"
+
     def __init__(self, pg, config, binary=None):
         self.port = free_port()
         env = dict(os.environ, DATABASE_URL=f"{pg.url}/conduit", JWT_SECRET=SECRET,
@@ -187,19 +220,56 @@ class Conduit:
         self.workers = config not in ("bare", "baseline")
         if not self.workers:
             env.update(CACHE_TTL="0s", JOB_WORKERS="0")
-        self.process = subprocess.Popen([binary or BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(PIN + [binary or BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
                                         stderr=open(os.path.join(WORK, f"conduit-{config}.log"), "w"))
         CHILDREN.append(self.process)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 60
-        while not answers(self.port):
-            if self.process.poll() is not None or time.time() > deadline:
-                sys.exit(f"conduit did not start: {open(os.path.join(WORK, f'conduit-{config}.log')).read()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_answering(self.process, self.port, 60, "conduit", os.path.join(WORK, f"conduit-{config}.log"))
 
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
+
+
+class Other:
+    """Another RealWorld implementation, started by its own command on its
+    own database of the private PostgreSQL."""
+
+    workers = False
+
+    def __init__(self, pg, name, command):
+        self.port = free_port()
+        self.db = "compare_" + re.sub(r"\W", "_", name.lower())
+        pg.sql(f"DROP DATABASE IF EXISTS {self.db}", db="postgres")
+        pg.sql(f"CREATE DATABASE {self.db}", db="postgres")
+        command = command.replace("{port}", str(self.port)).replace("{database_url}", f"{pg.url}/{self.db}")
+        log_path = os.path.join(WORK, f"{self.db}.log")
+        self.process = subprocess.Popen(PIN + ["sh", "-c", command], stdout=open(log_path, "w"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        CHILDREN.append(self.process)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_until_answering(self.process, self.port, 120, name, log_path)
+
+    def stop(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def wait_until_answering(process, port, seconds, name, log_path):
+    """Returns once the server answers on `port`; exits with the end of its
+    log if it stops or does not answer within `seconds`."""
+    deadline = time.time() + seconds
+    while not answers(port):
+        if process.poll() is not None or time.time() > deadline:
+            sys.exit(f"{name} did not start: {open(log_path).read()[-2000:]}")
+        time.sleep(0.2)
 
 
 def answers(port):
@@ -211,15 +281,16 @@ def answers(port):
         return False
 
 
-def lua(name, body):
-    path = os.path.join(WORK, name + ".lua")
+def write_lua(name, body, prefix=""):
+    path = os.path.join(WORK, prefix + name + ".lua")
     with open(path, "w") as f:
         f.write(body)
     return path
 
 
-def scripts(state):
+def scripts(state, prefix=""):
     """wrk scripts for the write scenarios; tokens and slugs are inlined."""
+    lua = lambda name, body: write_lua(name, body, prefix)
     tokens = "{" + ",".join(json.dumps(t) for t in state["tokens"]) + "}"
     slugs = "{" + ",".join(json.dumps(s) for s in state["slugs"]) + "}"
     names = "{" + ",".join(json.dumps(n) for n in state["names"]) + "}"
@@ -258,7 +329,7 @@ local stamp, n = os.time(), 0
 request = function()
   n = n + 1
   return wrk.format("POST", "/api/articles", {{["Authorization"] = "Token " .. star, ["Content-Type"] = "application/json"}},
-    '{{"article":{{"title":"Fan-out ' .. stamp .. ' ' .. n .. ' ' .. math.random(1e9) .. '","description":"d","body":"b"}}}}')
+    '{{"article":{{"title":"Fan-out ' .. stamp .. ' ' .. n .. ' ' .. math.random(1e9) .. '","description":"d","body":"b","tagList":[]}}}}')
 end"""),
     }
 
@@ -277,11 +348,16 @@ def wrk(url, args, duration, connections):
             "p50": grab(r"^\s+50%\s+(\S+)"), "p99": grab(r"^\s+99%\s+(\S+)"), "non2xx": non2xx}
 
 
-def counters(pg):
-    row = pg.sql("""SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'conduit'),
-                           (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements),
-                           (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements
-                             WHERE query ILIKE '%pg_notify%' OR query ILIKE 'notify %')""")
+def counters(pg, db="conduit"):
+    """Transactions of database `db`, statements run in it, and the NOTIFYs
+    among them (pg_stat_statements is read from conduit's database, where the
+    extension is installed; it covers the whole server)."""
+    row = pg.sql(f"""SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'),
+                            (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d
+                               ON d.oid = s.dbid WHERE d.datname = '{db}'),
+                            (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_database d
+                               ON d.oid = s.dbid WHERE d.datname = '{db}'
+                              AND (query ILIKE '%pg_notify%' OR query ILIKE 'notify %'))""")
     xacts, statements, notifies = (int(float(x)) for x in row.split("|"))
     return xacts, statements, notifies
 
@@ -309,13 +385,14 @@ def drain(pg, bound):
         time.sleep(0.2)
 
 
-def run_scenario(pg, conduit, name, target, args, duration, connections, top):
+def run_scenario(pg, server, name, target, args, duration, connections, top):
     calls0 = statement_calls(pg) if top else {}
-    c0, p0, (x0, s0, n0) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
+    c0, p0, (x0, s0, n0) = process_ticks(server.process.pid), pg.cpu_ticks(), counters(pg, server.db)
     result = wrk(target, args, duration, connections)
-    # Without workers nothing drains: the queue is only reported.
-    left, age = drain(pg, 60 if conduit.workers else 0)
-    c1, p1, (x1, s1, n1) = process_ticks(conduit.process.pid), pg.cpu_ticks(), counters(pg)
+    # Without workers nothing drains: the queue is only reported. Another
+    # implementation has no queue of conduit's kind.
+    left, age = drain(pg, 60 if server.workers else 0) if server.db == "conduit" else (0, 0.0)
+    c1, p1, (x1, s1, n1) = process_ticks(server.process.pid), pg.cpu_ticks(), counters(pg, server.db)
     requests = max(result["requests"], 1)
     per = lambda ticks: ticks * 1e6 / TICK / requests
     if top:
@@ -328,13 +405,58 @@ def run_scenario(pg, conduit, name, target, args, duration, connections, top):
                 statements=(s1 - s0) / requests, notifies=(n1 - n0) / requests, queue_left=left, queue_age=age)
 
 
+def seed(pg, port, db):
+    """The standard dataset through the API (bench/seed.py), plus the fan-out
+    author's 100 followers; returns the tokens and slugs the scenarios use."""
+    state_path = os.path.join(WORK, f"state-{db}.json")
+    log(f"seeding the standard dataset through the API of {db} (bench/seed.py)")
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench/seed.py"), str(port), state_path],
+                   check=True, stdout=subprocess.DEVNULL, timeout=1800)
+    state = json.load(open(state_path))
+    # The fan-out author: 100 followers, so each article notifies 100 users.
+    import http.client
+    api = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for token in state["follower_tokens"]:
+        api.request("POST", f"/api/profiles/{state['star']}/follow", headers={"authorization": "Token " + token})
+        response = api.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    if db == "conduit":
+        drain(pg, 120)
+    pg.sql("VACUUM ANALYZE", db=db)
+    pg.sql("CHECKPOINT", db=db)
+    return state
+
+
+def measure(pg, server, config, chosen, state, lua_scripts, options):
+    """Each chosen scenario against one running server."""
+    url = server.url
+    wrk(url + "/api/articles", [], 3, options.connections)  # warm-up: pool, prepared statements
+    targets = {
+        "list-token": (url + "/api/articles", ["-H", "Authorization: Token " + state["reader"]]),
+        "feed": (url + "/api/articles/feed", ["-H", "Authorization: Token " + state["reader"]]),
+        "article": (url + "/api/articles/" + state["slugs"][0], []),
+    }
+    for name in ("favorite-mix", "comment", "follow-mix", "create-article", "fan-out-100"):
+        targets[name] = (url, ["-s", lua_scripts[name]])
+    rows = []
+    for name in chosen:
+        target, args = targets[name]
+        log(f"{config}: {name}")
+        rows.append((config, name, run_scenario(pg, server, name, target, args, options.duration,
+                                                options.connections, options.top)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--configs", default="shipped,bare")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--compare", action="append", default=[], metavar="NAME=URL")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=COMMAND",
+                        help="another implementation: a command starting it on {port} with {database_url}")
+    parser.add_argument("--pin", metavar="CPUS", help="run each measured server under taskset -c CPUS")
     parser.add_argument("--top", type=int, default=0, metavar="N",
                         help="also print each scenario's N most-called statements, per request")
     parser.add_argument("--baseline", metavar="BIN",
@@ -346,6 +468,8 @@ def main():
     if not os.path.exists(BINARY):
         sys.exit(f"{BINARY} is missing: cargo build --release (or set CONDUIT_BIN)")
     chosen = options.scenarios.split(",")
+    if options.pin:
+        PIN.extend(["taskset", "-c", options.pin])
 
     log("starting a private PostgreSQL with pg_stat_statements")
     pg = PrivatePostgres()
@@ -354,23 +478,8 @@ def main():
     # Seeded by the baseline, when there is one: the database then has its
     # migrations, which this build can extend but it could not undo.
     seeding = Conduit(pg, "shipped", options.baseline)
-    state_path = os.path.join(WORK, "state.json")
-    log("seeding the standard dataset through the API (bench/seed.py)")
-    subprocess.run([sys.executable, os.path.join(ROOT, "bench/seed.py"), str(seeding.port), state_path],
-                   check=True, stdout=subprocess.DEVNULL, timeout=1800)
-    state = json.load(open(state_path))
-    # The fan-out author: 100 followers, so each article notifies 100 users.
-    import http.client
-    api = http.client.HTTPConnection("127.0.0.1", seeding.port, timeout=30)
-    for token in state["follower_tokens"]:
-        api.request("POST", f"/api/profiles/{state['star']}/follow", headers={"authorization": "Token " + token})
-        response = api.getresponse()
-        response.read()
-        assert response.status == 200, response.status
-    drain(pg, 120)
+    state = seed(pg, seeding.port, "conduit")
     seeding.stop()
-    pg.sql("VACUUM ANALYZE")
-    pg.sql("CHECKPOINT")
     lua_scripts = scripts(state)
 
     rows = []
@@ -389,39 +498,20 @@ def main():
         pg.sql("VACUUM ANALYZE")
         pg.sql("CHECKPOINT")
         conduit = Conduit(pg, config, options.baseline if config.startswith("baseline") else None)
-        url = conduit.url
-        wrk(url + "/api/articles", [], 3, options.connections)  # warm-up: pool, prepared statements
-        targets = {
-            "list-token": (url + "/api/articles", ["-H", "Authorization: Token " + state["reader"]]),
-            "feed": (url + "/api/articles/feed", ["-H", "Authorization: Token " + state["reader"]]),
-            "article": (url + "/api/articles/" + state["slugs"][0], []),
-        }
-        for name in ("favorite-mix", "comment", "follow-mix", "create-article", "fan-out-100"):
-            targets[name] = (url, ["-s", lua_scripts[name]])
-        for name in chosen:
-            target, args = targets[name]
-            log(f"{config}: {name}")
-            rows.append((config, name, run_scenario(pg, conduit, name, target, args, options.duration,
-                                                    options.connections, options.top)))
+        rows += measure(pg, conduit, config, chosen, state, lua_scripts, options)
         conduit.stop()
 
-    compared = []
     for spec in options.compare:
-        label, base = spec.split("=", 1)
-        for name in chosen:
-            if name in READS or name == "favorite-mix":
-                path = {"list-token": "/api/articles", "feed": "/api/articles/feed",
-                        "article": "/api/articles/" + state["slugs"][0]}.get(name, "")
-                args = ["-s", lua_scripts[name]] if name == "favorite-mix" else \
-                    (["-H", "Authorization: Token " + state["reader"]] if name != "article" else [])
-                log(f"{label}: {name}")
-                compared.append((label, name, wrk(base.rstrip("/") + path, args, options.duration,
-                                                  options.connections)))
-
+        label, command = spec.split("=", 1)
+        log(f"{label}: starting and seeding it")
+        other = Other(pg, label, command)
+        other_state = seed(pg, other.port, other.db)
+        rows += measure(pg, other, label, chosen, other_state, scripts(other_state, other.db), options)
+        other.stop()
     print()
     print(f"wrk -t1 -c{options.connections} -d{options.duration}s; CPU over the load and the job queue's drain; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    header = ("config", "scenario", "req/s", "p50", "p99", "non2xx", "conduit µs/req", "pg µs/req",
+    header = ("config", "scenario", "req/s", "p50", "p99", "non2xx", "server µs/req", "pg µs/req",
               "xact/req", "stmt/req", "notify/req", "queue left/age s")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -429,14 +519,22 @@ def main():
         print(f"| {config} | {name} | {r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['non2xx']} | "
               f"{r['conduit_us']:.0f} | {r['pg_us']:.0f} | {r['xacts']:.2f} | {r['statements']:.2f} | "
               f"{r['notifies']:.2f} | {r['queue_left']}/{r['queue_age']:.1f} |")
-    if compared:
+    if options.compare:
+        # Reads against conduit without its response cache (every server does
+        # the work), writes against conduit as shipped (jobs, notifications
+        # and the cache on).
+        rps = {(config, name): r["rps"] for config, name, r in rows}
         print()
-        print("| implementation | scenario | req/s | p50 | p99 | non2xx | conduit (shipped) ÷ it |")
-        print("|---|---|---|---|---|---|---|")
-        ours = {name: r["rps"] for config, name, r in rows if config == "shipped"}
-        for label, name, r in compared:
-            ratio = ours.get(name, 0) / r["rps"] if r["rps"] else float("nan")
-            print(f"| {label} | {name} | {r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['non2xx']} | {ratio:.2f}× |")
+        print("| scenario | conduit req/s | " + " | ".join(
+            f"{spec.split('=', 1)[0]} req/s | conduit ÷ it" for spec in options.compare) + " |")
+        print("|---|---|" + "---|---|" * len(options.compare))
+        for name in chosen:
+            ours = rps.get(("bare" if name in READS else "shipped", name), 0)
+            cells = []
+            for spec in options.compare:
+                theirs = rps.get((spec.split("=", 1)[0], name), 0)
+                cells.append(f"{theirs:.0f} | {ours / theirs:.2f}×" if theirs else "– | –")
+            print(f"| {name} | {ours:.0f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,46 @@ pub async fn connect_workers(
         .options([("synchronous_commit", "off"), ("idle_in_transaction_session_timeout", idle.as_str())]);
     pool_options(max_connections, acquire_timeout).connect_with(options).await
 }
+
+/// A `timestamptz` read straight into the protobuf `Timestamp` answers
+/// carry. PostgreSQL sends it as microseconds since 2000-01-01 UTC; going
+/// through the `time` crate's calendar types and back to Unix seconds cost
+/// ~450 instructions a value, 5% of an article list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamptz(pub gateway::wkt::Timestamp);
+
+/// Seconds from the Unix epoch to PostgreSQL's, 2000-01-01T00:00:00Z.
+const POSTGRES_EPOCH_SECONDS: i64 = 946_684_800;
+
+impl sqlx::Type<sqlx::Postgres> for Timestamptz {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <time::OffsetDateTime as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Timestamptz {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        match value.format() {
+            sqlx::postgres::PgValueFormat::Binary => {
+                let micros = i64::from_be_bytes(value.as_bytes()?.try_into()?);
+                // ±infinity are i64::MAX and i64::MIN: no Timestamp holds them.
+                if micros == i64::MAX || micros == i64::MIN {
+                    return Err("an infinite timestamp has no protobuf Timestamp".into());
+                }
+                let seconds = micros.div_euclid(1_000_000) + POSTGRES_EPOCH_SECONDS;
+                let nanos = micros.rem_euclid(1_000_000) as i32 * 1_000;
+                Ok(Self(gateway::wkt::Timestamp::new(seconds, nanos)))
+            }
+            sqlx::postgres::PgValueFormat::Text => {
+                let time = <time::OffsetDateTime as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                Ok(Self(time.into()))
+            }
+        }
+    }
+}
+
+impl From<Timestamptz> for gateway::wkt::Timestamp {
+    fn from(t: Timestamptz) -> Self {
+        t.0
+    }
+}

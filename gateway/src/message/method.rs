@@ -196,19 +196,17 @@ fn request<I: prost::Message + Default + DeserializeOwned + Validate>(call: Call
 /// (non-finite floats as strings included), serde_json only the text, in
 /// a buffer sized from the binary encoding's length (JSON runs about twice
 /// as long) rather than grown by doubling.
-fn to_json<O: prost::Message + Serialize>(message: &O) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(message.encoded_len() * 2 + 64);
-    serde_json::to_writer(&mut out, message)?;
-    Ok(out)
+fn to_json<O: prost::Message + Serialize>(message: &O) -> Result<Vec<u8>, super::json::Error> {
+    super::json::to_vec(message, message.encoded_len() * 2 + 64)
 }
 
 fn encode<O: prost::Message + Serialize>(message: &O, encoding: Encoding) -> Result<Bytes, Status> {
-    let failed = |e: serde_json::Error| Status::internal(format!("cannot encode the response as JSON: {e}"));
+    let failed = |e: &dyn std::fmt::Display| Status::internal(format!("cannot encode the response as JSON: {e}"));
     match encoding {
         Encoding::Proto => Ok(message.encode_to_vec().into()),
-        Encoding::Json { response_body: "" } => to_json(message).map(Bytes::from).map_err(failed),
+        Encoding::Json { response_body: "" } => to_json(message).map(Bytes::from).map_err(|e| failed(&e)),
         Encoding::Json { response_body } => {
-            let mut value = serde_json::to_value(message).map_err(failed)?;
+            let mut value = serde_json::to_value(message).map_err(|e| failed(&e))?;
             for part in response_body.split('.') {
                 value = match value {
                     serde_json::Value::Object(mut map) => {
@@ -217,7 +215,7 @@ fn encode<O: prost::Message + Serialize>(message: &O, encoding: Encoding) -> Res
                     _ => serde_json::Value::Null,
                 };
             }
-            serde_json::to_vec(&value).map(Bytes::from).map_err(failed)
+            serde_json::to_vec(&value).map(Bytes::from).map_err(|e| failed(&e))
         }
     }
 }

@@ -4,6 +4,7 @@
 //! ([`protojson`]), the well-known types
 //! ([`wkt`]) and the checks of `buf.validate` rules ([`validate`]).
 
+pub(crate) mod json;
 pub(crate) mod method;
 pub mod protojson;
 pub mod validate;

@@ -478,7 +478,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 impl Timestamp {
     /// The RFC 3339 text of a timestamp of years 0001 to 9999 (`None`
-    /// outside them), written digit by digit into `buf`: the formatting
+    /// outside them), written two digits at a time into `buf`: the formatting
     /// machinery took ~3,000 instructions a timestamp, a fifth of a whole
     /// article list's CPU.
     fn rfc3339<'b>(&self, buf: &'b mut [u8; 30]) -> Option<&'b str> {
@@ -489,12 +489,6 @@ impl Timestamp {
         let secs = self.seconds.rem_euclid(86_400) as u32;
         let (year, month, day) = civil_from_days(days);
         let year = year as u32;
-        fn digits(buf: &mut [u8], mut n: u32) {
-            for b in buf.iter_mut().rev() {
-                *b = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
-        }
         digits(&mut buf[0..4], year);
         buf[4] = b'-';
         digits(&mut buf[5..7], month);
@@ -518,6 +512,28 @@ impl Timestamp {
         digits(&mut buf[20..20 + width], fraction);
         buf[20 + width] = b'Z';
         std::str::from_utf8(&buf[..21 + width]).ok()
+    }
+}
+
+/// The decimal digits of 0 to 99, two bytes each.
+const DIGIT_PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes the last `buf.len()` decimal digits of `n`, zero-padded, two at a
+/// time (a timestamp has 17 to 23 of them).
+fn digits(buf: &mut [u8], mut n: u32) {
+    let mut end = buf.len();
+    while end >= 2 {
+        let pair = (n % 100) as usize * 2;
+        buf[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        n /= 100;
+        end -= 2;
+    }
+    if end == 1 {
+        buf[0] = b'0' + (n % 10) as u8;
     }
 }
 

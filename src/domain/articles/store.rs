@@ -2,11 +2,11 @@
 //! uses, the page queries of lists and the feed, and the writes.
 
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
-use time::OffsetDateTime;
 
 use crate::domain::error::{ConduitError, ConduitResult};
 use crate::domain::notifications;
 use crate::domain::validate::RESERVED_SLUGS;
+use crate::postgres::Timestamptz;
 
 /// An article as the API shows it to one viewer.
 #[derive(Debug)]
@@ -24,9 +24,9 @@ pub(crate) struct ArticleRow {
     /// Tags in the author's order.
     pub(crate) tag_list: Vec<String>,
     /// Published.
-    pub(crate) created_at: OffsetDateTime,
+    pub(crate) created_at: Timestamptz,
     /// Last changed.
-    pub(crate) updated_at: OffsetDateTime,
+    pub(crate) updated_at: Timestamptz,
     /// Number of favorites.
     pub(crate) favorites_count: i32,
     /// Author's user name.
@@ -70,7 +70,7 @@ pub(crate) async fn read(
         ArticleRow,
         r#"SELECT a.id, a.slug, a.title, a.description,
                   CASE WHEN $4 THEN a.body ELSE '' END AS "body!",
-                  a.tag_list, a.created_at, a.updated_at, a.favorites_count,
+                  a.tag_list, a.created_at AS "created_at: _", a.updated_at AS "updated_at: _", a.favorites_count,
                   u.username, u.bio, u.image,
                   COALESCE((SELECT true FROM favorites f WHERE f.user_id = $1 AND f.article_id = a.id), false)
                       AS "favorited!",
@@ -320,6 +320,22 @@ fn list_sql(filter: &Filter<'_>) -> String {
     with_articles(&page_sql(filter), viewer)
 }
 
+/// [`list_sql`] of each combination of filters, built once (the text
+/// depends only on which filters are given), indexed by [`list_shape`].
+static LIST_SQL: std::sync::LazyLock<[String; 8]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|shape| {
+        let given = |bit: usize| (shape & bit != 0).then_some("");
+        list_sql(&Filter { tag: given(1), favorited: given(2), author: given(4) })
+    })
+});
+
+/// Which filters are given, as an index into [`LIST_SQL`].
+fn list_shape(filter: &Filter<'_>) -> usize {
+    usize::from(filter.tag.is_some())
+        | usize::from(filter.favorited.is_some()) << 1
+        | usize::from(filter.author.is_some()) << 2
+}
+
 /// A page statement (one row: `total`, `ids`) joined to its articles as
 /// `$viewer` sees them, in page order.
 fn with_articles(page: &str, viewer: usize) -> String {
@@ -398,8 +414,7 @@ pub(crate) async fn list(
     limit: i64,
     offset: i64,
 ) -> ConduitResult<(i64, Vec<ArticleRow>)> {
-    let sql = list_sql(&filter);
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(LIST_SQL[list_shape(&filter)].as_str()));
     for value in [filter.tag, filter.favorited, filter.author].into_iter().flatten() {
         query = query.bind(value);
     }
@@ -676,6 +691,15 @@ mod tests {
         let list = list_sql(&Filter { tag: Some("x"), ..Filter::default() });
         assert!(list.starts_with("WITH page AS (SELECT") && list.contains("f.user_id = $4"), "{list}");
         assert!(list_sql(&Filter::default()).contains("fo.follower_id = $3"));
+        // Built once per combination of filters, each the statement of its combination.
+        for tag in [None, Some("t")] {
+            for favorited in [None, Some("f")] {
+                for author in [None, Some("a")] {
+                    let filter = Filter { tag, favorited, author };
+                    assert_eq!(LIST_SQL[list_shape(&filter)], list_sql(&filter));
+                }
+            }
+        }
     }
 
     #[test]

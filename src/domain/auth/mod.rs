@@ -84,6 +84,44 @@ struct TokenKeys {
     keys: Hs256,
     sessions: Sessions,
     ttl: Duration,
+    verified: Verified,
+}
+
+/// How many verified tokens are remembered; past it the memory starts over.
+/// About 300 bytes each, so 3 MB at most.
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+/// The claims of tokens whose signature was already checked. Checking one
+/// (HMAC-SHA256 and its JSON) costs about 20,000 instructions, a twentieth
+/// of an article list; a lookup costs a few hundred. Only verified tokens
+/// go in, so a client cannot fill it with tokens of its own making; time
+/// (`exp`, `nbf`) and revocation are still checked on every use.
+#[derive(Default)]
+struct Verified {
+    claims: std::sync::RwLock<std::collections::HashMap<Box<str>, TokenClaims>>,
+}
+
+/// What a verified token says.
+#[derive(Clone, Copy)]
+struct TokenClaims {
+    user: i64,
+    session: i64,
+    nbf: u64,
+    exp: u64,
+}
+
+impl Verified {
+    fn get(&self, token: &str) -> Option<TokenClaims> {
+        self.claims.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(token).copied()
+    }
+
+    fn insert(&self, token: &str, claims: TokenClaims) {
+        let mut map = self.claims.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.clear();
+        }
+        map.insert(token.into(), claims);
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -99,7 +137,14 @@ fn now() -> u64 {
 impl Tokens {
     /// Tokens signed with `secret`, valid for `ttl`.
     pub fn new(secret: &[u8], ttl: Duration) -> Self {
-        Self { inner: Arc::new(TokenKeys { keys: Hs256::new(secret), sessions: Sessions::new(ttl), ttl }) }
+        Self {
+            inner: Arc::new(TokenKeys {
+                keys: Hs256::new(secret),
+                sessions: Sessions::new(ttl),
+                ttl,
+                verified: Verified::default(),
+            }),
+        }
     }
 
     /// The sessions the tokens belong to.
@@ -117,8 +162,17 @@ impl Tokens {
 
     /// The user and session of a token that is ours, current and not revoked.
     fn verify(&self, token: &str) -> ConduitResult<(i64, i64)> {
-        let claims: Claims =
-            self.inner.keys.verify(token).map_err(|_| token_invalid("the token is invalid or expired"))?;
+        let claims = match self.inner.verified.get(token) {
+            Some(claims) => claims,
+            None => {
+                let claims: Claims =
+                    self.inner.keys.verify(token).map_err(|_| token_invalid("the token is invalid or expired"))?;
+                let user = claims.sub.parse().map_err(|_| token_invalid("the token is invalid or expired"))?;
+                let claims = TokenClaims { user, session: claims.sid, nbf: claims.nbf, exp: claims.exp };
+                self.inner.verified.insert(token, claims);
+                claims
+            }
+        };
         let now = now();
         if claims.exp.saturating_add(LEEWAY_SECONDS) < now {
             return Err(token_invalid("the token is invalid or expired"));
@@ -126,11 +180,10 @@ impl Tokens {
         if claims.nbf > now.saturating_add(LEEWAY_SECONDS) {
             return Err(token_invalid("the token is not valid yet"));
         }
-        let user = claims.sub.parse().map_err(|_| token_invalid("the token is invalid or expired"))?;
-        if self.inner.sessions.is_revoked(claims.sid) {
+        if self.inner.sessions.is_revoked(claims.session) {
             return Err(token_invalid("this session was ended by a change of password or email; sign in again"));
         }
-        Ok((user, claims.sid))
+        Ok((claims.user, claims.session))
     }
 
     /// The caller, if the request carries credentials; an error if they are bad.
@@ -253,3 +306,36 @@ impl Passwords {
 
 /// A hash of nothing in particular, made once, for [`Passwords::verify_nothing`].
 static DECOY_HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_is_checked_for_time_on_every_use() {
+        let tokens = Tokens::new(b"a-test-secret-of-thirty-two-bytes!", Duration::from_secs(3600));
+        let token = tokens.issue(7, 1).unwrap();
+        assert_eq!(tokens.verify(&token).unwrap(), (7, 1));
+        assert_eq!(tokens.verify(&token).unwrap(), (7, 1), "the second time from memory");
+        // The remembered claims of a token past its expiry are refused.
+        tokens.inner.verified.insert(&token, TokenClaims { user: 7, session: 1, nbf: 0, exp: 1 });
+        assert!(tokens.verify(&token).is_err());
+        // A forged token is never remembered, however often it is shown.
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        for _ in 0..2 {
+            assert!(tokens.verify(&forged).is_err());
+        }
+        assert!(tokens.inner.verified.get(&forged).is_none());
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_is_bounded() {
+        let verified = Verified::default();
+        let claims = TokenClaims { user: 1, session: 1, nbf: 0, exp: u64::MAX };
+        for i in 0..VERIFIED_TOKENS_MAX + 10 {
+            verified.insert(&format!("token-{i}"), claims);
+        }
+        let remembered = verified.claims.read().unwrap().len();
+        assert!((1..=VERIFIED_TOKENS_MAX).contains(&remembered), "{remembered}");
+    }
+}
