@@ -36,7 +36,7 @@ LABEL org.opencontainers.image.title="conduit" \
 COPY --from=builder /src/target/release/conduit /usr/local/bin/conduit
 # 65532 is distroless's "nonroot"; numeric so that runAsNonRoot can verify it.
 USER 65532:65532
-# 8080: gRPC, gRPC-Web, Connect and JSON; 9090: /metrics, /healthz, /readyz.
-EXPOSE 8080 9090
+# 8080: gRPC, gRPC-Web, Connect and JSON; 8079: /metrics, /healthz, /readyz.
+EXPOSE 8080 8079
 ENTRYPOINT ["/usr/local/bin/conduit"]
 CMD ["serve"]

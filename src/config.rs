@@ -93,8 +93,10 @@ pub struct Settings {
     #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true)]
     pub listen: SocketAddr,
 
-    /// Address of the admin listener: the probes `/healthz` and `/readyz`.
-    #[arg(long, env = "CONDUIT_ADMIN_LISTEN", default_value = "0.0.0.0:9090", global = true)]
+    /// Address of the admin listener: the Prometheus scrape `/metrics` and
+    /// the probes `/healthz` and `/readyz`. Port 8079 sits beside the API's
+    /// 8080 and is no common tool's default (Prometheus has 9090).
+    #[arg(long, env = "CONDUIT_ADMIN_LISTEN", default_value = "0.0.0.0:8079", global = true)]
     pub admin_listen: SocketAddr,
 
     /// Secret that signs and checks tokens (HS256), at least 32 bytes.
@@ -105,7 +107,9 @@ pub struct Settings {
     #[arg(long, env = "JWT_TTL", default_value = "24h", value_parser = parse_duration, global = true)]
     pub jwt_ttl: Duration,
 
-    /// Largest JSON request body accepted, in bytes; larger ones get 413.
+    /// Largest request body accepted, in bytes, on every protocol: a larger
+    /// JSON body gets 413, a larger gRPC, gRPC-Web or Connect message
+    /// RESOURCE_EXHAUSTED (compressed ones counted as they decompress).
     #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
     pub body_limit: usize,
 

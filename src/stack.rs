@@ -26,7 +26,7 @@ use crate::middleware::{
     ratelimit::SharedBuckets, request_log::RequestLog, shed::ShedLayer,
 };
 use crate::observability::{health::Health, metrics::Metrics, observe::ObserveLayer};
-use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, TimeoutLayer};
+use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, HeadLayer, TimeoutLayer};
 
 /// Why the stack could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,7 @@ pub(crate) fn build(
     if settings.minimal_middleware {
         // Only what the API's behaviour needs, to measure the layers' cost.
         let bare = tower::ServiceBuilder::new()
+            .layer(HeadLayer)
             .layer(ClassifyLayer::new(gateway.clone()))
             .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
             .service(Dispatch::new(grpc.into_axum_router(), gateway));
@@ -119,6 +120,8 @@ pub(crate) fn build(
     }
     let clients = ClientAddresses::new(&settings.trusted_proxies);
     let service = tower::ServiceBuilder::new()
+        // HEAD is served as GET without the body: every layer below sees the GET it stands for.
+        .layer(HeadLayer)
         // Browsers' preflights are answered before anything else is spent on them.
         .layer(middleware::cors::layer(
             settings.cors_allowed_origins.as_deref(),

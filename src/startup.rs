@@ -23,9 +23,16 @@ pub enum StartupError {
     /// A migration failed.
     #[error("cannot migrate the database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The listen address is unusable.
-    #[error("cannot listen on {0}: {1}")]
-    Listen(SocketAddr, std::io::Error),
+    /// A listen address is unusable; names the setting that chose it.
+    #[error("cannot listen on {address} ({setting}): {error}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The setting it came from, as the environment and the command line name it.
+        setting: &'static str,
+        /// Why not.
+        error: std::io::Error,
+    },
     /// The service stack cannot be assembled (a malformed HTTP rule, or
     /// descriptors that do not decode).
     #[error(transparent)]
@@ -39,6 +46,16 @@ pub enum StartupError {
     /// A setting is missing or wrong.
     #[error("{0}")]
     Settings(String),
+}
+
+/// The settings of the two listen addresses, as errors name them.
+const LISTEN_SETTING: &str = "CONDUIT_LISTEN or --listen";
+const ADMIN_LISTEN_SETTING: &str = "CONDUIT_ADMIN_LISTEN or --admin-listen";
+
+/// A listener on `address`; an error names `setting`, so that a taken port
+/// says how to choose another.
+async fn bind(address: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address).await.map_err(|error| StartupError::Listen { address, setting, error })
 }
 
 /// A built application, listening but not yet serving.
@@ -114,11 +131,8 @@ impl Application {
         let hub = crate::domain::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
         let crate::stack::Stack { app, health, cache } =
             crate::stack::build(ctx, settings, shared, metrics.clone(), hub.clone(), signals)?;
-        let listener =
-            TcpListener::bind(settings.listen).await.map_err(|e| StartupError::Listen(settings.listen, e))?;
-        let admin = TcpListener::bind(settings.admin_listen)
-            .await
-            .map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
+        let listener = bind(settings.listen, LISTEN_SETTING).await?;
+        let admin = bind(settings.admin_listen, ADMIN_LISTEN_SETTING).await?;
         Ok(Self {
             listener,
             admin,
@@ -254,8 +268,7 @@ pub async fn run_worker(
     }
     let metrics = crate::observability::metrics::Metrics::new(db.clone());
     let health = Health::new(tonic_health::server::health_reporter().0, Vec::new()).with_metrics(metrics.clone());
-    let admin =
-        TcpListener::bind(settings.admin_listen).await.map_err(|e| StartupError::Listen(settings.admin_listen, e))?;
+    let admin = bind(settings.admin_listen, ADMIN_LISTEN_SETTING).await?;
     tracing::info!(admin = %settings.admin_listen, "serving probes and metrics");
     let watch =
         database_watch(settings.health_check_interval, settings.health_probe_interval, settings.migrate_on_start);

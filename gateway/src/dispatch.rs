@@ -42,7 +42,7 @@ impl tower::Service<Request<Body>> for Gateway {
                 }
                 _ if req.method() == http::Method::GET
                     && gateway.openapi().is_some()
-                    && req.uri().path().starts_with("/docs") =>
+                    && (req.uri().path().starts_with("/docs") || req.uri().path() == "/favicon.ico") =>
                 {
                     match docs::swagger_ui(req.uri().path()) {
                         Some(response) => response,

@@ -53,7 +53,8 @@
 //! - [`Gateway`] and its builder (`gateway.rs`): the methods and rules served;
 //! - `dispatch.rs`: [`ClassifyLayer`] and [`Dispatch`];
 //! - `protocol/`: JSON/HTTP, Connect, gRPC-Web, the Connect-to-gRPC bridge,
-//!   their shared framing and deadlines (with [`TimeoutLayer`]);
+//!   their shared framing and deadlines (with [`TimeoutLayer`]), `HEAD` (with
+//!   [`HeadLayer`]);
 //! - `rule/`: rule specs, path templates, the router, request binding;
 //! - `message/`: typed handlers, proto3 JSON, [`wkt`], [`validate`];
 //! - `status.rs`: the gRPC→HTTP table, Connect codes, [`ErrorRenderer`];
@@ -91,6 +92,7 @@ pub use message::method::Method;
 pub use message::{protojson, validate, wkt};
 pub use protocol::deadline::{Deadline, Timeout, TimeoutLayer};
 pub use protocol::envelope::check_grpc_body;
+pub use protocol::head::{Head, HeadLayer};
 pub use rule::binding::invalid_field;
 pub use rule::router::{Match, Router};
 pub use rule::spec::{FieldKind, FieldSpec, MessageSpec, MethodKind, MethodSpec, RouteSpec, lower_camel};

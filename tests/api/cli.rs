@@ -91,6 +91,37 @@ async fn migrate_applies_the_schema_and_exits() {
     drop_database(&name).await;
 }
 
+/// A listen address already taken stops the start with an error naming the
+/// setting to change, for either listener.
+#[tokio::test]
+async fn a_taken_port_names_the_setting_that_chose_it() {
+    let name = format!("conduit_test_taken_{}", std::process::id());
+    drop_database(&name).await;
+    let url = create_database(&name).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let cases = [
+        ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0", "CONDUIT_ADMIN_LISTEN or --admin-listen"),
+        ("CONDUIT_LISTEN", "127.0.0.1:0", "CONDUIT_LISTEN or --listen"),
+    ];
+    for (setting, other, named) in cases {
+        let other_setting = if setting == "CONDUIT_LISTEN" { "CONDUIT_ADMIN_LISTEN" } else { "CONDUIT_LISTEN" };
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            (setting, address.as_str()),
+            (other_setting, other),
+            ("LOG_LEVEL", "error"),
+        ];
+        let out = conduit(&["serve"], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{setting}: started on a taken port");
+        assert!(stderr.contains(&format!("cannot listen on {address} ({named})")), "{setting}: {stderr}");
+    }
+    drop(taken);
+    drop_database(&name).await;
+}
+
 /// One HTTP/1.1 exchange on a new connection: (status, head, body).
 fn exchange(port: u16, request: &str) -> (u16, String, String) {
     use std::io::{Read, Write};

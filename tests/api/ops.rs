@@ -1531,3 +1531,59 @@ async fn a_busy_pool_is_not_taken_for_a_database_outage() {
     drop(held);
     assert_eq!(app.get("/api/tags", None).await.status, 200);
 }
+
+/// The value of header `name` in a raw response head, if present.
+fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// HEAD is answered wherever GET is, on every listener, with GET's status
+/// and headers and no body (RFC 9110 §9.3.2): the JSON routes, a Connect
+/// GET, the documentation and its assets, the favicon, the admin probes
+/// and the scrape.
+#[tokio::test]
+async fn head_answers_as_get_does_without_the_body_on_every_listener() {
+    let app = crate::helpers::spawn_app().await;
+    let token = app.register("jake").await;
+    let slug = app.article(&token, "Heads up", &["dragons"]).await;
+    let article = format!("/api/articles/{slug}");
+    let api = [
+        "/api/tags",
+        "/api/articles?limit=2",
+        article.as_str(),
+        "/conduit.v1.Tags/ListTags?encoding=json&message=%7B%7D",
+        "/docs",
+        "/docs/swagger-ui.css",
+        "/openapi.json",
+        "/openapi.yaml",
+        "/favicon.ico",
+    ];
+    let admin = ["/healthz", "/readyz", "/metrics"];
+    let every = api.iter().map(|path| (app.port, *path)).chain(admin.iter().map(|path| (app.admin_port, *path)));
+    for (port, path) in every {
+        let (status, get, body) = http(port, "GET", path, &[], "").await;
+        assert_eq!(status, 200, "GET {path}: {get}");
+        assert!(!body.is_empty(), "GET {path} has a body");
+        let (status, head, body) = http(port, "HEAD", path, &[], "").await;
+        assert_eq!(status, 200, "HEAD {path}: {head}");
+        assert!(body.is_empty(), "HEAD {path} has no body, got {body:?}");
+        let compared =
+            if path == "/metrics" { &["content-type"][..] } else { &["content-type", "etag", "cache-control"] };
+        for name in compared {
+            assert_eq!(header_in(&head, name), header_in(&get, name), "{name} of HEAD {path}");
+        }
+        if let Some(length) = header_in(&head, "content-length") {
+            assert!(path == "/metrics" || Some(length) == header_in(&get, "content-length"), "{path}: {head}");
+        }
+    }
+    // A conditional HEAD is answered 304 as a conditional GET is.
+    let (_, get, _) = http(app.port, "GET", "/api/tags", &[], "").await;
+    let tag = header_in(&get, "etag").expect("an ETag").to_owned();
+    let (status, _, body) = http(app.port, "HEAD", "/api/tags", &[("if-none-match", &tag)], "").await;
+    assert_eq!((status, body.as_str()), (304, ""));
+    // Where GET is not served, neither is HEAD.
+    assert_eq!(http(app.port, "HEAD", "/api/nowhere", &[], "").await.0, 404);
+}

@@ -2,7 +2,7 @@
 //! JSON/HTTP by `google.api.http` rules ([`http`]), Connect ([`connect`]),
 //! gRPC-Web with the JSON codec ([`grpc_web`]), Connect calls relayed to
 //! tonic as gRPC ([`bridge`]); the length-prefixed framing they share
-//! ([`envelope`]) and deadlines ([`deadline`]); and [`reject`], the
+//! ([`envelope`]), deadlines ([`deadline`]), `HEAD` as `GET` ([`head`]); and [`reject`], the
 //! answer of a refused call in its own protocol. Each depends on
 //! [`crate::gateway`], never the other way round.
 
@@ -11,6 +11,7 @@ pub(crate) mod connect;
 pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod grpc_web;
+pub(crate) mod head;
 pub(crate) mod http;
 mod reject;
 
