@@ -951,16 +951,16 @@ async fn a_layer_above_the_split_sees_every_protocol_by_rpc() {
     assert_eq!(recorded, expected);
 }
 
-/// README's "Using the gateway in another service" is the `gateway-example`
-/// crate: README quotes its files verbatim, and the crate serves its one
-/// method over JSON/HTTP, Connect, gRPC-Web and gRPC.
+/// "Using the gateway in another service" (docs/architecture.md) is the
+/// `gateway-example` crate: the page quotes its files verbatim, and the
+/// crate serves its one method over JSON/HTTP, Connect, gRPC-Web and gRPC.
 #[tokio::test]
-async fn the_readme_example_is_the_example_crate_and_it_serves_every_protocol() {
+async fn the_documented_example_is_the_example_crate_and_it_serves_every_protocol() {
     use prost::Message as _;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let section = readme.split("### Using the gateway in another service").nth(1).expect("README has the section");
-    let section = section.split("\n## ").next().unwrap().split("\n### ").next().unwrap();
+    let page = std::fs::read_to_string(format!("{root}/docs/architecture.md")).unwrap();
+    let section = page.split("## Using the gateway in another service").nth(1).expect("the page has the section");
+    let section = section.split("\n## ").next().unwrap();
     let mut quoted = 0;
     for block in section.split("```").skip(1).step_by(2) {
         // Each block opens with its language and the file it quotes: `// gateway-example/src/lib.rs`.
@@ -970,12 +970,12 @@ async fn the_readme_example_is_the_example_crate_and_it_serves_every_protocol() 
         let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(
             text.contains(&excerpt.join("\n")),
-            "README's excerpt of {file} is not in the file:\n{}",
+            "docs/architecture.md's excerpt of {file} is not in the file:\n{}",
             excerpt.join("\n")
         );
         quoted += 1;
     }
-    assert!(quoted >= 4, "README quotes Cargo.toml, build.rs, the proto and the service: {quoted}");
+    assert!(quoted >= 4, "the page quotes Cargo.toml, build.rs, the proto and the service: {quoted}");
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

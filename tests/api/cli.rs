@@ -215,3 +215,56 @@ async fn request_logs_are_structured_and_never_hold_secrets() {
     assert!(connect["fields"]["request_id"].as_str().is_some_and(|id| id.len() >= 16), "{connect}");
     assert_eq!(lines.len(), 4, "one line per request: {lines:?}");
 }
+
+/// docs/configuration.md is checked against `--help`, so it cannot drift:
+/// every setting the binary takes has a row with its variable, its flag
+/// and its default, and every row with a flag names a setting the binary
+/// takes.
+#[test]
+fn the_configuration_reference_matches_help() {
+    let out = conduit(&["--help"], &[]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    // One entry per option: its flag, variable and default, the lines of each joined.
+    let mut options = Vec::new();
+    for block in help.split("\n      --").skip(1) {
+        let text = block.split_whitespace().collect::<Vec<_>>().join(" ");
+        let flag = format!("--{}", text.split([' ', '=']).next().unwrap());
+        let env = text.split("[env: ").nth(1).map(|rest| rest.split([']', '=']).next().unwrap().to_owned());
+        let default = text.split("[default: ").nth(1).map(|rest| rest.split(']').next().unwrap().to_owned());
+        if let Some(env) = env {
+            options.push((flag, env, default));
+        }
+    }
+    assert!(options.len() > 40, "the options of --help were read: {options:?}");
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let page = std::fs::read_to_string(format!("{root}/docs/configuration.md")).unwrap();
+    let rows: Vec<Vec<&str>> = page
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| line.trim_matches('|').split(" | ").map(str::trim).collect())
+        .collect();
+    for (flag, env, default) in &options {
+        let row = rows
+            .iter()
+            .find(|row| row[0].split(", ").any(|cell| cell.trim_matches('`') == env))
+            .unwrap_or_else(|| panic!("docs/configuration.md has no row for {env} ({flag})"));
+        assert!(row[1].contains(&format!("`{flag}`")), "{env}'s row names {flag}: {row:?}");
+        match default.as_deref() {
+            None => {}
+            Some("" | "\"\"") => assert!(row[2].starts_with("none"), "{env}'s row gives no default: {row:?}"),
+            Some(default) => {
+                assert!(row[2].contains(&format!("`{default}`")), "{env}'s row gives the default {default}: {row:?}")
+            }
+        }
+    }
+    for row in rows.iter().filter(|row| row[1].starts_with("`--")) {
+        for flag in row[1].split(", ") {
+            let flag = flag.trim_matches('`');
+            assert!(
+                options.iter().any(|(f, ..)| f == flag),
+                "docs/configuration.md names {flag}, which --help does not"
+            );
+        }
+    }
+}
