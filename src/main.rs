@@ -183,6 +183,13 @@ fn main() {
                 Some(_) => None,
                 None => Some(start_private_database(&mut settings).await),
             };
+            // DRAIN_DELAY gives load balancers time to stop sending; someone
+            // at a terminal with the private database has none to wait for.
+            if local.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdin()) && !settings.drain_delay.is_zero()
+            {
+                tracing::info!("at a terminal with the private database: Ctrl-C stops without DRAIN_DELAY");
+                settings.drain_delay = std::time::Duration::ZERO;
+            }
             let settings = settings.for_serve().unwrap_or_else(|e| refuse(e));
             let app = match Application::build(&settings).await {
                 Ok(app) => app,

@@ -31,6 +31,15 @@ fn otlp_configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// PostgreSQL's NOTICEs reach the log at INFO through sqlx; the only ones
+/// conduit causes are harmless (`relation "_sqlx_migrations" already
+/// exists, skipping` at every start), so they are logged only from WARN up
+/// unless the filter names their target (`sqlx::postgres::notice=info`).
+fn quiet_notices(filter: &str) -> String {
+    const TARGET: &str = "sqlx::postgres::notice";
+    if filter.contains(TARGET) { filter.to_owned() } else { format!("{filter},{TARGET}=warn") }
+}
+
 /// Installs the global subscriber — `filter` is an env-filter directive,
 /// `format` is `text`, `json` or `auto` (JSON unless stderr is a terminal)
 /// — and, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or its traces variant) is
@@ -42,7 +51,7 @@ pub fn init(filter: &str, format: &str) -> Result<TelemetryGuard, String> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter = EnvFilter::try_new(filter).map_err(|e| format!("LOG_LEVEL is invalid: {e}"))?;
+    let filter = EnvFilter::try_new(quiet_notices(filter)).map_err(|e| format!("LOG_LEVEL is invalid: {e}"))?;
     let json = match format {
         "json" => true,
         "text" => false,

@@ -85,8 +85,11 @@ async fn migrate_applies_the_schema_and_exits() {
     .await
     .unwrap();
     assert_eq!(tables, 7);
-    // Running it again is a no-op.
-    assert!(conduit(&["migrate"], &[("DATABASE_URL", &url)]).status.success());
+    // Running it again is a no-op, and says nothing of the tables that already exist.
+    let again = conduit(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(!log.contains("already exists"), "a harmless NOTICE is logged: {log}");
     db.close().await.unwrap();
     drop_database(&name).await;
 }
@@ -267,4 +270,102 @@ fn the_configuration_reference_matches_help() {
             );
         }
     }
+}
+
+/// Waits until `port` accepts connections, at most `seconds`.
+fn wait_for_port(port: u16, seconds: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Waits for `child` to exit, at most `seconds`; its exit code if it did.
+fn exit_within(child: &mut std::process::Child, seconds: u64) -> Option<Option<i32>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn interrupt(pid: u32) {
+    assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
+}
+
+/// A second Ctrl-C exits at once, whatever DRAIN_DELAY is left.
+#[tokio::test]
+async fn a_second_ctrl_c_exits_at_once() {
+    let name = format!("conduit_test_twice_{}", std::process::id());
+    drop_database(&name).await;
+    let url = create_database(&name).await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("DATABASE_URL", url.as_str()),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CONDUIT_LISTEN", &format!("127.0.0.1:{port}")),
+            ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("DRAIN_DELAY", "60s"),
+            ("LOG_LEVEL", "warn"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_port(port, 60), "conduit serves");
+    interrupt(child.id());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(child.try_wait().unwrap(), None, "the first Ctrl-C drains for DRAIN_DELAY");
+    interrupt(child.id());
+    assert_eq!(exit_within(&mut child, 10), Some(Some(130)), "the second Ctrl-C exits at once");
+    drop_database(&name).await;
+}
+
+/// At a terminal, with the private database, Ctrl-C stops without waiting
+/// for DRAIN_DELAY (load balancers are what it waits for).
+#[test]
+fn at_a_terminal_with_the_private_database_ctrl_c_stops_at_once() {
+    let data = std::env::temp_dir().join(format!("conduit-test-tty-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let port = free_port();
+    // `script` gives the command a terminal for its standard input.
+    let command = format!("exec {} serve", env!("CARGO_BIN_EXE_conduit"));
+    let mut script = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SHELL", "/bin/sh")
+        .env("CONDUIT_DATA_DIR", &data)
+        .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("DRAIN_DELAY", "60s")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs");
+    assert!(wait_for_port(port, 120), "conduit serves on its private database");
+    let children = Command::new("pgrep").args(["-P", &script.id().to_string()]).output().unwrap();
+    let pid: u32 = String::from_utf8_lossy(&children.stdout).lines().next().expect("conduit runs").parse().unwrap();
+    let asked = std::time::Instant::now();
+    interrupt(pid);
+    let exited = exit_within(&mut script, 30);
+    assert!(exited.is_some(), "stopped within 30 s of Ctrl-C, not after DRAIN_DELAY's 60 s");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&data);
 }
