@@ -31,16 +31,22 @@ fn return_large_allocations() {
 }
 
 /// Starts the private PostgreSQL (no DATABASE_URL) and points `settings`
-/// at it; a missing JWT_SECRET is generated and kept beside it.
-async fn start_private_database(settings: &mut conduit::config::Settings) -> LocalPostgres {
+/// at it; a missing JWT_SECRET is generated and kept beside it. `serve`
+/// must hold the data directory; the commands that use the database and
+/// exit (`join`) share the server of the conduit that holds it, if any.
+async fn start_private_database(settings: &mut conduit::config::Settings, join: bool) -> LocalPostgres {
     let root = private::data_dir(settings.data_dir.as_deref());
     let bin = private::find_binaries(settings.pg_bin.as_deref()).unwrap_or_else(|e| refuse(e));
-    let local = LocalPostgres::start(&bin, &root).await.unwrap_or_else(|e| refuse(e));
-    tracing::info!(
-        data = %local.data_dir().display(),
-        server = %bin.display(),
-        "no DATABASE_URL: using a private PostgreSQL on a Unix socket (set DATABASE_URL to use your own server)"
-    );
+    let local =
+        if join { LocalPostgres::join_or_start(&bin, &root).await } else { LocalPostgres::start(&bin, &root).await }
+            .unwrap_or_else(|e| refuse(e));
+    if local.started_here() {
+        tracing::info!(
+            data = %local.data_dir().display(),
+            server = %bin.display(),
+            "no DATABASE_URL: using a private PostgreSQL on a Unix socket (set DATABASE_URL to use your own server)"
+        );
+    }
     settings.database_url = Some(Secret::from(local.url()));
     if settings.jwt_secret.is_none() {
         match private::jwt_secret(&root) {
@@ -54,8 +60,27 @@ async fn start_private_database(settings: &mut conduit::config::Settings) -> Loc
     local
 }
 
-/// Says where the service listens, for a person starting it.
-fn announce(settings: &conduit::config::ServeSettings, app: &Application) {
+/// The settings of a command that uses the database and exits: with no
+/// DATABASE_URL, those of the private PostgreSQL (joined or started).
+async fn database_settings(settings: &conduit::config::Settings) -> (conduit::config::Settings, Option<LocalPostgres>) {
+    let mut settings = settings.clone();
+    let local = match settings.database_url {
+        Some(_) => None,
+        None => Some(start_private_database(&mut settings, true).await),
+    };
+    (settings, local)
+}
+
+/// Stops the private PostgreSQL if this process started it.
+async fn stop_private_database(local: Option<LocalPostgres>) {
+    if let Some(local) = local {
+        local.stop().await;
+    }
+}
+
+/// Says where the service listens, for a person starting it; returns the
+/// base URL.
+fn announce(settings: &conduit::config::ServeSettings, app: &Application) -> String {
     let host = |addr: std::net::SocketAddr| match addr.ip() {
         ip if ip.is_unspecified() => "localhost".to_owned(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -76,6 +101,7 @@ fn announce(settings: &conduit::config::ServeSettings, app: &Application) {
             app.admin_port()
         );
     }
+    base
 }
 
 /// `conduit jobs …`: prints to stdout what it did.
@@ -160,28 +186,39 @@ fn main() {
     tracing::debug!(open_files, "open-files limit");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Worker => runtime.block_on(async {
-            if let Err(e) = conduit::startup::run_worker(&cli.settings, conduit::server::shutdown::signal()).await {
+            let (settings, local) = database_settings(&cli.settings).await;
+            let worked = conduit::startup::run_worker(&settings, conduit::server::shutdown::signal()).await;
+            stop_private_database(local).await;
+            if let Err(e) = worked {
                 refuse(e);
             }
         }),
         Command::Jobs { action } => runtime.block_on(async {
-            let url = cli.settings.require_database_url().unwrap_or_else(|e| refuse(e));
-            let db = connect(url.expose(), 1, cli.settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
-            if let Err(e) = jobs_command(&db, action).await {
+            let (settings, local) = database_settings(&cli.settings).await;
+            let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
+            let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+            let done = jobs_command(&db, action).await;
+            db.close().await;
+            stop_private_database(local).await;
+            if let Err(e) = done {
                 refuse(e);
             }
         }),
         Command::Migrate => runtime.block_on(async {
-            let url = cli.settings.require_database_url().unwrap_or_else(|e| refuse(e));
-            let db = connect(url.expose(), 1, cli.settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
-            MIGRATOR.run(&db).await.unwrap_or_else(|e| refuse(e));
+            let (settings, local) = database_settings(&cli.settings).await;
+            let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
+            let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+            let migrated = MIGRATOR.run(&db).await;
+            db.close().await;
+            stop_private_database(local).await;
+            migrated.unwrap_or_else(|e| refuse(e));
             tracing::info!("migrations applied");
         }),
         Command::Serve => runtime.block_on(async {
             let mut settings = cli.settings.clone();
             let local = match settings.database_url {
                 Some(_) => None,
-                None => Some(start_private_database(&mut settings).await),
+                None => Some(start_private_database(&mut settings, false).await),
             };
             // DRAIN_DELAY gives load balancers time to stop sending; someone
             // at a terminal with the private database has none to wait for.
@@ -200,7 +237,10 @@ fn main() {
                     refuse(e)
                 }
             };
-            announce(&settings, &app);
+            let base = announce(&settings, &app);
+            if let Some(local) = &local {
+                local.describe(&format!("conduit (pid {}) serving {base}", std::process::id()));
+            }
             let served = app.run_until_stopped(conduit::server::shutdown::signal()).await;
             if let Some(local) = local {
                 local.stop().await;

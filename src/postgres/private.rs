@@ -26,6 +26,62 @@ pub enum LocalDbError {
     /// A step failed.
     #[error("cannot start the private PostgreSQL: {0}")]
     Failed(String),
+    /// Another conduit holds the data directory (and runs its PostgreSQL).
+    #[error(
+        "the data directory {root} is in use by {holder}. Stop that one, give this one a directory \
+         of its own with CONDUIT_DATA_DIR (or --data-dir), or set DATABASE_URL to share a server"
+    )]
+    InUse {
+        /// The data directory.
+        root: String,
+        /// Who holds it, as its lock file says (process id and address).
+        holder: String,
+    },
+}
+
+/// The lock of a data directory, `<root>/conduit.lock`: held by the conduit
+/// that started the directory's PostgreSQL, for as long as it runs, and
+/// holding a line that says who that is (for the error another one gets).
+#[derive(Debug)]
+struct InstanceLock(std::fs::File);
+
+impl InstanceLock {
+    /// Takes the lock of `root`; `None` when another process holds it.
+    fn take(root: &Path) -> Result<Option<Self>, LocalDbError> {
+        let path = root.join("conduit.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| failed(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let lock = Self(file);
+                lock.describe(&format!("conduit (pid {}, starting)", std::process::id()));
+                Ok(Some(lock))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(failed(format!("cannot lock {}: {e}", path.display()))),
+        }
+    }
+
+    /// Replaces the line that says who holds the directory.
+    fn describe(&self, holder: &str) {
+        use std::os::unix::fs::FileExt;
+        let _ = self.0.set_len(0);
+        let _ = self.0.write_all_at(format!("{holder}\n").as_bytes(), 0);
+    }
+
+    /// Who holds `root`'s lock, as its line says.
+    fn holder(root: &Path) -> String {
+        std::fs::read_to_string(root.join("conduit.lock"))
+            .ok()
+            .map(|line| line.trim().to_owned())
+            .filter(|line| !line.is_empty())
+            .unwrap_or_else(|| "another conduit".to_owned())
+    }
 }
 
 fn failed(what: impl std::fmt::Display) -> LocalDbError {
@@ -137,9 +193,12 @@ fn server_account() -> Result<(u32, u32, String), LocalDbError> {
 /// A running private PostgreSQL.
 #[derive(Debug)]
 pub struct LocalPostgres {
+    /// The server, when this process started it (not when it joined one).
     child: Option<Child>,
     socket_dir: PathBuf,
     data: PathBuf,
+    /// The data directory's lock, held while this process runs the server.
+    lock: Option<InstanceLock>,
 }
 
 /// The database conduit keeps its data in.
@@ -147,8 +206,47 @@ const DATABASE: &str = "conduit";
 
 impl LocalPostgres {
     /// Starts PostgreSQL with its cluster in `<root>/postgres` (created by
-    /// `initdb` the first time) and its socket in `<root>/run`.
+    /// `initdb` the first time) and its socket in `<root>/run`, holding the
+    /// directory's lock; [`LocalDbError::InUse`] when another conduit holds it.
     pub async fn start(bin: &Path, root: &Path) -> Result<Self, LocalDbError> {
+        std::fs::create_dir_all(root).map_err(|e| failed(format!("cannot create {}: {e}", root.display())))?;
+        let Some(lock) = InstanceLock::take(root)? else {
+            return Err(LocalDbError::InUse { root: root.display().to_string(), holder: InstanceLock::holder(root) });
+        };
+        Self::start_locked(bin, root, lock).await
+    }
+
+    /// For commands that use the database and exit (`migrate`, `jobs`,
+    /// `worker`): joins the server of the conduit that holds `root`, if
+    /// one does, else starts it as [`start`](Self::start) does.
+    pub async fn join_or_start(bin: &Path, root: &Path) -> Result<Self, LocalDbError> {
+        std::fs::create_dir_all(root).map_err(|e| failed(format!("cannot create {}: {e}", root.display())))?;
+        match InstanceLock::take(root)? {
+            Some(lock) => Self::start_locked(bin, root, lock).await,
+            None => {
+                tracing::info!(data = %root.display(), holder = %InstanceLock::holder(root), "joining the private PostgreSQL of the conduit that holds the data directory");
+                let mut joined =
+                    Self { child: None, socket_dir: root.join("run"), data: root.join("postgres"), lock: None };
+                joined.wait_until_accepting(root).await?;
+                Ok(joined)
+            }
+        }
+    }
+
+    /// Whether this process started the server (else it joined another's).
+    pub fn started_here(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Says, in the data directory's lock file, who runs it (for the error
+    /// a second conduit on the same directory gets).
+    pub fn describe(&self, holder: &str) {
+        if let Some(lock) = &self.lock {
+            lock.describe(holder);
+        }
+    }
+
+    async fn start_locked(bin: &Path, root: &Path, lock: InstanceLock) -> Result<Self, LocalDbError> {
         let data = root.join("postgres");
         let socket_dir = root.join("run");
         let account = if is_root() { Some(server_account()?) } else { None };
@@ -214,7 +312,7 @@ impl LocalPostgres {
             }
         }
         let child = spawn_from_lasting_thread(server)?;
-        let mut local = Self { child: Some(child), socket_dir, data };
+        let mut local = Self { child: Some(child), socket_dir, data, lock: Some(lock) };
         local.wait_until_accepting(root).await?;
         local.create_database().await?;
         Ok(local)

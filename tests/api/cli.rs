@@ -369,3 +369,55 @@ fn at_a_terminal_with_the_private_database_ctrl_c_stops_at_once() {
     assert!(asked.elapsed() < std::time::Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// One instance per data directory: with no DATABASE_URL, a second `serve`
+/// on the directory another conduit holds stops at once, naming the
+/// directory and the running one's address; `migrate` and `jobs list` join
+/// the running one's database and say so; once it stops, they start the
+/// private server themselves and stop it again.
+#[test]
+fn a_data_directory_has_one_instance_and_the_other_commands_join_it() {
+    let data = std::env::temp_dir().join(format!("conduit-test-shared-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let data_dir = data.to_string_lossy().into_owned();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    fn on<'a>(data: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut env = vec![("CONDUIT_DATA_DIR", data), ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0")];
+        env.extend_from_slice(extra);
+        env
+    }
+    let private = |extra: &[(&'static str, &'static str)]| on(&data_dir, extra);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_conduit"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(on(&data_dir, &[("CONDUIT_LISTEN", &listen), ("LOG_LEVEL", "warn")]))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_port(port, 120), "the first conduit serves");
+
+    let second = conduit(&["serve"], &private(&[("CONDUIT_LISTEN", "127.0.0.1:0")]));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "the second conduit refuses: {stderr}");
+    assert!(stderr.contains(&data_dir) && stderr.contains(&format!(":{port}")), "names both: {stderr}");
+    assert!(!stderr.contains("private PostgreSQL stopped"), "it stopped nothing: {stderr}");
+
+    let migrate = conduit(&["migrate"], &private(&[("LOG_LEVEL", "info"), ("LOG_FORMAT", "text")]));
+    let log = String::from_utf8_lossy(&migrate.stderr);
+    assert!(migrate.status.success(), "migrate joins: {log}");
+    assert!(log.contains("joining the private PostgreSQL"), "and says so: {log}");
+    let jobs = conduit(&["jobs", "list"], &private(&[("LOG_LEVEL", "warn")]));
+    assert!(jobs.status.success(), "jobs list joins: {}", String::from_utf8_lossy(&jobs.stderr));
+    assert!(String::from_utf8_lossy(&jobs.stdout).contains("job(s)"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the first conduit still serves");
+
+    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+    assert!(exit_within(&mut first, 60).is_some(), "the first conduit stops");
+    let alone = conduit(&["migrate"], &private(&[("LOG_LEVEL", "info"), ("LOG_FORMAT", "text")]));
+    let log = String::from_utf8_lossy(&alone.stderr);
+    assert!(alone.status.success(), "migrate alone starts the private server: {log}");
+    assert!(log.contains("private PostgreSQL stopped"), "and stops it: {log}");
+    let _ = std::fs::remove_dir_all(&data);
+}
