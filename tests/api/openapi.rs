@@ -7,7 +7,13 @@ use crate::helpers::{Reply, TestApp, spawn_app};
 
 fn spec() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/realworld/openapi-v2.yml");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {path}: {e}. This test checks answers against the RealWorld contract, \
+             which is not in this repository: put the RealWorld project's \
+             specs/api/openapi.yml (v2.0.0, gothinkster/realworld) at ../shared/realworld/openapi-v2.yml, beside this checkout"
+        )
+    });
     let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     serde_json::to_value(yaml).unwrap()
 }
