@@ -216,6 +216,7 @@ fn main() {
         }),
         Command::Serve => runtime.block_on(async {
             let mut settings = cli.settings.clone();
+            conduit::startup::check_listen_addresses(&settings).unwrap_or_else(|e| refuse(e));
             let local = match settings.database_url {
                 Some(_) => None,
                 None => Some(start_private_database(&mut settings, false).await),

@@ -52,6 +52,17 @@ pub enum StartupError {
 const LISTEN_SETTING: &str = "CONDUIT_LISTEN or --listen";
 const ADMIN_LISTEN_SETTING: &str = "CONDUIT_ADMIN_LISTEN or --admin-listen";
 
+/// Whether both listen addresses can be bound now, checked before anything
+/// slow starts (the private database, migrations), so that a taken port is
+/// reported at once rather than after them. The listeners themselves are
+/// bound later, by [`Application::build`].
+pub fn check_listen_addresses(settings: &crate::config::Settings) -> Result<(), StartupError> {
+    for (address, setting) in [(settings.listen, LISTEN_SETTING), (settings.admin_listen, ADMIN_LISTEN_SETTING)] {
+        std::net::TcpListener::bind(address).map_err(|error| StartupError::Listen { address, setting, error })?;
+    }
+    Ok(())
+}
+
 /// A listener on `address`; an error names `setting`, so that a taken port
 /// says how to choose another.
 async fn bind(address: SocketAddr, setting: &'static str) -> Result<TcpListener, StartupError> {

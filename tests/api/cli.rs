@@ -121,6 +121,20 @@ async fn a_taken_port_names_the_setting_that_chose_it() {
         assert!(!out.status.success(), "{setting}: started on a taken port");
         assert!(stderr.contains(&format!("cannot listen on {address} ({named})")), "{setting}: {stderr}");
     }
+    // Found before anything slow starts: the private database is not even created.
+    let data = std::env::temp_dir().join(format!("conduit-test-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let env = [
+        ("CONDUIT_DATA_DIR", data.to_str().unwrap()),
+        ("CONDUIT_LISTEN", address.as_str()),
+        ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
+    ];
+    let out = conduit(&["serve"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(CONDUIT_LISTEN or --listen)"), "{stderr}");
+    assert!(!data.join("postgres").exists(), "PostgreSQL was started before the port was checked");
+    let _ = std::fs::remove_dir_all(&data);
     drop(taken);
     drop_database(&name).await;
 }
