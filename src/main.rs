@@ -60,15 +60,33 @@ async fn start_private_database(settings: &mut conduit::config::Settings, join: 
     local
 }
 
-/// The settings of a command that uses the database and exits: with no
-/// DATABASE_URL, those of the private PostgreSQL (joined or started).
-async fn database_settings(settings: &conduit::config::Settings) -> (conduit::config::Settings, Option<LocalPostgres>) {
+/// `settings` with their database: with no DATABASE_URL, the private
+/// PostgreSQL, joined (`join`, for commands that use it and exit) or started.
+async fn database_settings(
+    settings: &conduit::config::Settings,
+    join: bool,
+) -> (conduit::config::Settings, Option<LocalPostgres>) {
     let mut settings = settings.clone();
     let local = match settings.database_url {
         Some(_) => None,
-        None => Some(start_private_database(&mut settings, true).await),
+        None => Some(start_private_database(&mut settings, join).await),
     };
     (settings, local)
+}
+
+/// The one-connection pool of a command that uses the database and exits,
+/// and the private server it started, if any ([`close_command_pool`] ends both).
+async fn command_pool(settings: &conduit::config::Settings) -> (sqlx::PgPool, Option<LocalPostgres>) {
+    let (settings, local) = database_settings(settings, true).await;
+    let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
+    let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+    (db, local)
+}
+
+/// Closes a command's pool, then the private server if it started one.
+async fn close_command_pool(db: sqlx::PgPool, local: Option<LocalPostgres>) {
+    db.close().await;
+    stop_private_database(local).await;
 }
 
 /// Stops the private PostgreSQL if this process started it.
@@ -186,7 +204,7 @@ fn main() {
     tracing::debug!(open_files, "open-files limit");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Worker => runtime.block_on(async {
-            let (settings, local) = database_settings(&cli.settings).await;
+            let (settings, local) = database_settings(&cli.settings, true).await;
             let worked = conduit::startup::run_worker(&settings, conduit::server::shutdown::signal()).await;
             stop_private_database(local).await;
             if let Err(e) = worked {
@@ -194,33 +212,23 @@ fn main() {
             }
         }),
         Command::Jobs { action } => runtime.block_on(async {
-            let (settings, local) = database_settings(&cli.settings).await;
-            let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
-            let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+            let (db, local) = command_pool(&cli.settings).await;
             let done = jobs_command(&db, action).await;
-            db.close().await;
-            stop_private_database(local).await;
+            close_command_pool(db, local).await;
             if let Err(e) = done {
                 refuse(e);
             }
         }),
         Command::Migrate => runtime.block_on(async {
-            let (settings, local) = database_settings(&cli.settings).await;
-            let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
-            let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+            let (db, local) = command_pool(&cli.settings).await;
             let migrated = MIGRATOR.run(&db).await;
-            db.close().await;
-            stop_private_database(local).await;
+            close_command_pool(db, local).await;
             migrated.unwrap_or_else(|e| refuse(e));
             tracing::info!("migrations applied");
         }),
         Command::Serve => runtime.block_on(async {
-            let mut settings = cli.settings.clone();
-            conduit::startup::check_listen_addresses(&settings).unwrap_or_else(|e| refuse(e));
-            let local = match settings.database_url {
-                Some(_) => None,
-                None => Some(start_private_database(&mut settings, false).await),
-            };
+            conduit::startup::check_listen_addresses(&cli.settings).unwrap_or_else(|e| refuse(e));
+            let (mut settings, local) = database_settings(&cli.settings, false).await;
             // DRAIN_DELAY gives load balancers time to stop sending; someone
             // at a terminal with the private database has none to wait for.
             if local.is_some() && std::io::IsTerminal::is_terminal(&std::io::stdin()) && !settings.drain_delay.is_zero()

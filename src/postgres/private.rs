@@ -48,6 +48,7 @@ struct InstanceLock(std::fs::File);
 impl InstanceLock {
     /// Takes the lock of `root`; `None` when another process holds it.
     fn take(root: &Path) -> Result<Option<Self>, LocalDbError> {
+        std::fs::create_dir_all(root).map_err(|e| failed(format!("cannot create {}: {e}", root.display())))?;
         let path = root.join("conduit.lock");
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -209,7 +210,6 @@ impl LocalPostgres {
     /// `initdb` the first time) and its socket in `<root>/run`, holding the
     /// directory's lock; [`LocalDbError::InUse`] when another conduit holds it.
     pub async fn start(bin: &Path, root: &Path) -> Result<Self, LocalDbError> {
-        std::fs::create_dir_all(root).map_err(|e| failed(format!("cannot create {}: {e}", root.display())))?;
         let Some(lock) = InstanceLock::take(root)? else {
             return Err(LocalDbError::InUse { root: root.display().to_string(), holder: InstanceLock::holder(root) });
         };
@@ -220,7 +220,6 @@ impl LocalPostgres {
     /// `worker`): joins the server of the conduit that holds `root`, if
     /// one does, else starts it as [`start`](Self::start) does.
     pub async fn join_or_start(bin: &Path, root: &Path) -> Result<Self, LocalDbError> {
-        std::fs::create_dir_all(root).map_err(|e| failed(format!("cannot create {}: {e}", root.display())))?;
         match InstanceLock::take(root)? {
             Some(lock) => Self::start_locked(bin, root, lock).await,
             None => {

@@ -6,14 +6,15 @@ use sqlx::Connection;
 
 use crate::helpers::{create_database, drop_database};
 
+/// The binary with `args`, only `PATH` and `env` in its environment.
+fn conduit_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(env.iter().copied());
+    command
+}
+
 fn conduit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .output()
-        .expect("the binary runs")
+    conduit_command(args, env).output().expect("the binary runs")
 }
 
 #[test]
@@ -327,21 +328,16 @@ async fn a_second_ctrl_c_exits_at_once() {
     drop_database(&name).await;
     let url = create_database(&name).await;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs([
-            ("DATABASE_URL", url.as_str()),
-            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("CONDUIT_LISTEN", &format!("127.0.0.1:{port}")),
-            ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("DRAIN_DELAY", "60s"),
-            ("LOG_LEVEL", "warn"),
-        ])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("CONDUIT_LISTEN", listen.as_str()),
+        ("CONDUIT_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("DRAIN_DELAY", "60s"),
+        ("LOG_LEVEL", "warn"),
+    ];
+    let mut child = conduit_command(&["serve"], &env).stdin(std::process::Stdio::null()).spawn().unwrap();
     assert!(wait_for_port(port, 60), "conduit serves");
     interrupt(child.id());
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -402,11 +398,7 @@ fn a_data_directory_has_one_instance_and_the_other_commands_join_it() {
         env
     }
     let private = |extra: &[(&'static str, &'static str)]| on(&data_dir, extra);
-    let mut first = Command::new(env!("CARGO_BIN_EXE_conduit"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(on(&data_dir, &[("CONDUIT_LISTEN", &listen), ("LOG_LEVEL", "warn")]))
+    let mut first = conduit_command(&["serve"], &on(&data_dir, &[("CONDUIT_LISTEN", &listen), ("LOG_LEVEL", "warn")]))
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
