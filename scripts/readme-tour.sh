@@ -35,6 +35,8 @@ curl -fs -o /dev/null localhost:8080/api/tags || { tail -n 30 "$log"; echo "no a
 echo "== first answer after $(( ($(date +%s%N) - started) / 1000000 )) ms"
 
 echo "== the tour"
-timeout 300 bash -euo pipefail -c "curl() { command curl --fail-with-body \"\$@\"; }
+# The tour's own commands (`conduit demo`) find the service's data directory
+# as the service did: the newcomer's default is the same for both.
+CONDUIT_DATA_DIR=$data timeout 300 bash -euo pipefail -c "curl() { command curl --fail-with-body \"\$@\"; }
 $tour"
 echo "== the tour passed"

@@ -35,6 +35,15 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsCommand,
     },
+    /// Fill the database with a small sample (users, articles, tags,
+    /// comments, follows, favorites), idempotently, and print commands to
+    /// try with a demo user's token.
+    Demo {
+        /// Base URL of the API the printed commands call [default: the
+        /// running private conduit's, else http://localhost:8080]
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 /// `conduit jobs …`.
@@ -72,72 +81,233 @@ pub enum JobsCommand {
     },
 }
 
+/// Help headings: the settings in groups.
+const LISTENING: &str = "Listening and connections";
+const DATABASE: &str = "Database";
+const TOKENS: &str = "Tokens";
+const REQUESTS: &str = "Requests";
+const RATE_LIMITS: &str = "Rate limits";
+const RESPONSES: &str = "Responses and browsers";
+const STREAMS: &str = "Streams";
+const JOBS: &str = "Background jobs";
+const PROBES: &str = "Probes, start and stop";
+const LOGGING: &str = "Logging";
+
+/// The subcommands that read each group of settings besides `serve`, which
+/// reads them all (unlisted groups are `serve`'s alone). A subcommand's help
+/// shows only the settings it reads, and it refuses the others' flags.
+const READERS: &[(&str, &[&str])] = &[
+    (DATABASE, &["migrate", "worker", "jobs", "demo"]),
+    (LOGGING, &["migrate", "worker", "jobs", "demo"]),
+    (TOKENS, &["demo"]),
+    (JOBS, &["worker"]),
+    (PROBES, &["worker"]),
+];
+
+/// The settings `-h` shows (`--help` shows them all): the ones a first run
+/// or a first deployment sets.
+const SHORT_HELP: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "database_url",
+    "data_dir",
+    "jwt_secret",
+    "redis_url",
+    "tls_cert",
+    "tls_key",
+    "job_workers",
+    "log_level",
+    "log_format",
+];
+
+/// Whether `subcommand` reads the setting `arg`.
+fn reads(subcommand: &str, arg: &clap::Arg) -> bool {
+    subcommand == "serve"
+        || arg.get_help_heading().is_some_and(|heading| {
+            READERS.iter().any(|(group, readers)| *group == heading && readers.contains(&subcommand))
+        })
+}
+
+impl Cli {
+    /// The command line: [`Cli`]'s, where every subcommand but `serve`
+    /// shows only the settings it reads. The others are hidden copies, not
+    /// global, so that clap does not spread the visible ones into them.
+    pub fn command_line() -> clap::Command {
+        use clap::CommandFactory as _;
+        let mut command = Self::command().mut_args(|arg| {
+            let short = SHORT_HELP.contains(&arg.get_id().as_str()) || !arg.is_global_set();
+            arg.hide_short_help(!short)
+        });
+        let settings: Vec<clap::Arg> = command.get_arguments().filter(|arg| arg.is_global_set()).cloned().collect();
+        let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+        for name in names {
+            command = command.mut_subcommand(&name, |mut sub| {
+                for arg in settings.iter().filter(|arg| !reads(&name, arg)) {
+                    sub = sub.arg(arg.clone().global(false).hide(true));
+                }
+                sub
+            });
+        }
+        command
+    }
+
+    /// Parses a command line (and the environment), refusing a setting
+    /// given to a subcommand that does not read it.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches as _;
+        let mut command = Self::command_line();
+        let matches = command.try_get_matches_from_mut(args)?;
+        if let Some((name, _)) = matches.subcommand() {
+            // clap copies a global setting's value to every level, so the
+            // top level sees the flag wherever it was given.
+            let given = |arg: &&clap::Arg| {
+                matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            };
+            let refused = command.get_arguments().filter(|arg| arg.is_global_set() && !reads(name, arg)).find(given);
+            if let Some(flag) = refused.map(|arg| arg.get_long().unwrap_or_default().to_owned()) {
+                let message =
+                    format!("`conduit {name}` has no setting --{flag} (`conduit {name} --help` lists its settings)");
+                return Err(command.error(clap::error::ErrorKind::ArgumentConflict, message));
+            }
+        }
+        Self::from_arg_matches(&matches)
+    }
+}
+
 /// Everything the service can be configured with.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
+    /// Address to listen on for gRPC and HTTP (HTTP/1.1 and HTTP/2, cleartext).
+    #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true, help_heading = LISTENING)]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain: with TLS_KEY, the main listener speaks TLS
+    /// (HTTP/2 or HTTP/1.1 by ALPN); both files are read again on SIGHUP
+    /// or when they change.
+    #[arg(long, env = "TLS_CERT", global = true, help_heading = LISTENING)]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of TLS_CERT.
+    #[arg(long, env = "TLS_KEY", global = true, help_heading = LISTENING)]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Most connections open at once; 0 sizes it from the open-files limit
+    /// (raised to its hard limit at start), keeping 512 descriptors for the
+    /// admin listener, the database pools and files. More are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0, global = true, help_heading = LISTENING)]
+    pub max_connections: usize,
+
+    /// Most connections open at once from one peer address; 0 turns the
+    /// bound off (set it above a proxy's connection pool when one is in front).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, global = true, help_heading = LISTENING)]
+    pub max_connections_per_address: usize,
+
+    /// Longest a client may take to send a request's head (HTTP/1.1) or the
+    /// HTTP/2 preface and SETTINGS; a new connection that sends neither in
+    /// time is closed, and idle keep-alive connections are closed after it too.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true, help_heading = LISTENING)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (request line and headers) accepted, in bytes:
+    /// 431 over HTTP/1.1, the HTTP/2 header list limit.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, global = true, help_heading = LISTENING)]
+    pub max_header_bytes: usize,
+
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256, global = true, help_heading = LISTENING)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// HTTP/2 keep-alive ping interval; a peer silent for as long again is dropped.
+    #[arg(long, env = "HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = parse_duration, global = true, help_heading = LISTENING)]
+    pub http2_keep_alive: Duration,
+
+    /// Networks of reverse proxies whose `X-Forwarded-For`/`Forwarded`
+    /// headers name the client (comma-separated CIDRs such as
+    /// 10.0.0.0/8,127.0.0.1/32); from any other peer they are ignored.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", global = true, help_heading = LISTENING)]
+    pub trusted_proxies: String,
+
     /// PostgreSQL connection URL, e.g. postgres://user@127.0.0.1:5432/conduit.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, help_heading = DATABASE)]
     pub database_url: Option<Secret>,
 
     /// Where conduit keeps its own files (the private PostgreSQL started when
     /// DATABASE_URL is unset, and its generated JWT secret).
-    #[arg(long, env = "CONDUIT_DATA_DIR", global = true)]
+    #[arg(long, env = "CONDUIT_DATA_DIR", global = true, help_heading = DATABASE)]
     pub data_dir: Option<std::path::PathBuf>,
 
     /// Directory holding PostgreSQL's initdb and postgres, for the private
     /// server started when DATABASE_URL is unset (searched for otherwise).
-    #[arg(long, env = "CONDUIT_PG_BIN", global = true)]
+    #[arg(long, env = "CONDUIT_PG_BIN", global = true, help_heading = DATABASE)]
     pub pg_bin: Option<std::path::PathBuf>,
 
-    /// Address to listen on for gRPC and HTTP (HTTP/1.1 and HTTP/2, cleartext).
-    #[arg(long, env = "CONDUIT_LISTEN", default_value = "0.0.0.0:8080", global = true)]
-    pub listen: SocketAddr,
-
-    /// Address of the admin listener: the Prometheus scrape `/metrics` and
-    /// the probes `/healthz` and `/readyz`. Port 8079 sits beside the API's
-    /// 8080 and is no common tool's default (Prometheus has 9090).
-    #[arg(long, env = "CONDUIT_ADMIN_LISTEN", default_value = "0.0.0.0:8079", global = true)]
-    pub admin_listen: SocketAddr,
+    /// How long to wait for a free database connection before failing a call.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true, help_heading = DATABASE)]
+    pub db_acquire_timeout: Duration,
 
     /// Secret that signs and checks tokens (HS256), at least 32 bytes.
-    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true, help_heading = TOKENS)]
     pub jwt_secret: Option<Secret>,
 
     /// How long a token stays valid, e.g. 3600s, 90m, 24h, 7d.
-    #[arg(long, env = "JWT_TTL", default_value = "24h", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JWT_TTL", default_value = "24h", value_parser = parse_duration, global = true, help_heading = TOKENS)]
     pub jwt_ttl: Duration,
 
     /// Largest request body accepted, in bytes, on every protocol: a larger
     /// JSON body gets 413, a larger gRPC, gRPC-Web or Connect message
     /// RESOURCE_EXHAUSTED (compressed ones counted as they decompress).
-    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 1024 * 1024, global = true, help_heading = REQUESTS)]
     pub body_limit: usize,
 
     /// Longest a client may take to send the body of a unary or
     /// server-streaming call, which is read before the call is admitted;
     /// longer gets 408 / DEADLINE_EXCEEDED (10 s carry BODY_LIMIT at 1 Mbit/s).
-    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
     pub body_read_timeout: Duration,
 
     /// Most request bodies read at once from one client address (see
     /// TRUSTED_PROXIES); more get 429 / RESOURCE_EXHAUSTED at once. 0 turns
     /// the bound off.
-    #[arg(long, env = "BODY_READS_PER_ADDRESS", default_value_t = 64, global = true)]
+    #[arg(long, env = "BODY_READS_PER_ADDRESS", default_value_t = 64, global = true, help_heading = REQUESTS)]
     pub body_reads_per_address: usize,
 
     /// Longest a call may take before its answer starts; longer ones get
     /// 504 / DEADLINE_EXCEEDED (client deadlines that are shorter win).
-    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
     pub request_timeout: Duration,
+
+    /// Most requests served at once; more are refused at once with 503 /
+    /// UNAVAILABLE and `Retry-After` rather than queued without bound.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true, help_heading = REQUESTS)]
+    pub max_concurrent_requests: usize,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = REQUESTS)]
+    pub db_max_connections: u32,
+
+    /// Most password hashes computed at once (each holds 19 MiB for ~20 ms);
+    /// 0 means one per CPU core.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, global = true, help_heading = REQUESTS)]
+    pub password_hash_concurrency: usize,
+
+    /// `full` (every layer) or `minimal` (only what the API's behaviour
+    /// needs: classification, authentication, dispatch), to measure what
+    /// the operational layers cost; not for production.
+    #[arg(long, env = "MIDDLEWARE", default_value = "full", value_parser = ["full", "minimal"], global = true, help_heading = REQUESTS)]
+    pub middleware: String,
 
     /// Calls allowed per identity (user, else client address), as N/s,
     /// N/min or N/h; more get 429 / RESOURCE_EXHAUSTED.
-    #[arg(long, env = "RATE_LIMIT", default_value = "600/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    #[arg(long, env = "RATE_LIMIT", default_value = "600/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true, help_heading = RATE_LIMITS)]
     pub rate_limit: crate::middleware::ratelimit::Rate,
 
     /// Logins and registrations allowed per identity (against credential
     /// stuffing), as N/s, N/min or N/h.
-    #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    #[arg(long, env = "RATE_LIMIT_CREDENTIALS", default_value = "10/min", value_parser = crate::middleware::ratelimit::Rate::parse, global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_credentials: crate::middleware::ratelimit::Rate,
 
     /// Failed logins allowed per account and client address, as N/s, N/min
@@ -145,231 +315,167 @@ pub struct Settings {
     /// empties the count): guessing one account's password from many
     /// addresses gets N per address, and the owner, from their own address,
     /// is never locked out by someone else's failures.
-    #[arg(long, env = "RATE_LIMIT_LOGIN_FAILURES", default_value = "10/h", value_parser = crate::middleware::ratelimit::Rate::parse, global = true)]
+    #[arg(long, env = "RATE_LIMIT_LOGIN_FAILURES", default_value = "10/h", value_parser = crate::middleware::ratelimit::Rate::parse, global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_login_failures: crate::middleware::ratelimit::Rate,
 
     /// Redis URL (redis://host:port/db): rate-limit buckets are shared
     /// through it by every replica; unset, each process keeps its own.
-    #[arg(long, env = "REDIS_URL", global = true)]
+    #[arg(long, env = "REDIS_URL", global = true, help_heading = RATE_LIMITS)]
     pub redis_url: Option<String>,
 
     /// What rate limiting does when Redis fails: `open` lets calls through,
     /// `closed` refuses them.
-    #[arg(long, env = "RATE_LIMIT_REDIS_FAILURE", default_value = "open", value_parser = ["open", "closed"], global = true)]
+    #[arg(long, env = "RATE_LIMIT_REDIS_FAILURE", default_value = "open", value_parser = ["open", "closed"], global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_redis_failure: String,
 
     /// Prefix of the rate-limit keys in Redis.
-    #[arg(long, env = "RATE_LIMIT_REDIS_PREFIX", default_value = "conduit:ratelimit:", global = true)]
+    #[arg(long, env = "RATE_LIMIT_REDIS_PREFIX", default_value = "conduit:ratelimit:", global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_redis_prefix: String,
 
     /// Longest a rate-limit check waits for Redis; a check that fails or
     /// takes longer makes checks do without Redis until it answers again.
-    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "25ms", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "RATE_LIMIT_REDIS_TIMEOUT", default_value = "25ms", value_parser = parse_duration, global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_redis_timeout: Duration,
 
     /// How often a Redis found failing is pinged until it answers.
-    #[arg(long, env = "RATE_LIMIT_REDIS_PROBE", default_value = "500ms", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "RATE_LIMIT_REDIS_PROBE", default_value = "500ms", value_parser = parse_duration, global = true, help_heading = RATE_LIMITS)]
     pub rate_limit_redis_probe: Duration,
-
-    /// Most requests served at once; more are refused at once with 503 /
-    /// UNAVAILABLE and `Retry-After` rather than queued without bound.
-    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true)]
-    pub max_concurrent_requests: usize,
-
-    /// Longest a client may take to send a request's head (HTTP/1.1) or the
-    /// HTTP/2 preface and SETTINGS; a new connection that sends neither in
-    /// time is closed, and idle keep-alive connections are closed after it too.
-    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub header_read_timeout: Duration,
-
-    /// Largest request head (request line and headers) accepted, in bytes:
-    /// 431 over HTTP/1.1, the HTTP/2 header list limit.
-    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 64 * 1024, global = true)]
-    pub max_header_bytes: usize,
-
-    /// Most connections open at once; 0 sizes it from the open-files limit
-    /// (raised to its hard limit at start), keeping 512 descriptors for the
-    /// admin listener, the database pools and files. More are closed at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0, global = true)]
-    pub max_connections: usize,
-
-    /// Most connections open at once from one peer address; 0 turns the
-    /// bound off (set it above a proxy's connection pool when one is in front).
-    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 1024, global = true)]
-    pub max_connections_per_address: usize,
-
-    /// Most concurrent streams (calls) on one HTTP/2 connection.
-    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 256, global = true)]
-    pub http2_max_concurrent_streams: u32,
-
-    /// HTTP/2 keep-alive ping interval; a peer silent for as long again is dropped.
-    #[arg(long, env = "HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = parse_duration, global = true)]
-    pub http2_keep_alive: Duration,
-
-    /// After SIGTERM/SIGINT, how long the process stays not-ready but still
-    /// accepts connections, so that load balancers stop sending work first.
-    #[arg(long, env = "DRAIN_DELAY", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub drain_delay: Duration,
-
-    /// After the drain delay, how long calls in flight get to finish before
-    /// the process exits anyway.
-    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration, global = true)]
-    pub drain_timeout: Duration,
-
-    /// Networks of reverse proxies whose `X-Forwarded-For`/`Forwarded`
-    /// headers name the client (comma-separated CIDRs such as
-    /// 10.0.0.0/8,127.0.0.1/32); from any other peer they are ignored.
-    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", global = true)]
-    pub trusted_proxies: String,
 
     /// Longest an anonymous read stays in the response cache (writes clear
     /// it at once, in every replica); 0s turns the cache off.
-    #[arg(long, env = "CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "CACHE_TTL", default_value = "5s", value_parser = parse_duration, global = true, help_heading = RESPONSES)]
     pub cache_ttl: Duration,
 
     /// Memory the response cache may hold, in bytes (oldest entries go first).
-    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024, global = true, help_heading = RESPONSES)]
     pub cache_max_bytes: usize,
 
     /// Smallest answer compressed (gzip, br or zstd, as the client accepts),
     /// in bytes; answers of unknown length are compressed too.
-    #[arg(long, env = "COMPRESSION_MIN_BYTES", default_value_t = 1024, global = true)]
+    #[arg(long, env = "COMPRESSION_MIN_BYTES", default_value_t = 1024, global = true, help_heading = RESPONSES)]
     pub compression_min_bytes: u64,
 
-    /// `full` (every layer) or `minimal` (only what the API's behaviour
-    /// needs: classification, authentication, dispatch), to measure what
-    /// the operational layers cost; not for production.
-    #[arg(long, env = "MIDDLEWARE", default_value = "full", value_parser = ["full", "minimal"], global = true)]
-    pub middleware: String,
-
-    /// PEM certificate chain: with TLS_KEY, the main listener speaks TLS
-    /// (HTTP/2 or HTTP/1.1 by ALPN); both files are read again on SIGHUP
-    /// or when they change.
-    #[arg(long, env = "TLS_CERT", global = true)]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key of TLS_CERT.
-    #[arg(long, env = "TLS_KEY", global = true)]
-    pub tls_key: Option<std::path::PathBuf>,
+    /// Shortest time between two cross-replica signals (cache
+    /// invalidations, job wake-ups) sent by this process: the signals
+    /// raised meanwhile go out together in one NOTIFY, so writes never pay
+    /// a NOTIFY each; other replicas hear of them up to this late.
+    #[arg(long, env = "SIGNAL_INTERVAL", default_value = "10ms", value_parser = parse_duration, global = true, help_heading = RESPONSES)]
+    pub signal_interval: Duration,
 
     /// Origins browsers may call the JSON API from: `*` for any, or a
     /// comma-separated list such as https://app.example.com,http://localhost:4200.
-    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true)]
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", global = true, help_heading = RESPONSES)]
     pub cors_allowed_origins: String,
 
     /// Request headers browsers may send cross-origin, beyond the ones every
     /// protocol needs (authorization, content-type, x-grpc-web, x-user-agent,
     /// grpc-timeout, connect-protocol-version, connect-timeout-ms, …);
     /// comma-separated.
-    #[arg(long, env = "CORS_ALLOWED_HEADERS", default_value = "", global = true)]
+    #[arg(long, env = "CORS_ALLOWED_HEADERS", default_value = "", global = true, help_heading = RESPONSES)]
     pub cors_allowed_headers: String,
 
     /// How long browsers may cache a CORS preflight answer.
-    #[arg(long, env = "CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "CORS_MAX_AGE", default_value = "1h", value_parser = parse_duration, global = true, help_heading = RESPONSES)]
     pub cors_max_age: Duration,
 
-    /// How often readiness (gRPC health) checks that the database answers,
-    /// over a connection of its own (a lost one is noticed at once).
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub health_check_interval: Duration,
+    /// Notification watch streams one user may have open at once.
+    #[arg(long, env = "WATCH_MAX_PER_USER", default_value_t = 8, global = true, help_heading = STREAMS)]
+    pub watch_max_per_user: usize,
 
-    /// How often a database found down is probed; service resumes at the
-    /// first probe that succeeds.
-    #[arg(long, env = "HEALTH_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_duration, global = true)]
-    pub health_probe_interval: Duration,
+    /// Silence after which a watch stream sends a keep-alive message (so
+    /// that proxies and clients do not time it out).
+    #[arg(long, env = "WATCH_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration, global = true, help_heading = STREAMS)]
+    pub watch_keep_alive: Duration,
 
-    /// Log filter, e.g. info or conduit=debug,sqlx=warn.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    pub log_level: String,
+    /// Rows an export reads from its cursor at a time (its memory bound).
+    #[arg(long, env = "EXPORT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true, help_heading = STREAMS)]
+    pub export_batch: u32,
 
-    /// Log format: auto (JSON lines unless stderr is a terminal), text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = ["auto", "text", "json"], global = true)]
-    pub log_format: String,
+    /// Article exports running at once (each holds a database connection
+    /// while its client reads); more get 503 / UNAVAILABLE.
+    #[arg(long, env = "EXPORT_MAX_CONCURRENT", default_value_t = 4, global = true, help_heading = STREAMS)]
+    pub export_max_concurrent: usize,
 
-    /// Most database connections in the pool.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
-    pub db_max_connections: u32,
-
-    /// How long to wait for a free database connection before failing a call.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub db_acquire_timeout: Duration,
-
-    /// Most password hashes computed at once (each holds 19 MiB for ~20 ms);
-    /// 0 means one per CPU core.
-    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = 0, global = true)]
-    pub password_hash_concurrency: usize,
+    /// Longest a client may read nothing of an export before it is ended
+    /// (with DEADLINE_EXCEEDED after the articles sent).
+    #[arg(long, env = "EXPORT_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true, help_heading = STREAMS)]
+    pub export_stall_timeout: Duration,
 
     /// Background jobs run at once by this process (`serve` and `worker`);
     /// 0 runs none in `serve` (leave them to `conduit worker` processes).
-    #[arg(long, env = "JOB_WORKERS", default_value_t = 4, global = true)]
+    #[arg(long, env = "JOB_WORKERS", default_value_t = 4, global = true, help_heading = JOBS)]
     pub job_workers: usize,
 
     /// How long a worker may hold a job before another may take it over: a
     /// crashed worker's jobs run again this long after it took them.
-    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = parse_duration, global = true, help_heading = JOBS)]
     pub job_lease: Duration,
 
     /// How often idle workers look for due retries and expired leases (new
     /// jobs wake them at once by LISTEN/NOTIFY).
-    #[arg(long, env = "JOB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JOB_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true, help_heading = JOBS)]
     pub job_poll_interval: Duration,
 
     /// Attempts a job gets before it is dead (kept for `conduit jobs`).
-    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..), global = true)]
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(i32).range(1..), global = true, help_heading = JOBS)]
     pub job_max_attempts: i32,
 
     /// Delay before a failed job's first retry; each next one doubles (with jitter).
-    #[arg(long, env = "JOB_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JOB_RETRY_BASE", default_value = "1s", value_parser = parse_duration, global = true, help_heading = JOBS)]
     pub job_retry_base: Duration,
 
     /// Longest delay between retries.
-    #[arg(long, env = "JOB_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JOB_RETRY_MAX", default_value = "10m", value_parser = parse_duration, global = true, help_heading = JOBS)]
     pub job_retry_max: Duration,
 
     /// Most first attempts of quick jobs (notifications) done together in
     /// one transaction; 1 does every job alone.
-    #[arg(long, env = "JOB_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "JOB_BATCH", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..), global = true, help_heading = JOBS)]
     pub job_batch: u32,
 
     /// Shortest time between two looks at the queue when jobs keep coming:
     /// jobs enqueued within it are done in one batch, and the workers' CPU
     /// stays bounded under a write load (notifications arrive up to this late).
-    #[arg(long, env = "JOB_BATCH_WINDOW", default_value = "10ms", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "JOB_BATCH_WINDOW", default_value = "10ms", value_parser = parse_duration, global = true, help_heading = JOBS)]
     pub job_batch_window: Duration,
 
-    /// Shortest time between two cross-replica signals (cache
-    /// invalidations, job wake-ups) sent by this process: the signals
-    /// raised meanwhile go out together in one NOTIFY, so writes never pay
-    /// a NOTIFY each; other replicas hear of them up to this late.
-    #[arg(long, env = "SIGNAL_INTERVAL", default_value = "10ms", value_parser = parse_duration, global = true)]
-    pub signal_interval: Duration,
+    /// Address of the admin listener: the Prometheus scrape `/metrics` and
+    /// the probes `/healthz` and `/readyz`. Port 8079 sits beside the API's
+    /// 8080 and is no common tool's default (Prometheus has 9090).
+    #[arg(long, env = "CONDUIT_ADMIN_LISTEN", default_value = "0.0.0.0:8079", global = true, help_heading = PROBES)]
+    pub admin_listen: SocketAddr,
 
-    /// Notification watch streams one user may have open at once.
-    #[arg(long, env = "WATCH_MAX_PER_USER", default_value_t = 8, global = true)]
-    pub watch_max_per_user: usize,
+    /// How often readiness (gRPC health) checks that the database answers,
+    /// over a connection of its own (a lost one is noticed at once).
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration, global = true, help_heading = PROBES)]
+    pub health_check_interval: Duration,
 
-    /// Silence after which a watch stream sends a keep-alive message (so
-    /// that proxies and clients do not time it out).
-    #[arg(long, env = "WATCH_KEEP_ALIVE", default_value = "15s", value_parser = parse_duration, global = true)]
-    pub watch_keep_alive: Duration,
-
-    /// Rows an export reads from its cursor at a time (its memory bound).
-    #[arg(long, env = "EXPORT_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000), global = true)]
-    pub export_batch: u32,
-
-    /// Article exports running at once (each holds a database connection
-    /// while its client reads); more get 503 / UNAVAILABLE.
-    #[arg(long, env = "EXPORT_MAX_CONCURRENT", default_value_t = 4, global = true)]
-    pub export_max_concurrent: usize,
-
-    /// Longest a client may read nothing of an export before it is ended
-    /// (with DEADLINE_EXCEEDED after the articles sent).
-    #[arg(long, env = "EXPORT_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
-    pub export_stall_timeout: Duration,
+    /// How often a database found down is probed; service resumes at the
+    /// first probe that succeeds.
+    #[arg(long, env = "HEALTH_PROBE_INTERVAL", default_value = "250ms", value_parser = parse_duration, global = true, help_heading = PROBES)]
+    pub health_probe_interval: Duration,
 
     /// Apply pending migrations when `serve` starts.
-    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true, help_heading = PROBES)]
     pub migrate_on_start: bool,
+
+    /// After SIGTERM/SIGINT, how long the process stays not-ready but still
+    /// accepts connections, so that load balancers stop sending work first.
+    #[arg(long, env = "DRAIN_DELAY", default_value = "5s", value_parser = parse_duration, global = true, help_heading = PROBES)]
+    pub drain_delay: Duration,
+
+    /// After the drain delay, how long calls in flight get to finish before
+    /// the process exits anyway.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration, global = true, help_heading = PROBES)]
+    pub drain_timeout: Duration,
+
+    /// Log filter, e.g. info or conduit=debug,sqlx=warn.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true, help_heading = LOGGING)]
+    pub log_level: String,
+
+    /// Log format: auto (JSON lines unless stderr is a terminal), text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "auto", value_parser = ["auto", "text", "json"], global = true, help_heading = LOGGING)]
+    pub log_format: String,
 }
 
 /// A setting that must not appear in logs or debug output.
@@ -510,6 +616,19 @@ impl Settings {
         }
     }
 
+    /// The token secret, or why it is missing or unusable; the token
+    /// lifetime is checked with it.
+    pub fn require_jwt_secret(&self) -> Result<Secret, String> {
+        if self.jwt_ttl.is_zero() || self.jwt_ttl > MAX_JWT_TTL {
+            return Err("JWT_TTL must be longer than zero and at most 366d".into());
+        }
+        match &self.jwt_secret {
+            Some(s) if s.expose().len() >= 32 => Ok(s.clone()),
+            Some(_) => Err("JWT_SECRET must be at least 32 bytes long".into()),
+            None => Err("JWT_SECRET (or --jwt-secret) is required".into()),
+        }
+    }
+
     /// How connections are served (head limits, HTTP/2, drain deadline).
     pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
         crate::server::ConnectionLimits {
@@ -566,14 +685,7 @@ impl Settings {
         if self.watch_keep_alive.is_zero() {
             return Err("WATCH_KEEP_ALIVE must be longer than zero".into());
         }
-        let jwt_secret = match &self.jwt_secret {
-            Some(s) if s.expose().len() >= 32 => s.clone(),
-            Some(_) => return Err("JWT_SECRET must be at least 32 bytes long".into()),
-            None => return Err("JWT_SECRET (or --jwt-secret) is required".into()),
-        };
-        if self.jwt_ttl.is_zero() || self.jwt_ttl > MAX_JWT_TTL {
-            return Err("JWT_TTL must be longer than zero and at most 366d".into());
-        }
+        let jwt_secret = self.require_jwt_secret()?;
         if self.body_limit == 0 {
             return Err("BODY_LIMIT must be at least 1 byte".into());
         }
@@ -742,6 +854,77 @@ mod tests {
             Some("DATABASE_URL (or --database-url) is required"),
             "everything but the database has a usable default"
         );
+    }
+
+    /// The help `args` print.
+    fn help(args: &[&str]) -> String {
+        let error = Cli::command_line().try_get_matches_from(args).expect_err("help is printed as an early exit");
+        assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp);
+        error.to_string()
+    }
+
+    #[test]
+    fn each_subcommand_shows_only_the_settings_it_reads() {
+        let jobs = help(&["conduit", "jobs", "list", "--help"]);
+        for shown in ["--state", "--database-url", "--data-dir", "--log-level"] {
+            assert!(jobs.contains(shown), "jobs list shows {shown}:\n{jobs}");
+        }
+        for hidden in ["--tls-cert", "--cors-max-age", "--job-workers", "--jwt-secret", "--listen"] {
+            assert!(!jobs.contains(hidden), "jobs list hides {hidden}:\n{jobs}");
+        }
+        let worker = help(&["conduit", "worker", "--help"]);
+        for shown in ["--job-workers", "--admin-listen", "--drain-timeout", "--database-url"] {
+            assert!(worker.contains(shown), "worker shows {shown}:\n{worker}");
+        }
+        assert!(!worker.contains("--cors-max-age") && !worker.contains("--body-limit"), "{worker}");
+        let demo = help(&["conduit", "demo", "--help"]);
+        assert!(demo.contains("--jwt-secret") && demo.contains("--url") && !demo.contains("--job-workers"), "{demo}");
+        let short = Cli::command_line().try_get_matches_from(["conduit", "-h"]).unwrap_err().to_string();
+        assert!(short.contains("--database-url") && !short.contains("--cors-max-age"), "{short}");
+        assert!(short.lines().count() < 80, "-h is short: {short}");
+        let migrate = help(&["conduit", "migrate", "--help"]);
+        assert!(migrate.contains("--database-url") && !migrate.contains("--jwt-secret"), "{migrate}");
+        for everything in [help(&["conduit", "--help"]), help(&["conduit", "serve", "--help"])] {
+            for shown in ["--cors-max-age", "--job-workers", "--jwt-secret", "--database-url", "Rate limits:"] {
+                assert!(everything.contains(shown), "serve shows {shown}:\n{everything}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_setting_given_to_a_subcommand_that_does_not_read_it_is_refused() {
+        for args in [
+            &["conduit", "migrate", "--tls-cert", "cert.pem"][..],
+            &["conduit", "--tls-cert", "cert.pem", "migrate"],
+            &["conduit", "jobs", "list", "--cors-max-age", "1s"],
+            &["conduit", "worker", "--body-limit", "10"],
+        ] {
+            let error = Cli::parse_from_args(args).expect_err("refused");
+            let text = error.to_string();
+            assert!(
+                text.contains("--tls-cert") || text.contains("--cors-max-age") || text.contains("--body-limit"),
+                "{args:?}: {text}"
+            );
+        }
+        let cli = Cli::parse_from_args(["conduit", "--database-url", "postgres://db/x", "jobs", "list"]).unwrap();
+        assert_eq!(cli.settings.database_url.as_ref().map(Secret::expose), Some("postgres://db/x"));
+        assert!(matches!(cli.command, Some(Command::Jobs { action: JobsCommand::List { .. } })));
+        let cli = Cli::parse_from_args(["conduit", "worker", "--job-workers", "2", "--log-level", "debug"]).unwrap();
+        assert_eq!((cli.settings.job_workers, cli.settings.log_level.as_str()), (2, "debug"));
+        let cli = Cli::parse_from_args(["conduit", "--listen", "127.0.0.1:1", "--cors-max-age", "2s"]).unwrap();
+        assert_eq!((cli.command, cli.settings.cors_max_age), (None, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn every_setting_is_in_a_group() {
+        let command = Cli::command_line();
+        for arg in command.get_arguments().filter(|arg| arg.is_global_set()) {
+            assert!(
+                arg.get_help_heading().is_some(),
+                "{} has no help heading, so no command but serve reads it",
+                arg.get_id()
+            );
+        }
     }
 
     #[test]

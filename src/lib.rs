@@ -14,11 +14,14 @@
 //! - [`server`]: the connection loop, TLS, shutdown, the admin listener;
 //! - [`postgres`]: pools, migrations, the private server, `LISTEN`, the job
 //!   queue;
+//! - [`demo`]: the sample data of `conduit demo`, written through the
+//!   services;
 //! - [`config`] (settings), [`startup`] (the [`startup::Application`] that
 //!   `main` and the tests build) and [`stack`] (the order of the layers, with
 //!   why).
 
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod middleware;
 pub mod observability;

@@ -1,6 +1,5 @@
 //! The `conduit` binary: settings → logging → build → serve until a stop signal.
 
-use clap::Parser;
 use conduit::config::Secret;
 use conduit::config::{Cli, Command, JobsCommand};
 use conduit::postgres::private::{self, LocalPostgres};
@@ -74,13 +73,17 @@ async fn database_settings(
     (settings, local)
 }
 
-/// The one-connection pool of a command that uses the database and exits,
-/// and the private server it started, if any ([`close_command_pool`] ends both).
-async fn command_pool(settings: &conduit::config::Settings) -> (sqlx::PgPool, Option<LocalPostgres>) {
+/// The pool of a command that uses the database and exits, with the
+/// settings it was made from and the private server it started or joined,
+/// if any ([`close_command_pool`] ends both).
+async fn command_pool(
+    settings: &conduit::config::Settings,
+    connections: u32,
+) -> (conduit::config::Settings, sqlx::PgPool, Option<LocalPostgres>) {
     let (settings, local) = database_settings(settings, true).await;
     let url = settings.require_database_url().unwrap_or_else(|e| refuse(e));
-    let db = connect(url.expose(), 1, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
-    (db, local)
+    let db = connect(url.expose(), connections, settings.db_acquire_timeout).await.unwrap_or_else(|e| refuse(e));
+    (settings, db, local)
 }
 
 /// Closes a command's pool, then the private server if it started one.
@@ -162,6 +165,46 @@ async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx
     Ok(())
 }
 
+/// `conduit demo`: migrates, adds what is missing of the demo data, and
+/// prints two commands to try with a demo user's token.
+async fn demo(settings: &conduit::config::Settings, url: Option<String>) {
+    let (settings, db, local) = command_pool(settings, 2).await;
+    let seeded = async {
+        // Tokens must verify where the API checks them: same secret, same rules.
+        let secret = settings.require_jwt_secret()?;
+        MIGRATOR.run(&db).await.map_err(|e| e.to_string())?;
+        conduit::demo::seed(&db, secret.expose().as_bytes(), settings.jwt_ttl).await
+    }
+    .await;
+    let joined = local.as_ref().and_then(LocalPostgres::joined_url);
+    let started_here = local.as_ref().is_some_and(LocalPostgres::started_here);
+    close_command_pool(db, local).await;
+    let seeded = seeded.unwrap_or_else(|e| refuse(format!("demo: {e}")));
+    let base = url.or(joined).unwrap_or_else(|| "http://localhost:8080".to_owned());
+    let base = base.trim_end_matches('/');
+    let [users, articles, comments, follows, favorites] = seeded.counts;
+    println!(
+        "Demo data: {users} users, {articles} articles, {comments} comments, {follows} follows and {favorites} \
+         favorites ({} added now; running `conduit demo` again adds nothing).",
+        seeded.added
+    );
+    println!(
+        "The demo users log in as NAME@example.com with the password {} (NAME: amara, bruno, chen or dana).",
+        conduit::demo::PASSWORD
+    );
+    if started_here {
+        println!("No conduit serves this data directory yet: start one (`cargo run --release`), then try:");
+    } else {
+        println!("Try {}'s feed over JSON, then over gRPC (the token is a fresh one of {0}'s):", seeded.username);
+    }
+    let auth = format!("'authorization: Token {}'", seeded.token);
+    let h2c = if base.starts_with("http://") { " --http2-prior-knowledge" } else { "" };
+    println!("\n  curl -s {base}/api/articles/feed -H {auth}\n");
+    println!(
+        "  npx -y @bufbuild/buf curl --protocol grpc{h2c} -H {auth} -d '{{}}' {base}/conduit.v1.Articles/FeedArticles\n"
+    );
+}
+
 /// Raises the soft open-files limit to the hard one: every connection is a
 /// descriptor, and distributions default the soft limit to 1,024. Returns
 /// the limit in force.
@@ -185,7 +228,7 @@ fn raise_open_files_limit() -> Option<libc::rlim_t> {
 fn main() {
     return_large_allocations();
     let open_files = raise_open_files_limit();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
@@ -212,15 +255,16 @@ fn main() {
             }
         }),
         Command::Jobs { action } => runtime.block_on(async {
-            let (db, local) = command_pool(&cli.settings).await;
+            let (_, db, local) = command_pool(&cli.settings, 1).await;
             let done = jobs_command(&db, action).await;
             close_command_pool(db, local).await;
             if let Err(e) = done {
                 refuse(e);
             }
         }),
+        Command::Demo { url } => runtime.block_on(demo(&cli.settings, url)),
         Command::Migrate => runtime.block_on(async {
-            let (db, local) = command_pool(&cli.settings).await;
+            let (_, db, local) = command_pool(&cli.settings, 1).await;
             let migrated = MIGRATOR.run(&db).await;
             close_command_pool(db, local).await;
             migrated.unwrap_or_else(|e| refuse(e));

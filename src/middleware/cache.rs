@@ -301,3 +301,11 @@ where
         })
     }
 }
+
+/// Makes every replica listening on `db` drop its cached answers, for
+/// writes made outside the API (`conduit demo`).
+pub async fn clear_everywhere(db: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    // No replica's own id: every one of them clears.
+    sqlx::query("SELECT pg_notify($1, 'outside')").bind(CHANNEL).execute(db).await?;
+    Ok(())
+}

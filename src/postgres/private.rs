@@ -237,6 +237,17 @@ impl LocalPostgres {
         self.child.is_some()
     }
 
+    /// The URL the conduit whose server this process joined serves, as it
+    /// described itself ([`describe`](Self::describe)); `None` when this
+    /// process started the server, or the holder did not say.
+    pub fn joined_url(&self) -> Option<String> {
+        if self.started_here() {
+            return None;
+        }
+        let holder = InstanceLock::holder(self.data.parent()?);
+        holder.split_once(" serving ").map(|(_, url)| url.trim().to_owned())
+    }
+
     /// Says, in the data directory's lock file, who runs it (for the error
     /// a second conduit on the same directory gets).
     pub fn describe(&self, holder: &str) {

@@ -287,6 +287,17 @@ fn the_configuration_reference_matches_help() {
     }
 }
 
+/// A child process killed when dropped, so that a failing test leaves no
+/// server behind (holding the test harness's output open).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until `port` accepts connections, at most `seconds`.
 fn wait_for_port(port: u16, seconds: u64) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
@@ -398,10 +409,12 @@ fn a_data_directory_has_one_instance_and_the_other_commands_join_it() {
         env
     }
     let private = |extra: &[(&'static str, &'static str)]| on(&data_dir, extra);
-    let mut first = conduit_command(&["serve"], &on(&data_dir, &[("CONDUIT_LISTEN", &listen), ("LOG_LEVEL", "warn")]))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = Running(
+        conduit_command(&["serve"], &on(&data_dir, &[("CONDUIT_LISTEN", &listen), ("LOG_LEVEL", "warn")]))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_for_port(port, 120), "the first conduit serves");
 
     let second = conduit(&["serve"], &private(&[("CONDUIT_LISTEN", "127.0.0.1:0")]));
@@ -419,11 +432,71 @@ fn a_data_directory_has_one_instance_and_the_other_commands_join_it() {
     assert!(String::from_utf8_lossy(&jobs.stdout).contains("job(s)"));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the first conduit still serves");
 
-    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
-    assert!(exit_within(&mut first, 60).is_some(), "the first conduit stops");
+    // `demo` joins too, and its printed commands call the running conduit
+    // with a token it accepts.
+    let demo = conduit(&["demo"], &private(&[("LOG_LEVEL", "warn")]));
+    let printed = String::from_utf8_lossy(&demo.stdout);
+    assert!(demo.status.success(), "demo joins: {printed}{}", String::from_utf8_lossy(&demo.stderr));
+    let curl = printed.lines().map(str::trim).find(|l| l.starts_with("curl ")).expect("a curl command is printed");
+    assert!(curl.contains(&format!("http://127.0.0.1:{port}/api/articles/feed")), "the running one's URL: {curl}");
+    let token = curl.split("Token ").nth(1).unwrap().trim_end_matches('\'');
+    let feed =
+        exchange(port, &json_request("GET", "/api/articles/feed", &format!("authorization: Token {token}\r\n"), ""));
+    assert_eq!(feed.0, 200, "{feed:?}");
+    let feed: serde_json::Value = serde_json::from_str(&feed.2).unwrap();
+    assert_eq!(feed["articlesCount"], 4, "amara follows chen and dana, two articles each: {feed}");
+    assert!(printed.lines().any(|l| l.trim().starts_with("npx -y @bufbuild/buf curl --protocol grpc")), "{printed}");
+
+    assert!(Command::new("kill").args(["-TERM", &first.0.id().to_string()]).status().unwrap().success());
+    assert!(exit_within(&mut first.0, 60).is_some(), "the first conduit stops");
     let alone = conduit(&["migrate"], &private(&[("LOG_LEVEL", "info"), ("LOG_FORMAT", "text")]));
     let log = String::from_utf8_lossy(&alone.stderr);
     assert!(alone.status.success(), "migrate alone starts the private server: {log}");
     assert!(log.contains("private PostgreSQL stopped"), "and stops it: {log}");
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `conduit demo` on a database of one's own: the data set once, whatever
+/// the number of runs; a clear refusal without the token secret.
+#[tokio::test]
+async fn demo_seeds_once_and_prints_a_working_token() {
+    let name = format!("conduit_test_demo_{}", std::process::id());
+    drop_database(&name).await;
+    let url = create_database(&name).await;
+    let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef");
+    let env = [("DATABASE_URL", url.as_str()), secret, ("LOG_LEVEL", "warn")];
+
+    let refused = conduit(&["demo"], &env[..1]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("JWT_SECRET (or --jwt-secret) is required"), "{stderr}");
+
+    let first = conduit(&["demo", "--url", "http://conduit.test:1234/"], &env);
+    let printed = String::from_utf8_lossy(&first.stdout);
+    assert!(first.status.success(), "{printed}{}", String::from_utf8_lossy(&first.stderr));
+    assert!(printed.contains("(39 added now"), "{printed}");
+    assert!(
+        printed.contains("curl -s http://conduit.test:1234/api/articles/feed -H 'authorization: Token ey"),
+        "{printed}"
+    );
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let seeded = demo_counts(&mut db).await;
+    assert_eq!(&seeded[..5], &[4, 8, 9, 8, 10], "users, articles, comments, follows, favorites");
+    assert!(seeded[5] >= 8, "every article is tagged: {seeded:?}");
+
+    let again = conduit(&["demo"], &env);
+    let printed = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success() && printed.contains("(0 added now"), "{printed}");
+    assert!(printed.contains("http://localhost:8080/api/articles/feed"), "the default URL: {printed}");
+    assert_eq!(demo_counts(&mut db).await, seeded, "a second run adds nothing");
+    db.close().await.unwrap();
+    drop_database(&name).await;
+}
+
+/// Users, articles, comments, follows, favorites and article tags in `db`.
+async fn demo_counts(db: &mut sqlx::PgConnection) -> Vec<i64> {
+    let statement = "SELECT ARRAY[(SELECT count(*) FROM users), (SELECT count(*) FROM articles), \
+         (SELECT count(*) FROM comments), (SELECT count(*) FROM follows), (SELECT count(*) FROM favorites), \
+         (SELECT count(*) FROM article_tags)]";
+    sqlx::query_scalar(statement).fetch_one(db).await.unwrap()
 }
