@@ -65,6 +65,24 @@ async fn slugs_stay_unique_and_follow_title_changes() {
     assert_eq!(reply.body["article"]["slug"], "fresh-start");
     // Taking a freed slug back is fine.
     assert_eq!(app.article(&token, "Same Title", &[]).await, "same-title-2");
+
+    // The API's statements are planned once per connection; the slug
+    // search, which needs its pattern to use the index, is planned with it
+    // inside its own transaction and leaves the connection as it was.
+    let mut tx = app.db.begin().await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(mode, "force_generic_plan");
+    sqlx::query(conduit::postgres::CUSTOM_PLANS).execute(&mut *tx).await.unwrap();
+    let statement =
+        "EXPLAIN SELECT slug FROM articles WHERE (slug = $1 OR slug LIKE $1 || '-%') AND id IS DISTINCT FROM $2";
+    let plan: Vec<String> =
+        sqlx::query_scalar(statement).bind("same-title").bind(None::<i64>).fetch_all(&mut *tx).await.unwrap();
+    assert!(plan.iter().any(|line| line.contains("articles_slug_key")), "the prefix uses the slug index: {plan:?}");
+    tx.rollback().await.unwrap();
+    for _ in 0..5 {
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&app.db).await.unwrap();
+        assert_eq!(mode, "force_generic_plan", "SET LOCAL ended with its transaction");
+    }
 }
 
 #[tokio::test]
