@@ -54,12 +54,19 @@ fn pool_options(max_connections: u32, acquire_timeout: std::time::Duration) -> P
 /// no `$n IS NULL OR …`); the one that needs its parameters' values to be
 /// planned well asks for custom plans in its own transaction
 /// ([`CUSTOM_PLANS`]).
+///
+/// JIT compilation is off: it starts above an estimated cost, and a generic
+/// plan's estimates (a tenth of the rows for an unknown limit, the branch a
+/// `CASE` will skip) crossed it for the feed, which then spent 42 ms
+/// compiling a 1 ms statement at every execution.
 pub async fn connect(
     url: &str,
     max_connections: u32,
     acquire_timeout: std::time::Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = url.parse::<sqlx::postgres::PgConnectOptions>()?.options([("plan_cache_mode", "force_generic_plan")]);
+    let options = url
+        .parse::<sqlx::postgres::PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_generic_plan"), ("jit", "off")]);
     pool_options(max_connections, acquire_timeout).connect_with(options).await
 }
 

@@ -72,6 +72,8 @@ async fn slugs_stay_unique_and_follow_title_changes() {
     let mut tx = app.db.begin().await.unwrap();
     let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&mut *tx).await.unwrap();
     assert_eq!(mode, "force_generic_plan");
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(jit, "off", "no JIT compilation for the API's short statements");
     sqlx::query(conduit::postgres::CUSTOM_PLANS).execute(&mut *tx).await.unwrap();
     let statement =
         "EXPLAIN SELECT slug FROM articles WHERE (slug = $1 OR slug LIKE $1 || '-%') AND id IS DISTINCT FROM $2";
