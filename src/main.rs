@@ -292,7 +292,7 @@ fn main() {
             };
             let base = announce(&settings, &app);
             if let Some(local) = &local {
-                local.describe(&format!("conduit (pid {}) serving {base}", std::process::id()));
+                local.serving(&base);
             }
             let served = app.run_until_stopped(conduit::server::shutdown::signal()).await;
             if let Some(local) = local {

@@ -202,6 +202,9 @@ pub struct LocalPostgres {
     lock: Option<InstanceLock>,
 }
 
+/// Between the holder and its URL in the lock file's line.
+const SERVING: &str = " serving ";
+
 /// The database conduit keeps its data in.
 const DATABASE: &str = "conduit";
 
@@ -238,21 +241,22 @@ impl LocalPostgres {
     }
 
     /// The URL the conduit whose server this process joined serves, as it
-    /// described itself ([`describe`](Self::describe)); `None` when this
+    /// said in the lock file ([`serving`](Self::serving)); `None` when this
     /// process started the server, or the holder did not say.
     pub fn joined_url(&self) -> Option<String> {
         if self.started_here() {
             return None;
         }
         let holder = InstanceLock::holder(self.data.parent()?);
-        holder.split_once(" serving ").map(|(_, url)| url.trim().to_owned())
+        holder.split_once(SERVING).map(|(_, url)| url.trim().to_owned())
     }
 
-    /// Says, in the data directory's lock file, who runs it (for the error
-    /// a second conduit on the same directory gets).
-    pub fn describe(&self, holder: &str) {
+    /// Says, in the data directory's lock file, that this process serves
+    /// `url` (for the error a second conduit on the same directory gets, and
+    /// for the commands that join it).
+    pub fn serving(&self, url: &str) {
         if let Some(lock) = &self.lock {
-            lock.describe(holder);
+            lock.describe(&format!("conduit (pid {}){SERVING}{url}", std::process::id()));
         }
     }
 

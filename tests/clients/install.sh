@@ -19,32 +19,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# npm packages, exactly as locked.
-if [ "$(cat node_modules/.install-stamp 2>/dev/null)" != "$(stamp package-lock.json)" ]; then
-  echo "install.sh: npm ci"
-  npm ci --no-audit --no-fund --loglevel=error
-  stamp package-lock.json >node_modules/.install-stamp
-fi
+# npm packages of DIR, exactly as its package-lock.json says.
+npm_install() {
+  if [ "$(cat "$1/node_modules/.install-stamp" 2>/dev/null)" != "$(stamp "$1/package-lock.json")" ]; then
+    echo "install.sh: npm ci ($1)"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+    stamp "$1/package-lock.json" >"$1/node_modules/.install-stamp"
+  fi
+}
 
-# The Python venv: grpcurl (binary wrapper), grpcio, grpcio-tools, openapi-spec-validator, schemathesis.
-if [ "$(cat .venv/.install-stamp 2>/dev/null)" != "$(stamp requirements.txt)" ]; then
-  echo "install.sh: python venv"
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
-  stamp requirements.txt >.venv/.install-stamp
-fi
+# A Python venv in DIR/.venv from DIR/requirements.txt.
+venv_install() {
+  if [ "$(cat "$1/.venv/.install-stamp" 2>/dev/null)" != "$(stamp "$1/requirements.txt")" ]; then
+    echo "install.sh: python venv ($1)"
+    [ -x "$1/.venv/bin/python" ] || python3 -m venv "$1/.venv"
+    "$1/.venv/bin/pip" install --quiet --disable-pip-version-check -r "$1/requirements.txt"
+    stamp "$1/requirements.txt" >"$1/.venv/.install-stamp"
+  fi
+}
 
+# The client tests: buf, Connect-ES, esbuild, playwright-core; grpcurl
+# (binary wrapper), grpcio, grpcio-tools, openapi-spec-validator, schemathesis.
+npm_install .
+venv_install .
 # The client examples (examples/README.md): their own node_modules and venv.
-if [ "$(cat ../../examples/typescript/node_modules/.install-stamp 2>/dev/null)" != "$(stamp ../../examples/typescript/package-lock.json)" ]; then
-  echo "install.sh: npm ci (examples/typescript)"
-  (cd ../../examples/typescript && npm ci --no-audit --no-fund --loglevel=error)
-  stamp ../../examples/typescript/package-lock.json >../../examples/typescript/node_modules/.install-stamp
-fi
-if [ "$(cat ../../examples/python/.venv/.install-stamp 2>/dev/null)" != "$(stamp ../../examples/python/requirements.txt)" ]; then
-  echo "install.sh: python venv (examples/python)"
-  [ -x ../../examples/python/.venv/bin/python ] || python3 -m venv ../../examples/python/.venv
-  ../../examples/python/.venv/bin/pip install --quiet --disable-pip-version-check -r ../../examples/python/requirements.txt
-  stamp ../../examples/python/requirements.txt >../../examples/python/.venv/.install-stamp
-fi
+npm_install ../../examples/typescript
+venv_install ../../examples/python
 
 echo "install.sh: ready: buf $(node_modules/.bin/buf --version), $(.venv/bin/grpcurl -version 2>&1), $(/usr/bin/chromium --version 2>/dev/null)"
