@@ -1,7 +1,6 @@
 //! `conduit.v1.Comments`: comments on articles.
 
 use sqlx::PgPool;
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::articles::store::owner;
@@ -12,6 +11,7 @@ use crate::pb::conduit::v1::{
     Comment, CreateCommentRequest, DeleteCommentRequest, DeleteCommentResponse, ListCommentsRequest,
     MultipleCommentsResponse, SingleCommentResponse, comments_server,
 };
+use crate::postgres::Timestamptz;
 
 /// The Comments service.
 #[derive(Debug, Clone)]
@@ -21,8 +21,8 @@ pub struct Comments {
 
 struct CommentRow {
     id: i32,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
+    created_at: Timestamptz,
+    updated_at: Timestamptz,
     body: String,
     username: String,
     bio: Option<String>,
@@ -42,19 +42,18 @@ impl From<CommentRow> for Comment {
     }
 }
 
-/// The read model of comments: those of an article (or just one of them),
-/// oldest first, with authors as `viewer` sees them.
-async fn read(db: &PgPool, viewer: Option<i64>, article: i64, only: Option<i32>) -> ConduitResult<Vec<Comment>> {
+/// The read model of comments: those of an article, oldest first, with
+/// authors as `viewer` sees them.
+async fn read(db: &PgPool, viewer: Option<i64>, article: i64) -> ConduitResult<Vec<Comment>> {
     let rows = sqlx::query_as!(
         CommentRow,
-        r#"SELECT c.id, c.created_at, c.updated_at, c.body, u.username, u.bio, u.image,
+        r#"SELECT c.id, c.created_at AS "created_at: _", c.updated_at AS "updated_at: _", c.body, u.username, u.bio, u.image,
                   EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $2 AND f.followee_id = u.id) AS "following!"
            FROM comments c JOIN users u ON u.id = c.author_id
-           WHERE c.article_id = $1 AND (c.id = $3 OR $3 IS NULL)
+           WHERE c.article_id = $1
            ORDER BY c.id"#,
         article,
-        super::context::viewer_id(viewer),
-        only
+        super::context::viewer_id(viewer)
     )
     .fetch_all(db)
     .await?;
@@ -71,7 +70,7 @@ impl Comments {
     async fn list(&self, request: Request<ListCommentsRequest>) -> ConduitResult<MultipleCommentsResponse> {
         let viewer = self.ctx.tokens.viewer(&request);
         let (article, _) = owner(&self.ctx.db, &request.get_ref().slug).await?;
-        Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article, None).await? })
+        Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article).await? })
     }
 
     // POST /articles/{slug}/comments
@@ -80,17 +79,21 @@ impl Comments {
         let r = request.into_inner();
         let comment = r.comment.unwrap_or_default();
         Check::new().required("comment.body", &comment.body).finish()?;
-        // One statement finds the article and adds the comment, so a
-        // concurrent delete of the article reads as "not found".
-        // The article's author is told by a job committed with the comment.
+        // One statement finds the article, adds the comment, enqueues the job
+        // that tells the article's author (committed with the comment) and
+        // answers with the comment: a concurrent delete of the article reads
+        // as "not found". The author is the caller, who cannot follow
+        // themselves (`follows` forbids it): `following` is false.
         let row = sqlx::query!(
             r#"WITH c AS (INSERT INTO comments (article_id, author_id, body)
                           SELECT id, $2, $3 FROM articles WHERE slug = $1
-                          RETURNING id, article_id, author_id),
+                          RETURNING id, article_id, author_id, created_at, updated_at),
                     job AS (INSERT INTO jobs (kind, payload)
                             SELECT $4, jsonb_build_object('actor', author_id, 'article', article_id, 'comment', id)
                             FROM c)
-               SELECT id AS "id!", article_id AS "article_id!" FROM c"#,
+               SELECT c.id AS "id!", c.created_at AS "created_at!: Timestamptz",
+                      c.updated_at AS "updated_at!: Timestamptz", u.username, u.bio, u.image
+               FROM c JOIN users u ON u.id = c.author_id"#,
             r.slug,
             caller.user_id,
             comment.body,
@@ -100,9 +103,15 @@ impl Comments {
         .await?
         .ok_or(ConduitError::NotFound("article"))?;
         self.ctx.jobs.enqueued();
-        let (id, article) = (row.id, row.article_id);
-        let comment = read(&self.ctx.db, Some(caller.user_id), article, Some(id)).await?.pop();
-        Ok(SingleCommentResponse { comment: Some(comment.ok_or(ConduitError::NotFound("comment"))?) })
+        Ok(SingleCommentResponse {
+            comment: Some(Comment {
+                id: row.id,
+                created_at: Some(row.created_at.into()),
+                updated_at: Some(row.updated_at.into()),
+                body: comment.body,
+                author: Some(super::profiles::profile_of(row.username, row.bio, row.image, false)),
+            }),
+        })
     }
 
     // DELETE /articles/{slug}/comments/{id}

@@ -199,6 +199,46 @@ async fn favorites_count_and_personalise() {
     assert_eq!(app.json("DELETE", &path, Some(&fan), None).await.body["article"]["favoritesCount"], 1, "idempotent");
     assert_eq!(app.json("POST", "/api/articles/nope/favorite", Some(&fan), None).await.status, 404);
     assert_eq!(app.json("POST", &path, None, None).await.status, 401);
+
+    // The answer is the whole article as the caller now sees it.
+    app.json("POST", "/api/profiles/jake/follow", Some(&fan), None).await;
+    let reply = app.json("POST", &path, Some(&fan), None).await;
+    let mut read = app.get(&format!("/api/articles/{slug}"), Some(&fan)).await.body;
+    assert_eq!(read["article"]["author"]["following"], true);
+    assert_eq!(reply.body, read, "a favorite answers what a read then shows");
+    let reply = app.json("DELETE", &path, Some(&fan), None).await;
+    read["article"]["favorited"] = json!(false);
+    read["article"]["favoritesCount"] = json!(1);
+    assert_eq!(reply.body, read);
+}
+
+#[tokio::test]
+async fn concurrent_favorites_each_answer_the_count_their_change_made() {
+    let app = spawn_app().await;
+    let author = app.register("author").await;
+    let slug = app.article(&author, "Popular", &[]).await;
+    let path = format!("/api/articles/{slug}/favorite");
+    let mut fans = Vec::new();
+    for n in 0..12 {
+        fans.push(app.register(&format!("fan{n}")).await);
+    }
+    // Each change locks the article in turn, so the answers' counts are
+    // every value from one to twelve once, then from eleven down to zero.
+    for (method, expected) in [("POST", (1..=12).collect::<Vec<i64>>()), ("DELETE", (0..12).collect())] {
+        let changes = fans.iter().map(|fan| app.json(method, &path, Some(fan), None));
+        let mut counts: Vec<i64> = futures_util::future::join_all(changes)
+            .await
+            .iter()
+            .map(|r| {
+                assert_eq!(r.status, 200, "{:?}", r.body);
+                assert_eq!(r.body["article"]["favorited"], method == "POST");
+                r.body["article"]["favoritesCount"].as_i64().unwrap()
+            })
+            .collect();
+        counts.sort();
+        assert_eq!(counts, expected, "{method}");
+    }
+    assert_eq!(app.get(&format!("/api/articles/{slug}"), None).await.body["article"]["favoritesCount"], 0);
 }
 
 fn slugs(reply: &crate::helpers::Reply) -> Vec<String> {

@@ -28,7 +28,11 @@ async fn comments_are_added_listed_oldest_first_and_deleted_by_their_author() {
     let comments = list.body["comments"].as_array().unwrap();
     assert_eq!(comments.iter().map(|c| c["body"].as_str().unwrap()).collect::<Vec<_>>(), ["First!", "Second"]);
     assert_eq!(comments[0]["author"]["following"], true);
-    assert_eq!(app.get(&path, None).await.body["comments"][0]["author"]["following"], false);
+    let anonymous = app.get(&path, None).await.body;
+    assert_eq!(anonymous["comments"][0]["author"]["following"], false);
+    // A new comment answers what the list then shows (its author never follows themselves).
+    assert_eq!(anonymous["comments"][0], first.body["comment"]);
+    assert_eq!(anonymous["comments"][1], second.body["comment"]);
 
     let id = first.body["comment"]["id"].as_i64().unwrap();
     let reply = app.json("DELETE", &format!("{path}/{id}"), Some(&jake), None).await;

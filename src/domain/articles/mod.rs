@@ -1,6 +1,7 @@
 //! `conduit.v1.Articles` and `conduit.v1.Tags`: lists, the feed, single
 //! articles, writing and favorites. Every answer that shows articles is built
-//! from [`store::read`], the one read model.
+//! from [`store::ArticleRow`], the one read model, which each of `store`'s
+//! reading statements (one article, a page, a favorite's answer) selects.
 
 pub(crate) mod store;
 
@@ -186,7 +187,7 @@ impl Articles {
         let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
         let id = store::create(&self.ctx.db, caller.user_id, &base, &new).await?;
         self.ctx.jobs.enqueued();
-        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+        self.single(Some(caller.user_id), Key::Id(id)).await
     }
 
     /// The id of the article with `slug`, if the caller wrote it.
@@ -233,7 +234,7 @@ impl Articles {
             tags,
         };
         store::update(&self.ctx.db, id, &changes).await?;
-        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+        self.single(Some(caller.user_id), Key::Id(id)).await
     }
 
     // DELETE /articles/{slug}
@@ -248,11 +249,11 @@ impl Articles {
     async fn favorite(&self, request: Request<String>, favorite: bool) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
         validate::lookup_key("slug", request.get_ref())?;
-        let id = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
+        let row = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
         if favorite {
             self.ctx.jobs.enqueued();
         }
-        self.single(Some(caller.user_id), Key::Ids(&[id])).await
+        Ok(SingleArticleResponse { article: Some(row.into()) })
     }
 }
 
