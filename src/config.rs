@@ -285,8 +285,10 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024, global = true, help_heading = REQUESTS)]
     pub max_concurrent_requests: usize,
 
-    /// Most database connections in the pool.
-    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = REQUESTS)]
+    /// Most database connections in the API's pool. `serve` holds one of
+    /// them for its `LISTEN`s (cache invalidation, notifications, revoked
+    /// sessions, job wake-ups), so at least two.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), global = true, help_heading = REQUESTS)]
     pub db_max_connections: u32,
 
     /// Most password hashes computed at once (each holds 19 MiB for ~20 ms);
@@ -913,6 +915,14 @@ mod tests {
         assert_eq!((cli.settings.job_workers, cli.settings.log_level.as_str()), (2, "debug"));
         let cli = Cli::parse_from_args(["conduit", "--listen", "127.0.0.1:1", "--cors-max-age", "2s"]).unwrap();
         assert_eq!((cli.command, cli.settings.cors_max_age), (None, Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_listeners_is_refused() {
+        let error = Cli::parse_from_args(["conduit", "--db-max-connections", "1"]).expect_err("refused");
+        assert!(error.to_string().contains("--db-max-connections"), "{error}");
+        let cli = Cli::parse_from_args(["conduit", "--db-max-connections", "2"]).unwrap();
+        assert_eq!(cli.settings.db_max_connections, 2);
     }
 
     #[test]

@@ -192,9 +192,13 @@ impl Application {
     /// flight get until the drain deadline; the pool closes last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let watcher = tokio::spawn(self.health.clone().watch_database(self.db.clone(), self.database_watch));
-        let invalidations = tokio::spawn(self.cache.clone().listen());
-        let notifications = tokio::spawn(self.hub.clone().listen(self.db.clone()));
-        let revocations = tokio::spawn(self.sessions.clone().listen(self.db.clone()));
+        // Every channel this process follows, on one connection.
+        let mut channels = vec![self.hub.clone().channel(), self.sessions.clone().channel(self.db.clone())];
+        channels.extend(self.cache.clone().channel());
+        if self.jobs_db.is_some() {
+            channels.push(crate::postgres::jobs::wake_channel(&self.wake));
+        }
+        let listener = tokio::spawn(crate::postgres::listen::listen_all(self.db.clone(), channels));
         let queue = tokio::spawn(crate::postgres::jobs::watch_queue(
             self.db.clone(),
             self.metrics.clone(),
@@ -208,7 +212,8 @@ impl Application {
                 self.jobs.clone(),
                 Some(self.metrics.clone()),
             )
-            .woken_by(&self.wake);
+            .woken_by(&self.wake)
+            .without_own_listener();
             let mut stop = stop_workers;
             tokio::spawn(workers.run(async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -249,9 +254,7 @@ impl Application {
         let _ = admin_stop.send(());
         let _ = admin.await;
         watcher.abort();
-        invalidations.abort();
-        notifications.abort();
-        revocations.abort();
+        listener.abort();
         queue.abort();
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");

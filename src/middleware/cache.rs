@@ -26,7 +26,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 
 use crate::observability::metrics::Metrics;
-use crate::postgres::listen::Heard;
+use crate::postgres::listen::{Channel, Heard};
 use crate::postgres::signal::Signals;
 
 /// The notification channel shared by the replicas.
@@ -137,16 +137,16 @@ impl CacheLayer {
         }
     }
 
-    /// Listens for the other replicas' invalidations until the pool closes.
-    pub async fn listen(self) {
-        let Some((db, _, id)) = self.notify.clone() else { return };
-        crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
+    /// The channel of the other replicas' invalidations, for the process's
+    /// shared listener; none when the cache does not tell other replicas.
+    pub fn channel(self) -> Option<Channel> {
+        let (_, _, id) = self.notify.clone()?;
+        Some(Channel::new(CHANNEL, move |heard| match heard {
             // Whatever was missed while not listening is unknown: start clean.
             Heard::Connected => self.clear(),
             Heard::Payload(from) if from != &*id => self.clear(),
             Heard::Payload(_) => {}
-        })
-        .await;
+        }))
     }
 
     fn lookup(&self, key: &str) -> Option<Response<Body>> {

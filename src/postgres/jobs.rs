@@ -328,6 +328,9 @@ pub struct Workers {
     /// Kinds whose first attempts are batched.
     batch_kinds: Vec<String>,
     wake: Arc<Notify>,
+    /// Whether the workers listen for other processes' wake-ups on a
+    /// connection of their own (else the process's shared listener does).
+    own_listener: bool,
     /// When the earliest retry this process scheduled comes due.
     retry_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
@@ -357,6 +360,7 @@ impl Workers {
             kinds,
             batch_kinds,
             wake: Arc::new(Notify::new()),
+            own_listener: true,
             retry_due: Arc::default(),
         }
     }
@@ -369,9 +373,18 @@ impl Workers {
         self
     }
 
+    /// Leaves listening for other processes' wake-ups to the process's
+    /// shared listener, which hears [`wake_channel`] for `wake`: one
+    /// connection fewer.
+    #[must_use]
+    pub fn without_own_listener(mut self) -> Self {
+        self.own_listener = false;
+        self
+    }
+
     /// Runs jobs until `stop` completes, then drains (see the module doc).
     pub async fn run(self, stop: impl Future<Output = ()> + Send) {
-        let listener = tokio::spawn(listen(self.db.clone(), self.wake.clone()));
+        let listener = self.own_listener.then(|| tokio::spawn(listen(self.db.clone(), self.wake.clone())));
         let (cancel, cancelled) = watch::channel(false);
         let mut running: JoinSet<()> = JoinSet::new();
         // The batch under way, if any (at most one per process).
@@ -462,7 +475,9 @@ impl Workers {
                 () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {}
             }
         }
-        listener.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         // A batch is a few statements: it commits or rolls back soon.
         let batch_done = tokio::time::timeout(self.settings.drain_timeout, batching.join_next()).await;
         if batch_done.is_err() {
@@ -804,7 +819,17 @@ impl Workers {
 /// Wakes the workers on every `NOTIFY conduit_jobs`, and on (re)connecting:
 /// anything enqueued while not listening is found by that look.
 async fn listen(db: PgPool, wake: Arc<Notify>) {
-    crate::postgres::listen::listen(db, CHANNEL, move |_| wake.notify_one()).await;
+    crate::postgres::listen::listen_all(db, vec![woken(wake)]).await;
+}
+
+/// The job channel for a process's shared listener, waking the workers
+/// made [`Workers::woken_by`] `wake` (and [`Workers::without_own_listener`]).
+pub fn wake_channel(wake: &Wake) -> crate::postgres::listen::Channel {
+    woken(wake.local.clone())
+}
+
+fn woken(wake: Arc<Notify>) -> crate::postgres::listen::Channel {
+    crate::postgres::listen::Channel::new(CHANNEL, move |_| wake.notify_one())
 }
 
 /// The queue's figures for the metrics: counts by state and the age of

@@ -1,6 +1,7 @@
-//! `LISTEN` on a PostgreSQL channel for as long as the pool is open, the
-//! way every cross-replica signal here needs it: reconnecting after
-//! failures, and saying when notifications may have been missed.
+//! `LISTEN` on PostgreSQL channels for as long as the pool is open, the
+//! way every cross-replica signal here needs it: all of a process's
+//! channels on one connection, reconnecting after failures, and saying
+//! when notifications may have been missed.
 
 use std::time::Duration;
 
@@ -16,30 +17,69 @@ pub enum Heard<'a> {
     Payload(&'a str),
 }
 
+/// What one channel's notifications are given to.
+pub type Handler = Box<dyn FnMut(Heard<'_>) + Send>;
+
+/// One channel and what hears it.
+pub struct Channel {
+    name: &'static str,
+    on: Handler,
+}
+
+impl Channel {
+    /// `on` hears `name`'s notifications.
+    pub fn new(name: &'static str, on: impl FnMut(Heard<'_>) + Send + 'static) -> Self {
+        Self { name, on: Box::new(on) }
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// Listens on `channel` until the pool closes, passing what it hears to
 /// `on`; a lost connection is re-established after a second.
-pub async fn listen(db: PgPool, channel: &'static str, mut on: impl FnMut(Heard<'_>) + Send) {
+pub async fn listen(db: PgPool, channel: &'static str, on: impl FnMut(Heard<'_>) + Send + 'static) {
+    listen_all(db, vec![Channel::new(channel, on)]).await;
+}
+
+/// Listens on every channel over one connection of `db` until the pool
+/// closes: one connection per process however many channels it follows,
+/// which the connection budget counts (docs/deploying.md). On (re)connecting
+/// every handler hears [`Heard::Connected`].
+pub async fn listen_all(db: PgPool, mut channels: Vec<Channel>) {
+    if channels.is_empty() {
+        return;
+    }
+    let names: Vec<&'static str> = channels.iter().map(|c| c.name).collect();
+    let connected = |channels: &mut Vec<Channel>| channels.iter_mut().for_each(|c| (c.on)(Heard::Connected));
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
             Ok(listener) => listener,
             Err(_) if db.is_closed() => return,
             Err(e) => {
-                tracing::debug!(channel, error = %e, "listener: cannot connect; retrying");
+                tracing::debug!(channels = ?names, error = %e, "listener: cannot connect; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        if let Err(e) = listener.listen(channel).await {
-            tracing::debug!(channel, error = %e, "listener: LISTEN failed; retrying");
+        if let Err(e) = listener.listen_all(names.iter().copied()).await {
+            tracing::debug!(channels = ?names, error = %e, "listener: LISTEN failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        on(Heard::Connected);
+        connected(&mut channels);
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => on(Heard::Payload(notification.payload())),
+                Ok(Some(notification)) => {
+                    if let Some(channel) = channels.iter_mut().find(|c| c.name == notification.channel()) {
+                        (channel.on)(Heard::Payload(notification.payload()));
+                    }
+                }
                 // The connection dropped and sqlx re-established it.
-                Ok(None) => on(Heard::Connected),
+                Ok(None) => connected(&mut channels),
                 Err(_) => break,
             }
         }

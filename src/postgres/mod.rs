@@ -81,8 +81,8 @@ pub const CUSTOM_PLANS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 /// (attempts commit synchronously; see [`crate::postgres::jobs`]). A session idle in
 /// a transaction for longer than an attempt may take is ended, so that a
 /// worker whose host vanished does not hold its job's row for hours. Each
-/// running job holds a connection; two more serve claims and the queue's
-/// figures.
+/// running job holds a connection; two more serve claims and batches (and,
+/// in `conduit worker`, the wake-up listener and the queue's figures).
 pub async fn connect_workers(
     url: &str,
     workers: &crate::postgres::jobs::WorkerSettings,

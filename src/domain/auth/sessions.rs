@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::error::ConduitResult;
-use crate::postgres::listen::Heard;
+use crate::postgres::listen::{Channel, Heard};
 
 /// The channel on which revocations are announced; the payload is the user id.
 const CHANNEL: &str = "conduit_sessions";
@@ -107,13 +107,13 @@ impl Sessions {
         Ok(())
     }
 
-    /// Follows every replica's revocations until the pool closes: all of
-    /// them again whenever the listener (re)connects, since it may have
-    /// missed some, and one user's on each notification.
-    pub async fn listen(self, db: PgPool) {
-        let loader = self.clone();
-        let pool = db.clone();
-        crate::postgres::listen::listen(db, CHANNEL, move |heard| {
+    /// The channel of every replica's revocations, for the process's shared
+    /// listener: all of them loaded again whenever the listener
+    /// (re)connects, since it may have missed some, and one user's on each
+    /// notification.
+    pub fn channel(self, db: PgPool) -> Channel {
+        let (loader, pool) = (self, db);
+        Channel::new(CHANNEL, move |heard| {
             let user = match heard {
                 Heard::Connected => None,
                 Heard::Payload(user) => match user.parse() {
@@ -128,7 +128,6 @@ impl Sessions {
                 }
             });
         })
-        .await;
     }
 }
 

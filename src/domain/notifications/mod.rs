@@ -28,7 +28,7 @@ use crate::pb::conduit::v1::{
     Notification, NotificationKind, WatchNotificationsRequest, WatchNotificationsResponse, notifications_server,
 };
 use crate::postgres::jobs::{Handler, Handlers, Job, JobError};
-use crate::postgres::listen::Heard;
+use crate::postgres::listen::{Channel, Heard};
 
 /// The channel the notification trigger notifies, with the recipient's id.
 pub const CHANNEL: &str = "conduit_notifications";
@@ -210,9 +210,10 @@ impl Hub {
         self.0.closing.send_replace(true);
     }
 
-    /// Listens for every replica's new notifications until the pool closes.
-    pub async fn listen(self, db: PgPool) {
-        crate::postgres::listen::listen(db, CHANNEL, move |heard| match heard {
+    /// The channel of every replica's new notifications, for the process's
+    /// shared listener.
+    pub fn channel(self) -> Channel {
+        Channel::new(CHANNEL, move |heard| match heard {
             // What was missed while not listening: every watch looks again.
             Heard::Connected => self.changed_all(),
             // The recipients of one statement's notifications.
@@ -222,7 +223,6 @@ impl Hub {
                 }
             }
         })
-        .await;
     }
 }
 
