@@ -1,18 +1,50 @@
-"""What schemas cannot see in rendered manifests (one overlay per file).
+"""What schemas cannot see in rendered manifests (one rendering per file).
 
 Checks that selectors match the pod labels they mean, that every port a
 probe, Service, NetworkPolicy or ServiceMonitor names exists on the
 container and agrees with the binary's defaults, that gRPC probe ports are
-numeric, that the HPA and PDB target the Deployment, that the grace period
-outlasts preStop + drain delay + drain deadline, that every container has
-requests and limits, that names are valid, and that prod pins images by
-digest. Usage: check_manifests.py BINARY_HELP_FILE OVERLAY.yaml...
+numeric, that readiness tolerates one slow check, that the HPA and PDB
+target the Deployment, that the grace period outlasts preStop + drain delay
++ drain deadline, that every container has requests and limits, that names
+are valid, that prod pins images by digest; that the schema is migrated by
+an init container of the server's own image and any Job is an Argo CD hook
+(plain `kubectl apply` cannot change a finished Job); that same-namespace
+clients may call the API and TRUSTED_PROXIES names no network wider than a
+node's pod range; that every gRPC Ingress has TLS and every TLS host is in
+the Certificate of its Secret; that the latency metric the HPA asks for is
+the one the adapter rule makes, and that the adapter rule and the alerts
+leave out exactly the proto's streaming methods; and the connection budget
+(docs/deploying.md): (maxReplicas + maxSurge) replicas' connections plus
+the migrations' fit the PostgreSQL server's max_connections (annotation
+conduit/postgres-max-connections on the HPA, default 100) less its
+superuser reserve and an operators' reserve.
+
+A rendering named *--base.yaml is the base without components: it must use
+built-in API groups only.
+
+Usage: check_manifests.py BINARY_HELP_FILE RENDERED.yaml...
 """
 
+import glob
+import ipaddress
+import math
+import os
 import re
 import sys
 
 import yaml
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+# Server connections no application may use: PostgreSQL's
+# superuser_reserved_connections (3 by default), and a reserve for operators,
+# backups and exporters.
+SUPERUSER_RESERVED = 3
+OPERATORS_RESERVE = 5
+# Connections a replica holds besides its pools: the health watcher's own.
+HEALTH_CONNECTIONS = 1
+# Connections the job workers' pool adds to JOB_WORKERS (claims and figures).
+WORKER_POOL_EXTRA = 2
+BUILT_IN_GROUPS = {"", "apps", "autoscaling", "batch", "policy", "networking.k8s.io", "rbac.authorization.k8s.io"}
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -36,7 +68,38 @@ def binary_defaults(help_text):
     return defaults
 
 
-def check(path, defaults):
+def streaming_rpcs():
+    """Full names of the proto's server-streaming methods."""
+    names = set()
+    for path in glob.glob(os.path.join(ROOT, "proto", "conduit", "**", "*.proto"), recursive=True):
+        text = open(path).read()
+        package = re.search(r"^package\s+([\w.]+);", text, re.M).group(1)
+        for service, body in re.findall(r"^service\s+(\w+)\s*\{(.*?)^\}", text, re.M | re.S):
+            for method in re.findall(r"rpc\s+(\w+)\s*\([^)]*\)\s*returns\s*\(\s*stream\b", body):
+                names.add(f"/{package}.{service}/{method}")
+    return names
+
+
+def excluded_rpcs(promql):
+    """The RPCs a query leaves out with rpc!~"a|b"."""
+    match = re.search(r'rpc!~"([^"]*)"', promql)
+    return set(match.group(1).split("|")) if match else set()
+
+
+def adapter_rule():
+    values = yaml.safe_load(open(os.path.join(ROOT, "k8s", "components", "prometheus-adapter", "helm-values.yaml")))
+    [rule] = values["rules"]["custom"]
+    return rule
+
+
+def surge(deployment, replicas):
+    value = deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", "25%")
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(replicas * int(value[:-1]) / 100)
+    return int(value)
+
+
+def check(path, defaults, notes=None):
     problems = []
     docs = [d for d in yaml.safe_load_all(open(path)) if d]
     by_kind = {}
@@ -51,7 +114,7 @@ def check(path, defaults):
             config = cm["data"]
     setting = lambda key: config.get(key, defaults.get(key))  # noqa: E731
 
-    [deployment] = by_kind["Deployment"]
+    [deployment] = [d for d in by_kind["Deployment"] if d["metadata"]["name"] == "conduit"]
     template = deployment["spec"]["template"]
     pod_labels = template["metadata"]["labels"]
     selector = deployment["spec"]["selector"]["matchLabels"]
@@ -104,21 +167,31 @@ def check(path, defaults):
     if grace <= pre_stop + drain:
         problems.append(f"terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + drain {drain}")
 
+    # Every Service selects pods of a workload here and targets their ports
+    # (the dev overlay's PostgreSQL and Redis too).
+    workloads = [d["spec"]["template"] for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
     for service in by_kind.get("Service", []):
         chosen = service["spec"]["selector"]
-        if any(pod_labels.get(k) != v for k, v in chosen.items()):
-            problems.append(f"Service/{service['metadata']['name']} selects no conduit pod")
+        selected = [t for t in workloads if all(t["metadata"]["labels"].get(k) == v for k, v in chosen.items())]
+        if not selected:
+            problems.append(f"Service/{service['metadata']['name']} selects no pod")
+            continue
+        named = {p.get("name"): p["containerPort"] for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])}
         for p in service["spec"]["ports"]:
-            if port_of(p.get("targetPort", p["port"])) not in numbers:
-                problems.append(f"Service port {p['name']}: target {p.get('targetPort')} is not a container port")
-    service_ports = {p["name"] for s in by_kind.get("Service", []) for p in s["spec"]["ports"]}
+            target = p.get("targetPort", p["port"])
+            if (named.get(target) if isinstance(target, str) else target) not in set(named.values()):
+                problems.append(f"Service port {p['name']}: target {target} is not a container port")
+    conduit_services = [s for s in by_kind.get("Service", []) if s["spec"]["selector"].items() <= pod_labels.items()]
+    if not conduit_services:
+        problems.append("no Service selects the conduit pods")
+    service_ports = {p["name"] for s in conduit_services for p in s["spec"]["ports"]}
     for monitor in by_kind.get("ServiceMonitor", []):
         for endpoint in monitor["spec"]["endpoints"]:
             if endpoint["port"] != "admin" or endpoint.get("path") != "/metrics":
                 problems.append("the ServiceMonitor must scrape /metrics on the admin port")
             if endpoint["port"] not in service_ports:
                 problems.append(f"ServiceMonitor port {endpoint['port']} is not a Service port")
-    templates = [d["spec"]["template"]["metadata"].get("labels", {}) for d in docs if d["kind"] in ("Deployment", "Job")]
+    templates = [d["spec"]["template"]["metadata"].get("labels", {}) for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
     for policy in by_kind.get("NetworkPolicy", []):
         chosen = policy["spec"]["podSelector"].get("matchLabels", {})
         selects = lambda labels: all(labels.get(k) == v for k, v in chosen.items())  # noqa: E731
@@ -140,15 +213,76 @@ def check(path, defaults):
         target = hpa["spec"]["scaleTargetRef"]
         if (target["kind"], target["name"]) != ("Deployment", deployment["metadata"]["name"]):
             problems.append("the HPA does not target the Deployment")
-        kinds = {m["type"] for m in hpa["spec"]["metrics"]}
-        if not {"Resource", "Pods"} <= kinds:
-            problems.append("the HPA must scale on CPU and on the per-pod latency metric")
+        if not any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["spec"]["metrics"]):
+            problems.append("the HPA must scale on CPU")
+        rule = adapter_rule()
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Pods" and metric["pods"]["metric"]["name"] != rule["name"]["as"]:
+                problems.append(f"the HPA asks for {metric['pods']['metric']['name']}, the adapter rule makes {rule['name']['as']}")
+        if excluded_rpcs(rule["metricsQuery"]) != streaming_rpcs():
+            problems.append(f"the adapter rule must leave out exactly the streaming RPCs {sorted(streaming_rpcs())}")
+        problems += connection_budget(hpa, deployment, setting, by_kind, notes if notes is not None else [])
+    if not by_kind.get("HorizontalPodAutoscaler"):
+        problems.append("no HorizontalPodAutoscaler")
+    for rules in by_kind.get("PrometheusRule", []):
+        for group in rules["spec"]["groups"]:
+            for rule in group["rules"]:
+                if "request_duration_seconds" in rule["expr"] and excluded_rpcs(rule["expr"]) != streaming_rpcs():
+                    problems.append(f"alert {rule['alert']} must leave out exactly the streaming RPCs")
+
+    # Migrations: an init container of the server's image under plain
+    # kubectl; a Job only as an Argo CD hook, which Argo CD replaces.
+    inits = [c for c in pod.get("initContainers", []) if c.get("args") == ["migrate"]]
+    if len(inits) != 1 or inits[0]["image"] != container["image"]:
+        problems.append("the Deployment must migrate in one init container of its own image (args: [migrate])")
+    for job in by_kind.get("Job", []):
+        if "argocd.argoproj.io/hook" not in job["metadata"].get("annotations", {}):
+            problems.append(f"Job/{job['metadata']['name']} is not an Argo CD hook: kubectl apply cannot update it")
+
+    readiness = container.get("readinessProbe", {})
+    if readiness.get("failureThreshold", 3) < 2:
+        problems.append("the readiness probe must tolerate one slow check (failureThreshold >= 2)")
+    for network in filter(None, str(setting("TRUSTED_PROXIES") or "").split(",")):
+        network = ipaddress.ip_network(network.strip(), strict=False)
+        if network.prefixlen < (24 if network.version == 4 else 64):
+            problems.append(f"TRUSTED_PROXIES {network} is wider than a node's pod range: name the proxies' pods")
+
+    same_namespace = False
+    for policy in by_kind.get("NetworkPolicy", []):
+        for rule in policy["spec"].get("ingress", []):
+            if any(port_of(p["port"]) == listen for p in rule.get("ports", [])) and {"podSelector": {}} in rule.get("from", []):
+                same_namespace = True
+    if not same_namespace:
+        problems.append("no NetworkPolicy admits same-namespace clients to the API port")
+
+    certificates = {c["spec"]["secretName"]: set(c["spec"]["dnsNames"]) for c in by_kind.get("Certificate", [])}
+    for ingress in by_kind.get("Ingress", []):
+        name = ingress["metadata"]["name"]
+        hosts = {r["host"] for r in ingress["spec"]["rules"]}
+        tls = {h: t.get("secretName") for t in ingress["spec"].get("tls", []) for h in t["hosts"]}
+        annotations = ingress["metadata"].get("annotations", {})
+        if annotations.get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC" and not hosts <= set(tls):
+            problems.append(f"Ingress/{name}: gRPC is served to clients over TLS only; {sorted(hosts - set(tls))} has none")
+        for host, secret in tls.items():
+            if certificates and host not in certificates.get(secret, set()):
+                problems.append(f"Ingress/{name}: TLS host {host} is not in a Certificate for Secret {secret}")
+        for rule in ingress["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                if p["backend"]["service"]["port"].get("name") not in service_ports:
+                    problems.append(f"Ingress/{name}: backend port is not a Service port")
+
+    if path.endswith("--base.yaml"):
+        for doc in docs:
+            group = doc["apiVersion"].rsplit("/", 1)[0] if "/" in doc["apiVersion"] else ""
+            if group not in BUILT_IN_GROUPS:
+                problems.append(f"the base uses {doc['kind']} ({doc['apiVersion']}), not a built-in API group")
     for pdb in by_kind.get("PodDisruptionBudget", []):
         chosen = pdb["spec"]["selector"]["matchLabels"]
         if any(pod_labels.get(k) != v for k, v in chosen.items()):
             problems.append("the PDB selects no conduit pod")
 
-    images = [c["image"] for doc in docs for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])]
+    pods = [doc.get("spec", {}).get("template", {}).get("spec", {}) for doc in docs]
+    images = [c["image"] for p in pods for c in p.get("containers", []) + p.get("initContainers", [])]
     for image in images:
         if image.endswith(":latest") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
             problems.append(f"image {image} has no pinned tag")
@@ -157,19 +291,46 @@ def check(path, defaults):
     return problems
 
 
+def connection_budget(hpa, deployment, setting, by_kind, notes):
+    """(maxReplicas + maxSurge) replicas' connections plus the migrations'
+    within the server's max_connections less its reserves."""
+    pool = int(setting("DB_MAX_CONNECTIONS"))
+    workers = int(setting("JOB_WORKERS"))
+    per_replica = pool + (workers + WORKER_POOL_EXTRA if workers else 0) + HEALTH_CONNECTIONS
+    replicas = hpa["spec"]["maxReplicas"]
+    pods = replicas + surge(deployment, replicas)
+    # One init container per pod starting at once (the surge), and the Argo
+    # CD hook's Job where there is one.
+    migrations = surge(deployment, replicas) + len(by_kind.get("Job", []))
+    server = int(hpa["metadata"].get("annotations", {}).get("conduit/postgres-max-connections", "100"))
+    need = pods * per_replica + migrations
+    allowed = server - SUPERUSER_RESERVED - OPERATORS_RESERVE
+    notes.append(
+        f"connection budget: {pods} pods x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
+        f" + {HEALTH_CONNECTIONS} health) + {migrations} migration = {need} of {allowed}"
+        f" (max_connections {server} - {SUPERUSER_RESERVED} superuser - {OPERATORS_RESERVE} operators)"
+    )
+    if need > allowed:
+        return [f"connection budget: {need} connections at maxReplicas, {allowed} available"]
+    return []
+
+
 def main():
     defaults = binary_defaults(open(sys.argv[1]).read())
-    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT"):
+    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT", "DB_MAX_CONNECTIONS", "JOB_WORKERS"):
         if key not in defaults:
             sys.exit(f"the binary's --help gives no default for {key}")
     failed = False
     for path in sys.argv[2:]:
-        problems = check(path, defaults)
+        notes = []
+        problems = check(path, defaults, notes)
+        for note in notes:
+            print(f"   {os.path.basename(path)}: {note}")
         for problem in problems:
             print(f"{path}: {problem}")
         failed = failed or bool(problems)
         if not problems:
-            print(f"-- {path}: selectors, ports, probes, grace period, limits, names and images agree")
+            print(f"-- {path}: selectors, ports, probes, migrations, TLS, metrics, budget, limits, names and images agree")
     sys.exit(1 if failed else 0)
 
 
