@@ -242,7 +242,10 @@ def check(path, defaults, notes=None):
     readiness = container.get("readinessProbe", {})
     if readiness.get("failureThreshold", 3) < 2:
         problems.append("the readiness probe must tolerate one slow check (failureThreshold >= 2)")
-    for network in filter(None, str(setting("TRUSTED_PROXIES") or "").split(",")):
+    proxies = list(filter(None, str(setting("TRUSTED_PROXIES") or "").split(",")))
+    if by_kind.get("Ingress") and not proxies:
+        problems.append("an Ingress without TRUSTED_PROXIES: every client behind it shares one rate-limit key")
+    for network in proxies:
         network = ipaddress.ip_network(network.strip(), strict=False)
         if network.prefixlen < (24 if network.version == 4 else 64):
             problems.append(f"TRUSTED_PROXIES {network} is wider than a node's pod range: name the proxies' pods")
@@ -298,15 +301,21 @@ def connection_budget(hpa, deployment, setting, by_kind, notes):
     workers = int(setting("JOB_WORKERS"))
     per_replica = pool + (workers + WORKER_POOL_EXTRA if workers else 0) + HEALTH_CONNECTIONS
     replicas = hpa["spec"]["maxReplicas"]
-    pods = replicas + surge(deployment, replicas)
-    # One init container per pod starting at once (the surge), and the Argo
-    # CD hook's Job where there is one.
-    migrations = surge(deployment, replicas) + len(by_kind.get("Job", []))
+    # A terminating pod keeps its connections while it drains. With
+    # minReadySeconds at least the grace period, the next old pod is
+    # stopped only once the previous one is gone: one drains at a time;
+    # otherwise every old pod may.
+    template = deployment["spec"]["template"]["spec"]
+    draining = 1 if deployment["spec"].get("minReadySeconds", 0) >= template.get("terminationGracePeriodSeconds", 30) else replicas
+    pods = replicas + surge(deployment, replicas) + draining
+    # One init container per pod starting at once (the surge). The Argo CD
+    # hook's Job runs before the rollout starts, when fewer pods run.
+    migrations = surge(deployment, replicas)
     server = int(hpa["metadata"].get("annotations", {}).get("conduit/postgres-max-connections", "100"))
     need = pods * per_replica + migrations
     allowed = server - SUPERUSER_RESERVED - OPERATORS_RESERVE
     notes.append(
-        f"connection budget: {pods} pods x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
+        f"connection budget: {pods} pods ({replicas} + {pods - replicas - draining} surge + {draining} draining) x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
         f" + {HEALTH_CONNECTIONS} health) + {migrations} migration = {need} of {allowed}"
         f" (max_connections {server} - {SUPERUSER_RESERVED} superuser - {OPERATORS_RESERVE} operators)"
     )

@@ -68,6 +68,14 @@ def no_same_namespace_callers(docs):
         rule["from"] = [f for f in rule["from"] if f != {"podSelector": {}}]
 
 
+def no_trusted_proxies(docs):
+    one(docs, "ConfigMap", "conduit-config")["data"]["TRUSTED_PROXIES"] = ""
+
+
+def every_old_pod_may_drain(docs):
+    one(docs, "Deployment", "conduit")["spec"].pop("minReadySeconds")
+
+
 def wrong_probe_port(docs):
     container(docs)["readinessProbe"]["httpGet"]["port"] = 9999
 
@@ -84,6 +92,8 @@ MISTAKES = [
     (alert_timing_a_stream, "must leave out exactly the streaming RPCs"),
     (no_same_namespace_callers, "same-namespace clients"),
     (wrong_probe_port, "is not a container port"),
+    (no_trusted_proxies, "shares one rate-limit key"),
+    (every_old_pod_may_drain, "connection budget"),
 ]
 
 

@@ -3,7 +3,7 @@
 use conduit::config::Secret;
 use conduit::config::{Cli, Command, JobsCommand};
 use conduit::postgres::private::{self, LocalPostgres};
-use conduit::postgres::{MIGRATOR, connect};
+use conduit::postgres::{connect, migrator};
 use conduit::startup::Application;
 
 /// mimalloc: a request allocates and frees hundreds of small blocks, which
@@ -172,7 +172,7 @@ async fn demo(settings: &conduit::config::Settings, url: Option<String>) {
     let seeded = async {
         // Tokens must verify where the API checks them: same secret, same rules.
         let secret = settings.require_jwt_secret()?;
-        MIGRATOR.run(&db).await.map_err(|e| e.to_string())?;
+        migrator().run(&db).await.map_err(|e| e.to_string())?;
         conduit::demo::seed(&db, secret.expose().as_bytes(), settings.jwt_ttl).await
     }
     .await;
@@ -265,7 +265,7 @@ fn main() {
         Command::Demo { url } => runtime.block_on(demo(&cli.settings, url)),
         Command::Migrate => runtime.block_on(async {
             let (_, db, local) = command_pool(&cli.settings, 1).await;
-            let migrated = MIGRATOR.run(&db).await;
+            let migrated = migrator().run(&db).await;
             close_command_pool(db, local).await;
             migrated.unwrap_or_else(|e| refuse(e));
             tracing::info!("migrations applied");

@@ -12,7 +12,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::{self, Ctx};
 use crate::middleware::ratelimit::SharedBuckets;
 use crate::observability::health::{DatabaseWatch, Health};
-use crate::postgres::{MIGRATOR, connect, connect_workers};
+use crate::postgres::{connect, connect_workers, migrator};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ impl Application {
         let db =
             connect(settings.database_url.expose(), settings.db_max_connections, settings.db_acquire_timeout).await?;
         if settings.migrate_on_start {
-            MIGRATOR.run(&db).await?;
+            migrator().run(&db).await?;
         }
         let shared = match &settings.redis_url {
             Some(url) => Some(
@@ -278,7 +278,7 @@ pub async fn run_worker(
     }
     let db = connect_workers(url.expose(), &jobs, settings.db_acquire_timeout).await?;
     if settings.migrate_on_start {
-        MIGRATOR.run(&db).await?;
+        migrator().run(&db).await?;
     }
     let metrics = crate::observability::metrics::Metrics::new(db.clone());
     let health = Health::new(tonic_health::server::health_reporter().0, Vec::new()).with_metrics(metrics.clone());
@@ -318,5 +318,5 @@ pub async fn run_worker(
 /// How the database is watched: readiness waits for the migrations when
 /// the process does not apply them itself.
 fn database_watch(interval: std::time::Duration, probe: std::time::Duration, migrates: bool) -> DatabaseWatch {
-    DatabaseWatch { interval, probe, migrations: (!migrates).then(|| MIGRATOR.iter().count() as i64) }
+    DatabaseWatch { interval, probe, migrations: (!migrates).then(|| migrator().iter().count() as i64) }
 }

@@ -31,18 +31,22 @@ impl Channel {
     pub fn new(name: &'static str, on: impl FnMut(Heard<'_>) + Send + 'static) -> Self {
         Self { name, on: Box::new(on) }
     }
+
+    /// Gives `heard` to the handler. A handler that panics is logged and
+    /// kept: the channels share a task, and one defect must not deafen
+    /// the others.
+    fn hear(&mut self, heard: Heard<'_>) {
+        let on = &mut self.on;
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on(heard))).is_err() {
+            tracing::error!(channel = self.name, "a listener's handler panicked; it keeps listening");
+        }
+    }
 }
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel").field("name", &self.name).finish_non_exhaustive()
     }
-}
-
-/// Listens on `channel` until the pool closes, passing what it hears to
-/// `on`; a lost connection is re-established after a second.
-pub async fn listen(db: PgPool, channel: &'static str, on: impl FnMut(Heard<'_>) + Send + 'static) {
-    listen_all(db, vec![Channel::new(channel, on)]).await;
 }
 
 /// Listens on every channel over one connection of `db` until the pool
@@ -54,7 +58,7 @@ pub async fn listen_all(db: PgPool, mut channels: Vec<Channel>) {
         return;
     }
     let names: Vec<&'static str> = channels.iter().map(|c| c.name).collect();
-    let connected = |channels: &mut Vec<Channel>| channels.iter_mut().for_each(|c| (c.on)(Heard::Connected));
+    let connected = |channels: &mut Vec<Channel>| channels.iter_mut().for_each(|c| c.hear(Heard::Connected));
     loop {
         let mut listener = match sqlx::postgres::PgListener::connect_with(&db).await {
             Ok(listener) => listener,
@@ -75,7 +79,7 @@ pub async fn listen_all(db: PgPool, mut channels: Vec<Channel>) {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     if let Some(channel) = channels.iter_mut().find(|c| c.name == notification.channel()) {
-                        (channel.on)(Heard::Payload(notification.payload()));
+                        channel.hear(Heard::Payload(notification.payload()));
                     }
                 }
                 // The connection dropped and sqlx re-established it.
@@ -86,5 +90,23 @@ pub async fn listen_all(db: PgPool, mut channels: Vec<Channel>) {
         if db.is_closed() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handler_that_panics_keeps_hearing() {
+        let heard = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = heard.clone();
+        let mut channel = Channel::new("c", move |h| {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert_ne!(h, Heard::Payload("boom"), "a defect");
+        });
+        channel.hear(Heard::Payload("boom"));
+        channel.hear(Heard::Connected);
+        assert_eq!(heard.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -11,8 +11,16 @@ pub mod signal;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-/// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The migrations in `migrations/`, embedded in the binary. Migrations a
+/// newer release applied are left alone rather than refused: during a
+/// rolling update, a scale-up or a rollback (`kubectl rollout undo`), the
+/// previous release starts against the newer schema, which migrations keep
+/// compatible with the release before them, and readiness accepts it too.
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!();
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 /// A pooled connection idle at least this long is checked (one round trip)
 /// before it is handed out; one in steady use is not.

@@ -26,7 +26,7 @@ async fn database(name: &str) -> (String, PgPool) {
     let name = format!("conduit_jobs_{name}_{}", std::process::id());
     let url = create_database(&name).await;
     let db = conduit::postgres::connect(&url, 8, Duration::from_secs(5)).await.unwrap();
-    conduit::postgres::MIGRATOR.run(&db).await.unwrap();
+    conduit::postgres::migrator().run(&db).await.unwrap();
     (name, db)
 }
 

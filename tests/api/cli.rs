@@ -91,6 +91,22 @@ async fn migrate_applies_the_schema_and_exits() {
     assert!(again.status.success());
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(!log.contains("already exists"), "a harmless NOTICE is logged: {log}");
+    // A newer release's migration is there (a rollback, or the previous
+    // release's pods starting during a rollout): this release's init
+    // container still succeeds, applying nothing, and serves.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'a newer release', true, '\\x00', 1)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let older = conduit(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert!(
+        older.status.success(),
+        "an older release refused a newer schema: {}",
+        String::from_utf8_lossy(&older.stderr)
+    );
     db.close().await.unwrap();
     drop_database(&name).await;
 }

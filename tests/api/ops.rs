@@ -956,7 +956,7 @@ async fn readiness_waits_for_migrations_it_does_not_apply_itself() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(app.get("/api/tags", None).await.status, 503);
-    conduit::postgres::MIGRATOR.run(&app.db).await.unwrap();
+    conduit::postgres::migrator().run(&app.db).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while http(app.admin_port, "GET", "/readyz", &[], "").await.0 != 200 {
         assert!(Instant::now() < deadline, "not ready once migrated");

@@ -311,7 +311,7 @@ async fn the_case_migration_renames_younger_twins() {
             .await
             .unwrap();
     }
-    conduit::postgres::MIGRATOR.run(&db).await.unwrap();
+    conduit::postgres::migrator().run(&db).await.unwrap();
     let names: Vec<String> = sqlx::query_scalar("SELECT username FROM users ORDER BY id").fetch_all(&db).await.unwrap();
     assert_eq!(names, ["jake", "Jake-2-2", "JAKE-3", "Jake-2", "jane"]);
     let twin = sqlx::query("INSERT INTO users (username, email, password_hash) VALUES ('JANE', 'f@x', 'x')")
