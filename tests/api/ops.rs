@@ -866,6 +866,48 @@ async fn anonymous_reads_are_cached_and_writes_clear_them_in_every_replica() {
     assert!(tags.as_array().unwrap().len() == 2, "{tags}");
 }
 
+/// Every channel a replica follows (cache invalidation, job wake-ups,
+/// notifications, revoked sessions) is heard on one connection, which the
+/// connection budget counts as one; when that connection dies, one new
+/// connection listens on all of them again.
+#[tokio::test]
+async fn one_connection_listens_on_every_channel_and_comes_back_whole() {
+    let app = spawn_app_with(|s| s.cache_ttl = Duration::from_secs(120)).await;
+    let listeners = || async {
+        let rows: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        rows
+    };
+    let whole = |rows: &[(i32, String)]| {
+        rows.len() == 1
+            && ["conduit_cache", "conduit_jobs", "conduit_notifications", "conduit_sessions"]
+                .iter()
+                .all(|channel| rows[0].1.contains(&format!("LISTEN \"{channel}\"")))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rows = listeners().await;
+    while !whole(&rows) {
+        assert!(Instant::now() < deadline, "not one connection listening on every channel: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rows = listeners().await;
+    }
+    let first = rows[0].0;
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(first).execute(&app.db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = listeners().await;
+        if whole(&rows) && rows[0].0 != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listening connection did not come back whole: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Only writes that succeed clear the cache: a failed login, a favorite of
 /// an article that does not exist, an invalid article, over JSON and gRPC,
 /// and a successful login (it changes no data) leave the invalidation count
