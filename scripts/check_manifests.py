@@ -17,7 +17,10 @@ leave out exactly the proto's streaming methods; and the connection budget
 (docs/deploying.md): (maxReplicas + maxSurge) replicas' connections plus
 the migrations' fit the PostgreSQL server's max_connections (annotation
 conduit/postgres-max-connections on the HPA, default 100) less its
-superuser reserve and an operators' reserve.
+superuser reserve and an operators' reserve; with the pgbouncer component,
+the pooler's server connections plus one direct connection per pod fit it,
+the fleet's pools fit PgBouncer's max_client_conn, the listener and the
+migrations bypass the pooler and PgBouncer is set up for sqlx.
 
 A rendering named *--base.yaml is the base without components: it must use
 built-in API groups only.
@@ -25,6 +28,7 @@ built-in API groups only.
 Usage: check_manifests.py BINARY_HELP_FILE RENDERED.yaml...
 """
 
+import configparser
 import glob
 import ipaddress
 import math
@@ -154,7 +158,7 @@ def check(path, defaults, notes=None):
     if container.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
         problems.append("the readiness probe must ask /readyz")
 
-    for c in pod["containers"]:
+    for c in [c for d in docs if d["kind"] in ("Deployment", "StatefulSet") for c in d["spec"]["template"]["spec"]["containers"]]:
         resources = c.get("resources", {})
         for part in ("requests", "limits"):
             for resource in ("cpu", "memory"):
@@ -279,10 +283,13 @@ def check(path, defaults, notes=None):
             group = doc["apiVersion"].rsplit("/", 1)[0] if "/" in doc["apiVersion"] else ""
             if group not in BUILT_IN_GROUPS:
                 problems.append(f"the base uses {doc['kind']} ({doc['apiVersion']}), not a built-in API group")
-    for pdb in by_kind.get("PodDisruptionBudget", []):
-        chosen = pdb["spec"]["selector"]["matchLabels"]
-        if any(pod_labels.get(k) != v for k, v in chosen.items()):
-            problems.append("the PDB selects no conduit pod")
+    budgets = by_kind.get("PodDisruptionBudget", [])
+    chosen_by = lambda pdb, labels: all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())  # noqa: E731
+    for pdb in budgets:
+        if not any(chosen_by(pdb, labels) for labels in templates):
+            problems.append(f"PodDisruptionBudget/{pdb['metadata']['name']} selects no pod of ours")
+    if budgets and not any(chosen_by(pdb, pod_labels) for pdb in budgets):
+        problems.append("no PDB selects the conduit pods")
 
     pods = [doc.get("spec", {}).get("template", {}).get("spec", {}) for doc in docs]
     images = [c["image"] for p in pods for c in p.get("containers", []) + p.get("initContainers", [])]
@@ -294,9 +301,30 @@ def check(path, defaults, notes=None):
     return problems
 
 
+def pgbouncer_settings(by_kind):
+    """The pgbouncer component's Deployment and its pgbouncer.ini, if on."""
+    deployments = [d for d in by_kind.get("Deployment", []) if d["metadata"]["name"] == "conduit-pgbouncer"]
+    if not deployments:
+        return None, None
+    [config] = [c for c in by_kind.get("ConfigMap", []) if c["metadata"]["name"].startswith("conduit-pgbouncer")]
+    parser = configparser.ConfigParser(allow_no_value=True, comment_prefixes=(";", "#"), inline_comment_prefixes=(";",))
+    parser.read_string(config["data"]["pgbouncer.ini"])
+    return deployments[0], parser["pgbouncer"]
+
+
+def secret_key(container, env):
+    for variable in container.get("env", []):
+        if variable["name"] == env:
+            return variable.get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+    return None
+
+
 def connection_budget(hpa, deployment, setting, by_kind, notes):
     """(maxReplicas + maxSurge) replicas' connections plus the migrations'
-    within the server's max_connections less its reserves."""
+    within the server's max_connections less its reserves; behind the
+    pgbouncer component, the pooler's server connections plus each
+    replica's direct listener, and the replicas' pools within what
+    PgBouncer accepts."""
     pool = int(setting("DB_MAX_CONNECTIONS"))
     workers = int(setting("JOB_WORKERS"))
     per_replica = pool + (workers + WORKER_POOL_EXTRA if workers else 0) + HEALTH_CONNECTIONS
@@ -312,21 +340,57 @@ def connection_budget(hpa, deployment, setting, by_kind, notes):
     # hook's Job runs before the rollout starts, when fewer pods run.
     migrations = surge(deployment, replicas)
     server = int(hpa["metadata"].get("annotations", {}).get("conduit/postgres-max-connections", "100"))
-    need = pods * per_replica + migrations
     allowed = server - SUPERUSER_RESERVED - OPERATORS_RESERVE
+    reserves = f"(max_connections {server} - {SUPERUSER_RESERVED} superuser - {OPERATORS_RESERVE} operators)"
+    fleet = f"{pods} pods ({replicas} + {pods - replicas - draining} surge + {draining} draining)"
+    bouncer, ini = pgbouncer_settings(by_kind)
+    if bouncer is None:
+        need = pods * per_replica + migrations
+        notes.append(
+            f"connection budget: {fleet} x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
+            f" + {HEALTH_CONNECTIONS} health) + {migrations} migration = {need} of {allowed} {reserves}"
+        )
+        return [f"connection budget: {need} connections at maxReplicas, {allowed} available"] if need > allowed else []
+
+    problems = []
+    [container] = [c for c in template["containers"] if c["name"] == "conduit"]
+    [migrate] = [c for c in template.get("initContainers", []) if c.get("args") == ["migrate"]] or [{}]
+    direct = secret_key(container, "DATABASE_DIRECT_URL")
+    if not direct or direct != secret_key(migrate, "DATABASE_URL"):
+        problems.append("behind PgBouncer, DATABASE_DIRECT_URL must be the migrations' direct DATABASE_URL")
+    if secret_key(container, "DATABASE_URL") in (None, direct):
+        problems.append("behind PgBouncer, the server's DATABASE_URL must name the pooler")
+    if ini.get("pool_mode", "session") == "transaction":
+        if int(ini.get("max_prepared_statements", "0")) <= 0:
+            problems.append("transaction pooling needs max_prepared_statements (sqlx prepares every statement by name)")
+        ignored = {p.strip() for p in ini.get("ignore_startup_parameters", "").split(",")}
+        if not {"options", "extra_float_digits"} <= ignored:
+            problems.append("PgBouncer must ignore the startup parameters options and extra_float_digits, which conduit sends")
+    lease = duration_seconds(setting("JOB_LEASE"))
+    if workers and int(ini.get("idle_transaction_timeout", "0")) < lease + 10:
+        problems.append("PgBouncer's idle_transaction_timeout must outlast JOB_LEASE + 10 s")
+    per_pool = int(ini.get("default_pool_size", "20")) + int(ini.get("reserve_pool_size", "0"))
+    if int(ini.get("max_db_connections", "0")):
+        per_pool = min(per_pool, int(ini["max_db_connections"]))
+    bouncers = bouncer["spec"].get("replicas", 1) + surge(bouncer, bouncer["spec"].get("replicas", 1))
+    listeners = pods  # one direct connection per pod: its migration, then its listener
+    need = bouncers * per_pool + listeners
+    clients = pods * per_replica
     notes.append(
-        f"connection budget: {pods} pods ({replicas} + {pods - replicas - draining} surge + {draining} draining) x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
-        f" + {HEALTH_CONNECTIONS} health) + {migrations} migration = {need} of {allowed}"
-        f" (max_connections {server} - {SUPERUSER_RESERVED} superuser - {OPERATORS_RESERVE} operators)"
+        f"connection budget behind PgBouncer: {bouncers} PgBouncer pods (with a rollout's surge) x {per_pool} server"
+        f" connections + {fleet} x 1 direct (listener, or migration before it) = {need} of {allowed} {reserves};"
+        f" {fleet} x {per_replica} pooled = {clients} client connections, at most {ini.get('max_client_conn', '100')} per PgBouncer"
     )
     if need > allowed:
-        return [f"connection budget: {need} connections at maxReplicas, {allowed} available"]
-    return []
+        problems.append(f"connection budget: {need} server connections at maxReplicas behind PgBouncer, {allowed} available")
+    if clients > int(ini.get("max_client_conn", "100")):
+        problems.append(f"PgBouncer's max_client_conn is below the {clients} client connections of the fleet at maxReplicas")
+    return problems
 
 
 def main():
     defaults = binary_defaults(open(sys.argv[1]).read())
-    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT", "DB_MAX_CONNECTIONS", "JOB_WORKERS"):
+    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT", "DB_MAX_CONNECTIONS", "JOB_WORKERS", "JOB_LEASE"):
         if key not in defaults:
             sys.exit(f"the binary's --help gives no default for {key}")
     failed = False

@@ -36,7 +36,7 @@ def plain_job(docs):
 
 
 def too_many_replicas(docs):
-    one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] = 20
+    one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] = 40
 
 
 def impatient_readiness(docs):
@@ -80,7 +80,34 @@ def wrong_probe_port(docs):
     container(docs)["readinessProbe"]["httpGet"]["port"] = 9999
 
 
+def pgbouncer_ini(docs, old, new):
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("conduit-pgbouncer"))
+    assert old in config["data"]["pgbouncer.ini"], old
+    config["data"]["pgbouncer.ini"] = config["data"]["pgbouncer.ini"].replace(old, new)
+
+
+def listener_through_the_pooler(docs):
+    container(docs)["env"] = [e for e in container(docs)["env"] if e["name"] != "DATABASE_DIRECT_URL"]
+
+
+def migrations_through_the_pooler(docs):
+    [migrate] = one(docs, "Deployment", "conduit")["spec"]["template"]["spec"]["initContainers"]
+    migrate["env"][0]["valueFrom"]["secretKeyRef"]["key"] = "POOLED_DATABASE_URL"
+
+
+def no_prepared_statements(docs):
+    pgbouncer_ini(docs, "max_prepared_statements = 200", "max_prepared_statements = 0")
+
+
+def too_few_client_connections(docs):
+    pgbouncer_ini(docs, "max_client_conn = 400", "max_client_conn = 100")
+
+
 MISTAKES = [
+    (listener_through_the_pooler, "DATABASE_DIRECT_URL must be"),
+    (migrations_through_the_pooler, "DATABASE_DIRECT_URL must be"),
+    (no_prepared_statements, "max_prepared_statements"),
+    (too_few_client_connections, "max_client_conn"),
     (no_grpc_tls, "gRPC is served to clients over TLS only"),
     (wide_proxies, "wider than a node's pod range"),
     (plain_job, "is not an Argo CD hook"),

@@ -66,9 +66,10 @@ def request(port, method, path, body=None, token=None, headers=None, timeout=10)
 
 
 class Replica:
-    def __init__(self, index, redis_prefix):
+    def __init__(self, index, redis_prefix, env=None):
         self.index, self.port, self.admin = index, free_port(), free_port()
         self.prefix = redis_prefix
+        self.env = env or {}  # settings over the rehearsal's own
         self.process = None
 
     def start(self):
@@ -90,6 +91,7 @@ class Replica:
             "CACHE_TTL": f"{CACHE_TTL_S}s",
             "PASSWORD_HASH_CONCURRENCY": "1",
             "LOG_LEVEL": "warn",
+            **self.env,
         }
         self.process = subprocess.Popen([BINARY, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
@@ -240,6 +242,15 @@ def load(port, tokens, slugs, stop, stats, seconds):
 
 def record(name, ok, detail):
     RESULTS.append((name, "ok" if ok else "FAILED", detail))
+
+
+def verdict(title):
+    """Prints the recorded checks as a table under `title`; exits 1 if one failed."""
+    width = max(len(title), *(len(n) for n, _, _ in RESULTS))
+    print(f"\n{title:{width}}  result  detail")
+    for name, outcome, detail in RESULTS:
+        print(f"{name:{width}}  {outcome:6}  {detail}")
+    sys.exit(0 if all(v == "ok" for _, v, _ in RESULTS) else 1)
 
 
 def rolling_restart(replicas):
@@ -560,11 +571,7 @@ def main():
                 r.stop()
         psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
 
-    width = max(len(n) for n, _, _ in RESULTS)
-    print(f"\n{'check':{width}}  result  detail")
-    for name, verdict, detail in RESULTS:
-        print(f"{name:{width}}  {verdict:6}  {detail}")
-    sys.exit(0 if all(v == "ok" for _, v, _ in RESULTS) else 1)
+    verdict("check")
 
 
 if __name__ == "__main__":

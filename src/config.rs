@@ -235,6 +235,13 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, help_heading = DATABASE)]
     pub database_url: Option<Secret>,
 
+    /// A direct connection to the same PostgreSQL, for what a
+    /// transaction-mode pooler (PgBouncer) in DATABASE_URL cannot carry:
+    /// the one connection that LISTENs and the migrations (which hold a
+    /// session lock). Unset: DATABASE_URL serves both.
+    #[arg(long, env = "DATABASE_DIRECT_URL", global = true, hide_env_values = true, help_heading = DATABASE)]
+    pub database_direct_url: Option<Secret>,
+
     /// Where conduit keeps its own files (the private PostgreSQL started when
     /// DATABASE_URL is unset, and its generated JWT secret).
     #[arg(long, env = "CONDUIT_DATA_DIR", global = true, help_heading = DATABASE)]
@@ -510,6 +517,15 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// `url` if it is a PostgreSQL URL, else an error naming `setting`.
+fn postgres_url(url: &Secret, setting: &str) -> Result<Secret, String> {
+    if url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://") {
+        Ok(url.clone())
+    } else {
+        Err(format!("{setting} must be a postgres:// URL"))
+    }
+}
+
 /// Longest token lifetime accepted: a year, and far from any overflow.
 const MAX_JWT_TTL: Duration = Duration::from_secs(366 * 86_400);
 
@@ -518,6 +534,9 @@ const MAX_JWT_TTL: Duration = Duration::from_secs(366 * 86_400);
 pub struct ServeSettings {
     /// Database URL.
     pub database_url: Secret,
+    /// A direct connection for the listener and migrations when
+    /// `database_url` goes through a pooler; `None`: `database_url`.
+    pub database_direct_url: Option<Secret>,
     /// Listen address.
     pub listen: SocketAddr,
     /// Admin listen address (probes).
@@ -610,12 +629,31 @@ impl Settings {
     /// The database URL, or why it is missing.
     pub fn require_database_url(&self) -> Result<Secret, String> {
         match &self.database_url {
-            Some(url) if url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://") => {
-                Ok(url.clone())
-            }
-            Some(_) => Err("DATABASE_URL must be a postgres:// URL".into()),
+            Some(url) => postgres_url(url, "DATABASE_URL"),
             None => Err("DATABASE_URL (or --database-url) is required".into()),
         }
+    }
+
+    /// The direct database URL when one is set, checked; it only makes
+    /// sense beside a DATABASE_URL.
+    pub fn require_direct_url(&self) -> Result<Option<Secret>, String> {
+        match (&self.database_direct_url, &self.database_url) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Err("DATABASE_DIRECT_URL is set without DATABASE_URL".into()),
+            (Some(url), Some(_)) => postgres_url(url, "DATABASE_DIRECT_URL").map(Some),
+        }
+    }
+
+    /// These settings with DATABASE_URL replaced by DATABASE_DIRECT_URL
+    /// when it is set: for commands whose every statement must bypass a
+    /// pooler (`migrate`, `demo`, which migrates).
+    #[must_use]
+    pub fn direct(&self) -> Self {
+        let mut direct = self.clone();
+        if let Some(url) = direct.database_direct_url.take() {
+            direct.database_url = Some(url);
+        }
+        direct
     }
 
     /// The token secret, or why it is missing or unusable; the token
@@ -674,6 +712,7 @@ impl Settings {
     /// Checks what `serve` needs.
     pub fn for_serve(&self) -> Result<ServeSettings, String> {
         let database_url = self.require_database_url()?;
+        let database_direct_url = self.require_direct_url()?;
         let jobs = self.workers()?;
         if self.watch_max_per_user == 0 {
             return Err("WATCH_MAX_PER_USER must be at least 1".into());
@@ -757,6 +796,7 @@ impl Settings {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(ServeSettings {
             database_url,
+            database_direct_url,
             listen: self.listen,
             admin_listen: self.admin_listen,
             jwt_secret,

@@ -168,7 +168,9 @@ async fn jobs_command(db: &sqlx::PgPool, action: JobsCommand) -> Result<(), sqlx
 /// `conduit demo`: migrates, adds what is missing of the demo data, and
 /// prints two commands to try with a demo user's token.
 async fn demo(settings: &conduit::config::Settings, url: Option<String>) {
-    let (settings, db, local) = command_pool(settings, 2).await;
+    // It migrates: every statement goes to PostgreSQL directly.
+    settings.require_direct_url().unwrap_or_else(|e| refuse(e));
+    let (settings, db, local) = command_pool(&settings.direct(), 2).await;
     let seeded = async {
         // Tokens must verify where the API checks them: same secret, same rules.
         let secret = settings.require_jwt_secret()?;
@@ -264,7 +266,8 @@ fn main() {
         }),
         Command::Demo { url } => runtime.block_on(demo(&cli.settings, url)),
         Command::Migrate => runtime.block_on(async {
-            let (_, db, local) = command_pool(&cli.settings, 1).await;
+            cli.settings.require_direct_url().unwrap_or_else(|e| refuse(e));
+            let (_, db, local) = command_pool(&cli.settings.direct(), 1).await;
             let migrated = migrator().run(&db).await;
             close_command_pool(db, local).await;
             migrated.unwrap_or_else(|e| refuse(e));

@@ -12,7 +12,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::{self, Ctx};
 use crate::middleware::ratelimit::SharedBuckets;
 use crate::observability::health::{DatabaseWatch, Health};
-use crate::postgres::{connect, connect_workers, migrator};
+use crate::postgres::{connect, connect_workers, listener_pool, migrate, migrator};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,9 @@ pub struct Application {
     admin: TcpListener,
     app: axum::Router,
     db: PgPool,
+    /// The pool whose one connection LISTENs: `db`, or a direct connection
+    /// when `db` goes through a pooler.
+    listen_db: PgPool,
     health: Health,
     metrics: crate::observability::metrics::Metrics,
     health_check_interval: std::time::Duration,
@@ -101,8 +104,16 @@ impl Application {
         let db =
             connect(settings.database_url.expose(), settings.db_max_connections, settings.db_acquire_timeout).await?;
         if settings.migrate_on_start {
-            migrator().run(&db).await?;
+            match &settings.database_direct_url {
+                Some(direct) => migrate(direct.expose(), settings.db_acquire_timeout).await?,
+                None => migrator().run(&db).await?,
+            }
         }
+        // Without a direct URL the listener takes one of the pool's connections.
+        let listen_db = match &settings.database_direct_url {
+            Some(direct) => listener_pool(direct.expose())?,
+            None => db.clone(),
+        };
         let shared = match &settings.redis_url {
             Some(url) => Some(
                 SharedBuckets::connect(
@@ -149,6 +160,7 @@ impl Application {
             admin,
             app,
             db,
+            listen_db,
             health,
             metrics,
             health_check_interval: settings.health_check_interval,
@@ -198,7 +210,7 @@ impl Application {
         if self.jobs_db.is_some() {
             channels.push(crate::postgres::jobs::wake_channel(&self.wake));
         }
-        let listener = tokio::spawn(crate::postgres::listen::listen_all(self.db.clone(), channels));
+        let listener = tokio::spawn(crate::postgres::listen::listen_all(self.listen_db.clone(), channels));
         let queue = tokio::spawn(crate::postgres::jobs::watch_queue(
             self.db.clone(),
             self.metrics.clone(),
@@ -256,6 +268,7 @@ impl Application {
         watcher.abort();
         listener.abort();
         queue.abort();
+        self.listen_db.close().await;
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");
         }
@@ -272,14 +285,22 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let url = settings.require_database_url().map_err(StartupError::Settings)?;
+    let direct = settings.require_direct_url().map_err(StartupError::Settings)?;
     let jobs = settings.workers().map_err(StartupError::Settings)?;
     if jobs.concurrency == 0 {
         return Err(StartupError::Settings("JOB_WORKERS must be at least 1 for `conduit worker`".into()));
     }
     let db = connect_workers(url.expose(), &jobs, settings.db_acquire_timeout).await?;
     if settings.migrate_on_start {
-        migrator().run(&db).await?;
+        match &direct {
+            Some(direct) => migrate(direct.expose(), settings.db_acquire_timeout).await?,
+            None => migrator().run(&db).await?,
+        }
     }
+    let listen_db = match &direct {
+        Some(direct) => listener_pool(direct.expose())?,
+        None => db.clone(),
+    };
     let metrics = crate::observability::metrics::Metrics::new(db.clone());
     let health = Health::new(tonic_health::server::health_reporter().0, Vec::new()).with_metrics(metrics.clone());
     let admin = bind(settings.admin_listen, ADMIN_LISTEN_SETTING).await?;
@@ -300,7 +321,8 @@ pub async fn run_worker(
             let _ = admin_stopped.await;
         },
     ));
-    let workers = crate::postgres::jobs::Workers::new(db.clone(), domain::job_handlers(), jobs, Some(metrics));
+    let workers = crate::postgres::jobs::Workers::new(db.clone(), domain::job_handlers(), jobs, Some(metrics))
+        .listening_on(listen_db.clone());
     workers
         .run(async move {
             shutdown.await;
@@ -311,6 +333,7 @@ pub async fn run_worker(
     let _ = admin.await;
     watcher.abort();
     queue.abort();
+    listen_db.close().await;
     db.close().await;
     Ok(())
 }

@@ -328,9 +328,9 @@ pub struct Workers {
     /// Kinds whose first attempts are batched.
     batch_kinds: Vec<String>,
     wake: Arc<Notify>,
-    /// Whether the workers listen for other processes' wake-ups on a
-    /// connection of their own (else the process's shared listener does).
-    own_listener: bool,
+    /// The pool whose connection the workers listen on for other
+    /// processes' wake-ups; `None`: the process's shared listener does.
+    own_listener: Option<PgPool>,
     /// When the earliest retry this process scheduled comes due.
     retry_due: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
@@ -352,7 +352,7 @@ impl Workers {
             _ => handlers.0.iter().filter(|(_, h)| h.batches()).map(|(k, _)| k.clone()).collect(),
         };
         Self {
-            db,
+            db: db.clone(),
             handlers,
             settings,
             metrics,
@@ -360,7 +360,7 @@ impl Workers {
             kinds,
             batch_kinds,
             wake: Arc::new(Notify::new()),
-            own_listener: true,
+            own_listener: Some(db.clone()),
             retry_due: Arc::default(),
         }
     }
@@ -378,13 +378,22 @@ impl Workers {
     /// connection fewer.
     #[must_use]
     pub fn without_own_listener(mut self) -> Self {
-        self.own_listener = false;
+        self.own_listener = None;
+        self
+    }
+
+    /// Listens for other processes' wake-ups on a connection of
+    /// `listener` (a direct one, see [`crate::postgres::listener_pool`])
+    /// rather than of the workers' own pool.
+    #[must_use]
+    pub fn listening_on(mut self, listener: PgPool) -> Self {
+        self.own_listener = Some(listener);
         self
     }
 
     /// Runs jobs until `stop` completes, then drains (see the module doc).
     pub async fn run(self, stop: impl Future<Output = ()> + Send) {
-        let listener = self.own_listener.then(|| tokio::spawn(listen(self.db.clone(), self.wake.clone())));
+        let listener = self.own_listener.clone().map(|pool| tokio::spawn(listen(pool, self.wake.clone())));
         let (cancel, cancelled) = watch::channel(false);
         let mut running: JoinSet<()> = JoinSet::new();
         // The batch under way, if any (at most one per process).

@@ -78,6 +78,32 @@ pub async fn connect(
     pool_options(max_connections, acquire_timeout).connect_with(options).await
 }
 
+/// A pool of one lazily opened connection for [`listen::listen_all`],
+/// to `url` directly: a transaction-mode pooler lends a server connection
+/// to whichever client runs a transaction next, so a `LISTEN` made through
+/// it would deliver its notifications into other clients' requests. Idle
+/// and lifetime limits are off: the connection listens for as long as the
+/// process runs.
+pub fn listener_pool(url: &str) -> Result<PgPool, sqlx::Error> {
+    let options = url.parse::<sqlx::postgres::PgConnectOptions>()?;
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options))
+}
+
+/// Applies the migrations over a connection of its own to `url`: the
+/// migrator holds a session advisory lock, which needs a direct
+/// connection, never one through a transaction-mode pooler.
+pub async fn migrate(url: &str, acquire_timeout: std::time::Duration) -> Result<(), sqlx::migrate::MigrateError> {
+    let db = connect(url, 1, acquire_timeout).await?;
+    let migrated = migrator().run(&db).await;
+    db.close().await;
+    migrated
+}
+
 /// Run first in a transaction whose statements must be planned with their
 /// parameters' values (a `LIKE` prefix, which only a known pattern turns
 /// into an index range).

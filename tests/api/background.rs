@@ -395,6 +395,41 @@ async fn a_worker_killed_mid_job_leaves_it_to_another_after_the_lease() {
     drop_database(&name).await;
 }
 
+/// `conduit worker` listens for wake-ups on DATABASE_DIRECT_URL when it is
+/// set (its pool may go through a transaction-mode pooler, which cannot
+/// carry a LISTEN): told apart here by the application name it gives, and
+/// woken through it long before its next poll.
+#[tokio::test]
+async fn a_worker_listens_on_the_direct_url() {
+    let (name, db) = database("direct").await;
+    let url = url_for(&name);
+    let direct = format!("{url}{}application_name=conduit-direct", if url.contains('?') { '&' } else { '?' });
+    let served = worker(&url, &[("DATABASE_DIRECT_URL", &direct), ("JOB_POLL_INTERVAL", "60s")]).await;
+    eventually(Duration::from_secs(10), "the worker to listen on the direct connection", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'conduit-direct' AND query LIKE 'LISTEN \"conduit_jobs\"%'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        listening == 1
+    })
+    .await;
+    let id = conduit::postgres::jobs::enqueue(&db, conduit::postgres::jobs::Canary::KIND, &json!({"sleep_ms": 0}))
+        .await
+        .unwrap();
+    conduit::postgres::jobs::notify_workers(&db).await.unwrap();
+    eventually(Duration::from_secs(10), "the woken worker to run the job", || async {
+        job_row(&db, id).await.is_none()
+    })
+    .await;
+    let (code, log) = served.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    db.close().await;
+    drop_database(&name).await;
+}
+
 #[tokio::test]
 async fn a_worker_stopped_mid_job_gives_it_back_within_the_drain_deadline() {
     let (name, db) = database("drain").await;

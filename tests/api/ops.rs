@@ -872,10 +872,20 @@ async fn anonymous_reads_are_cached_and_writes_clear_them_in_every_replica() {
 /// connection listens on all of them again.
 #[tokio::test]
 async fn one_connection_listens_on_every_channel_and_comes_back_whole() {
-    let app = spawn_app_with(|s| s.cache_ttl = Duration::from_secs(120)).await;
+    // The listener takes DATABASE_DIRECT_URL when one is set (a pooler in
+    // DATABASE_URL would hand its notifications to other requests): the
+    // same server here, told apart by the application name it gives.
+    let app = spawn_app_with(|s| {
+        s.cache_ttl = Duration::from_secs(120);
+        let url = s.database_url.expose();
+        let direct = format!("{url}{}application_name=conduit-direct", if url.contains('?') { '&' } else { '?' });
+        s.database_direct_url = Some(conduit::config::Secret::from(direct));
+    })
+    .await;
     let listeners = || async {
         let rows: Vec<(i32, String)> = sqlx::query_as(
-            "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+            "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %' \
+             AND application_name = 'conduit-direct'",
         )
         .fetch_all(&app.db)
         .await
