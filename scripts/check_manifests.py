@@ -319,6 +319,19 @@ def secret_key(container, env):
     return None
 
 
+def read_budget(hpa, setting, pods, fleet, notes):
+    """Every pod's replica pool on one replica (a read-only Service may send
+    them all to one) within that replica's max_connections less the same
+    reserves: READ_DATABASE_URL is an optional Secret key, so it is counted
+    whether set or not."""
+    pool = int(setting("READ_DB_MAX_CONNECTIONS"))
+    server = int(hpa["metadata"].get("annotations", {}).get("conduit/replica-max-connections", "100"))
+    allowed = server - SUPERUSER_RESERVED - OPERATORS_RESERVE
+    need = pods * pool
+    notes.append(f"read replica budget: {fleet} x {pool} = {need} of {allowed} (a replica's max_connections {server})")
+    return [f"read replica budget: {need} connections at maxReplicas, {allowed} available on a replica"] if need > allowed else []
+
+
 def connection_budget(hpa, deployment, setting, by_kind, notes):
     """(maxReplicas + maxSurge) replicas' connections plus the migrations'
     within the server's max_connections less its reserves; behind the
@@ -343,6 +356,7 @@ def connection_budget(hpa, deployment, setting, by_kind, notes):
     allowed = server - SUPERUSER_RESERVED - OPERATORS_RESERVE
     reserves = f"(max_connections {server} - {SUPERUSER_RESERVED} superuser - {OPERATORS_RESERVE} operators)"
     fleet = f"{pods} pods ({replicas} + {pods - replicas - draining} surge + {draining} draining)"
+    problems = read_budget(hpa, setting, pods, fleet, notes)
     bouncer, ini = pgbouncer_settings(by_kind)
     if bouncer is None:
         need = pods * per_replica + migrations
@@ -350,9 +364,10 @@ def connection_budget(hpa, deployment, setting, by_kind, notes):
             f"connection budget: {fleet} x ({pool} pool + {per_replica - pool - HEALTH_CONNECTIONS} workers'"
             f" + {HEALTH_CONNECTIONS} health) + {migrations} migration = {need} of {allowed} {reserves}"
         )
-        return [f"connection budget: {need} connections at maxReplicas, {allowed} available"] if need > allowed else []
+        if need > allowed:
+            problems.append(f"connection budget: {need} connections at maxReplicas, {allowed} available")
+        return problems
 
-    problems = []
     [container] = [c for c in template["containers"] if c["name"] == "conduit"]
     [migrate] = [c for c in template.get("initContainers", []) if c.get("args") == ["migrate"]] or [{}]
     direct = secret_key(container, "DATABASE_DIRECT_URL")
@@ -390,7 +405,7 @@ def connection_budget(hpa, deployment, setting, by_kind, notes):
 
 def main():
     defaults = binary_defaults(open(sys.argv[1]).read())
-    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT", "DB_MAX_CONNECTIONS", "JOB_WORKERS", "JOB_LEASE"):
+    for key in ("CONDUIT_LISTEN", "CONDUIT_ADMIN_LISTEN", "DRAIN_DELAY", "DRAIN_TIMEOUT", "DB_MAX_CONNECTIONS", "JOB_WORKERS", "JOB_LEASE", "READ_DB_MAX_CONNECTIONS"):
         if key not in defaults:
             sys.exit(f"the binary's --help gives no default for {key}")
     failed = False

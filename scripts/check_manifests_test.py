@@ -103,7 +103,12 @@ def too_few_client_connections(docs):
     pgbouncer_ini(docs, "max_client_conn = 400", "max_client_conn = 100")
 
 
+def big_replica_pools(docs):
+    one(docs, "ConfigMap", "conduit-config")["data"]["READ_DB_MAX_CONNECTIONS"] = "16"
+
+
 MISTAKES = [
+    (big_replica_pools, "read replica budget"),
     (listener_through_the_pooler, "DATABASE_DIRECT_URL must be"),
     (migrations_through_the_pooler, "DATABASE_DIRECT_URL must be"),
     (no_prepared_statements, "max_prepared_statements"),

@@ -256,6 +256,23 @@ pub struct Settings {
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true, help_heading = DATABASE)]
     pub db_acquire_timeout: Duration,
 
+    /// PostgreSQL streaming replicas of DATABASE_URL's server
+    /// (comma-separated URLs) that calls declared free of side effects may
+    /// read from; every other call, and every read of a caller whose writes
+    /// a replica has not replayed yet, goes to DATABASE_URL. Unset: every
+    /// call goes to DATABASE_URL.
+    #[arg(long, env = "READ_DATABASE_URL", global = true, hide_env_values = true, help_heading = DATABASE)]
+    pub read_database_url: Option<Secret>,
+
+    /// Most replication lag a read accepts: a replica further behind the
+    /// primary is left out until it catches up.
+    #[arg(long, env = "READ_MAX_LAG", default_value = "1s", value_parser = parse_duration, global = true, help_heading = DATABASE)]
+    pub read_max_lag: Duration,
+
+    /// Most connections in each replica's pool.
+    #[arg(long, env = "READ_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = DATABASE)]
+    pub read_db_max_connections: u32,
+
     /// Secret that signs and checks tokens (HS256), at least 32 bytes.
     #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true, help_heading = TOKENS)]
     pub jwt_secret: Option<Secret>,
@@ -573,6 +590,8 @@ pub struct ServeSettings {
     pub db_max_connections: u32,
     /// Pool acquire timeout.
     pub db_acquire_timeout: Duration,
+    /// Where reads free of side effects may be served (empty: the primary).
+    pub reads: crate::postgres::replicas::ReadSettings,
     /// Concurrent password hashes.
     pub password_hash_concurrency: usize,
     /// Browser origins allowed by CORS; `None` means any.
@@ -680,6 +699,28 @@ impl Settings {
             http2_keep_alive: self.http2_keep_alive,
             drain_timeout: self.drain_timeout,
         }
+    }
+
+    /// The read replicas' settings, checked.
+    pub fn read_settings(&self) -> Result<crate::postgres::replicas::ReadSettings, String> {
+        let urls = match &self.read_database_url {
+            None => Vec::new(),
+            Some(list) => list
+                .expose()
+                .split(',')
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(|url| postgres_url(&Secret::from(url.to_owned()), "READ_DATABASE_URL"))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        if !urls.is_empty() && self.read_max_lag.is_zero() {
+            return Err("READ_MAX_LAG must be longer than zero".into());
+        }
+        Ok(crate::postgres::replicas::ReadSettings {
+            urls,
+            max_lag: self.read_max_lag,
+            max_connections: self.read_db_max_connections,
+        })
     }
 
     /// The job workers' settings, checked.
@@ -821,6 +862,7 @@ impl Settings {
             },
             db_max_connections: self.db_max_connections,
             db_acquire_timeout: self.db_acquire_timeout,
+            reads: self.read_settings()?,
             password_hash_concurrency: match self.password_hash_concurrency {
                 0 => std::thread::available_parallelism().map(usize::from).unwrap_or(1),
                 n => n,

@@ -23,7 +23,7 @@ use crate::domain::{self, Ctx};
 use crate::middleware::{
     self, authenticate::Authenticate, availability::AvailabilityLayer, body::ReadBodyLayer, cache::CacheLayer,
     client::ClientAddresses, compress::EncodedTags, conditional::Conditional, ratelimit::RateLimitLayer,
-    ratelimit::SharedBuckets, request_log::RequestLog, shed::ShedLayer,
+    ratelimit::SharedBuckets, reads::ReadRoutingLayer, request_log::RequestLog, shed::ShedLayer,
 };
 use crate::observability::{health::Health, metrics::Metrics, observe::ObserveLayer};
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, HeadLayer, TimeoutLayer};
@@ -67,6 +67,7 @@ pub(crate) fn build(
     metrics: Metrics,
     hub: Hub,
     signals: crate::postgres::signal::Signals,
+    replicas: Option<crate::postgres::replicas::Replicas>,
 ) -> Result<Stack, StackError> {
     let tokens = ctx.tokens.clone();
     let db = ctx.db.clone();
@@ -119,6 +120,7 @@ pub(crate) fn build(
         return Ok(Stack { app: axum::Router::new().fallback_service(bare), health, cache });
     }
     let clients = ClientAddresses::new(&settings.trusted_proxies);
+    let reads = replicas.map(|replicas| ReadRoutingLayer::new(gateway.clone(), replicas, metrics.clone()));
     let service = tower::ServiceBuilder::new()
         // HEAD is served as GET without the body: every layer below sees the GET it stands for.
         .layer(HeadLayer)
@@ -168,6 +170,9 @@ pub(crate) fn build(
         .layer(AvailabilityLayer::new(health.clone(), gateway.clone(), retry_after(settings.health_probe_interval)))
         // The request timeout, below everything that answers without the service.
         .layer(TimeoutLayer::new(gateway.clone(), settings.request_timeout))
+        // With READ_DATABASE_URL: reads go to a replica that has the caller's writes,
+        // and each write's position is kept; within the deadline, as both may wait.
+        .option_layer(reads)
         // gRPC and gRPC-Web to tonic, Connect and JSON to the gateway.
         .service(Dispatch::new(grpc.into_axum_router(), gateway));
     Ok(Stack { app: axum::Router::new().fallback_service(service), health, cache })

@@ -12,6 +12,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::{self, Ctx};
 use crate::middleware::ratelimit::SharedBuckets;
 use crate::observability::health::{DatabaseWatch, Health};
+use crate::postgres::replicas::Replicas;
 use crate::postgres::{connect, connect_workers, listener_pool, migrate, migrator};
 
 /// Why the service could not start.
@@ -75,9 +76,11 @@ pub struct Application {
     admin: TcpListener,
     app: axum::Router,
     db: PgPool,
-    /// The pool whose one connection LISTENs: `db`, or a direct connection
-    /// when `db` goes through a pooler.
-    listen_db: PgPool,
+    /// A direct connection for the LISTENs when `db` goes through a
+    /// pooler; `None`: one of `db`'s connections listens.
+    listen_db: Option<PgPool>,
+    /// The read replicas, polled while the process serves.
+    replicas: Option<Replicas>,
     health: Health,
     metrics: crate::observability::metrics::Metrics,
     health_check_interval: std::time::Duration,
@@ -109,11 +112,8 @@ impl Application {
                 None => migrator().run(&db).await?,
             }
         }
-        // Without a direct URL the listener takes one of the pool's connections.
-        let listen_db = match &settings.database_direct_url {
-            Some(direct) => listener_pool(direct.expose())?,
-            None => db.clone(),
-        };
+        let listen_db =
+            settings.database_direct_url.as_ref().map(|direct| listener_pool(direct.expose())).transpose()?;
         let shared = match &settings.redis_url {
             Some(url) => Some(
                 SharedBuckets::connect(
@@ -151,8 +151,9 @@ impl Application {
             ),
         };
         let hub = crate::domain::notifications::Hub::new(settings.watch_max_per_user, settings.watch_keep_alive);
+        let replicas = Replicas::new(db.clone(), &settings.reads, settings.db_acquire_timeout)?;
         let crate::stack::Stack { app, health, cache } =
-            crate::stack::build(ctx, settings, shared, metrics.clone(), hub.clone(), signals)?;
+            crate::stack::build(ctx, settings, shared, metrics.clone(), hub.clone(), signals, replicas.clone())?;
         let listener = bind(settings.listen, LISTEN_SETTING).await?;
         let admin = bind(settings.admin_listen, ADMIN_LISTEN_SETTING).await?;
         Ok(Self {
@@ -161,6 +162,7 @@ impl Application {
             app,
             db,
             listen_db,
+            replicas,
             health,
             metrics,
             health_check_interval: settings.health_check_interval,
@@ -210,7 +212,9 @@ impl Application {
         if self.jobs_db.is_some() {
             channels.push(crate::postgres::jobs::wake_channel(&self.wake));
         }
-        let listener = tokio::spawn(crate::postgres::listen::listen_all(self.listen_db.clone(), channels));
+        let listen_db = self.listen_db.clone().unwrap_or_else(|| self.db.clone());
+        let listener = tokio::spawn(crate::postgres::listen::listen_all(listen_db, channels));
+        let replicas = self.replicas.clone().map(|replicas| tokio::spawn(replicas.watch(self.metrics.clone())));
         let queue = tokio::spawn(crate::postgres::jobs::watch_queue(
             self.db.clone(),
             self.metrics.clone(),
@@ -268,7 +272,13 @@ impl Application {
         watcher.abort();
         listener.abort();
         queue.abort();
-        self.listen_db.close().await;
+        if let Some(replicas) = replicas {
+            replicas.abort();
+        }
+        // Only a pool of its own: the shared one closes below, within a bound.
+        if let Some(listen_db) = &self.listen_db {
+            listen_db.close().await;
+        }
         if tokio::time::timeout(std::time::Duration::from_secs(5), self.db.close()).await.is_err() {
             tracing::warn!("database connections still busy after 5 s; closing anyway");
         }
@@ -297,10 +307,7 @@ pub async fn run_worker(
             None => migrator().run(&db).await?,
         }
     }
-    let listen_db = match &direct {
-        Some(direct) => listener_pool(direct.expose())?,
-        None => db.clone(),
-    };
+    let listen_db = direct.as_ref().map(|direct| listener_pool(direct.expose())).transpose()?;
     let metrics = crate::observability::metrics::Metrics::new(db.clone());
     let health = Health::new(tonic_health::server::health_reporter().0, Vec::new()).with_metrics(metrics.clone());
     let admin = bind(settings.admin_listen, ADMIN_LISTEN_SETTING).await?;
@@ -321,8 +328,10 @@ pub async fn run_worker(
             let _ = admin_stopped.await;
         },
     ));
-    let workers = crate::postgres::jobs::Workers::new(db.clone(), domain::job_handlers(), jobs, Some(metrics))
-        .listening_on(listen_db.clone());
+    let mut workers = crate::postgres::jobs::Workers::new(db.clone(), domain::job_handlers(), jobs, Some(metrics));
+    if let Some(listen_db) = &listen_db {
+        workers = workers.listening_on(listen_db.clone());
+    }
     workers
         .run(async move {
             shutdown.await;
@@ -333,7 +342,9 @@ pub async fn run_worker(
     let _ = admin.await;
     watcher.abort();
     queue.abort();
-    listen_db.close().await;
+    if let Some(listen_db) = listen_db {
+        listen_db.close().await;
+    }
     db.close().await;
     Ok(())
 }

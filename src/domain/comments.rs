@@ -69,8 +69,9 @@ impl Comments {
     // GET /articles/{slug}/comments
     async fn list(&self, request: Request<ListCommentsRequest>) -> ConduitResult<MultipleCommentsResponse> {
         let viewer = self.ctx.tokens.viewer(&request);
-        let (article, _) = owner(&self.ctx.db, &request.get_ref().slug).await?;
-        Ok(MultipleCommentsResponse { comments: read(&self.ctx.db, viewer, article).await? })
+        let db = self.ctx.reader(&request);
+        let (article, _) = owner(&db, &request.get_ref().slug).await?;
+        Ok(MultipleCommentsResponse { comments: read(&db, viewer, article).await? })
     }
 
     // POST /articles/{slug}/comments

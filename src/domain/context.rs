@@ -20,6 +20,19 @@ pub struct Ctx {
     pub jobs: crate::postgres::jobs::Wake,
 }
 
+impl Ctx {
+    /// The pool a call free of side effects reads from: the replica the
+    /// routing layer chose for it, if any (a
+    /// [`crate::postgres::replicas::ReadPool`] in its extensions), else the
+    /// primary. Writes, and reads inside them, use `db`.
+    pub(crate) fn reader<T>(&self, request: &tonic::Request<T>) -> PgPool {
+        request
+            .extensions()
+            .get::<crate::postgres::replicas::ReadPool>()
+            .map_or_else(|| self.db.clone(), |read| read.0.clone())
+    }
+}
+
 /// How article exports read.
 #[derive(Debug, Clone, Copy)]
 pub struct Exports {

@@ -93,7 +93,7 @@ impl profiles_server::Profiles for Profiles {
     // GET /profiles/{username}
     async fn get_profile(&self, request: Request<GetProfileRequest>) -> Result<Response<ProfileResponse>, Status> {
         let viewer = self.ctx.tokens.viewer(&request);
-        let row = profile(&self.ctx.db, &request.get_ref().username, viewer).await?;
+        let row = profile(&self.ctx.reader(&request), &request.get_ref().username, viewer).await?;
         Ok(Response::new(row.into()))
     }
 

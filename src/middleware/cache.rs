@@ -79,6 +79,9 @@ pub struct CacheLayer {
     store: Arc<Mutex<Store>>,
     /// Bumped by every invalidation: an answer computed across one is not kept.
     generation: Arc<AtomicU64>,
+    /// When the cache was last cleared: an answer read from a replica is
+    /// kept only if that replica had replayed every write before then.
+    cleared: Arc<Mutex<Instant>>,
     ttl: Duration,
     max_bytes: usize,
     gateway: gateway::Gateway,
@@ -107,6 +110,7 @@ impl CacheLayer {
         Self {
             store: Arc::default(),
             generation: Arc::default(),
+            cleared: Arc::new(Mutex::new(Instant::now())),
             ttl,
             max_bytes,
             gateway,
@@ -121,6 +125,7 @@ impl CacheLayer {
 
     /// Drops every entry.
     pub fn clear(&self) {
+        *self.cleared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
         self.generation.fetch_add(1, Ordering::SeqCst);
         let mut store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !store.entries.is_empty() {
@@ -214,7 +219,7 @@ impl CacheLayer {
 /// unary call (a trailers-only answer) carries it. A write that fails
 /// committed nothing (the services write in one transaction), so it must
 /// not cost every replica its cache.
-fn succeeded(response: &Response<Body>) -> bool {
+pub(crate) fn succeeded(response: &Response<Body>) -> bool {
     response.status().is_success()
         && response.headers().get("grpc-status").is_none_or(|status| status.as_bytes() == b"0")
 }
@@ -280,6 +285,14 @@ where
             let response = answer.await?;
             let small = http_body::Body::size_hint(response.body()).exact().is_some_and(|n| n <= MAX_ENTRY_BYTES);
             if response.status() != http::StatusCode::OK || !small {
+                return Ok(response);
+            }
+            // Read from a replica that may not have the write that last
+            // cleared the cache: served (it is within READ_MAX_LAG), not kept.
+            if let Some(from) = response.extensions().get::<crate::postgres::replicas::ReadFrom>()
+                && !from.has_writes_before(*cache.cleared.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            {
+                cache.metrics.cache("not_kept");
                 return Ok(response);
             }
             let (parts, body) = response.into_parts();

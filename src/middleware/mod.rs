@@ -10,6 +10,7 @@
 //! - [`ratelimit`]: token buckets per caller and route class, shared
 //!   through Redis;
 //! - [`cache`]: hot anonymous reads served from memory;
+//! - [`reads`]: reads routed to replicas, writers' positions kept;
 //! - [`client`]: the client address every per-address limit counts;
 //! - [`conditional`]: entity tags, 304s and cache directives;
 //! - [`compress`]: response compression with tags that stay strong;
@@ -34,5 +35,6 @@ pub mod compress;
 pub mod conditional;
 pub mod cors;
 pub mod ratelimit;
+pub mod reads;
 pub mod request_log;
 pub mod shed;

@@ -52,10 +52,24 @@ pub struct ClassLabels {
     pub class: &'static str,
 }
 
+/// Where a read went, and why (see [`crate::postgres::replicas::Reason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    /// replica, or why the primary served it.
+    pub reason: &'static str,
+}
+
+/// One read replica, by its place in READ_DATABASE_URL.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// 0 for the first URL, and so on.
+    pub replica: String,
+}
+
 /// What happened in the response cache.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
-    /// hit, miss, eviction, invalidation or expired.
+    /// hit, miss, eviction, invalidation, expired, or not_kept (read from a replica behind the last invalidation).
     pub event: &'static str,
 }
 
@@ -112,6 +126,9 @@ struct Inner {
     jobs_running: Gauge,
     queue: Family<QueueLabels, Gauge>,
     oldest_queued: Gauge<f64, std::sync::atomic::AtomicU64>,
+    reads: Family<ReadLabels, Counter>,
+    replica_up: Family<ReplicaLabels, Gauge>,
+    replica_lag: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,6 +160,24 @@ impl Metrics {
         let jobs_running = Gauge::default();
         let queue = Family::<QueueLabels, Gauge>::default();
         let oldest_queued = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let reads = Family::<ReadLabels, Counter>::default();
+        let replica_up = Family::<ReplicaLabels, Gauge>::default();
+        let replica_lag = Family::<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "db_reads",
+            "Calls free of side effects by where they read: replica, or the primary and why (replica_down, replica_lagging, own_writes: no replica has replayed the caller's writes, position_unknown)",
+            reads.clone(),
+        );
+        registry.register(
+            "db_replica_up",
+            "1 while a read replica answers as a standby, by its place in READ_DATABASE_URL",
+            replica_up.clone(),
+        );
+        registry.register(
+            "db_replica_lag_seconds",
+            "How far a read replica's replay is behind the primary (as polled; while up)",
+            replica_lag.clone(),
+        );
         registry.register("jobs", "Job attempts finished in this process, by kind and outcome", jobs.clone());
         registry.register("job_duration_seconds", "Time each job attempt took", job_duration.clone());
         registry.register(
@@ -215,7 +250,24 @@ impl Metrics {
             jobs_running,
             queue,
             oldest_queued,
+            reads,
+            replica_up,
+            replica_lag,
         }))
+    }
+
+    /// Counts a read routed for `reason`.
+    pub fn read_routed(&self, reason: &'static str) {
+        self.0.reads.get_or_create(&ReadLabels { reason }).inc();
+    }
+
+    /// A read replica's state as last polled: its lag, or down.
+    pub fn replica(&self, index: usize, lag: Option<std::time::Duration>) {
+        let labels = ReplicaLabels { replica: index.to_string() };
+        self.0.replica_up.get_or_create(&labels).set(i64::from(lag.is_some()));
+        if let Some(lag) = lag {
+            self.0.replica_lag.get_or_create(&labels).set(lag.as_secs_f64());
+        }
     }
 
     /// Counts a call as started; the returned guard counts it as finished.

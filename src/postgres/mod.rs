@@ -1,11 +1,12 @@
 //! PostgreSQL plumbing, below the domain: the pools, the embedded
 //! migrations, the private server started when no `DATABASE_URL` is given,
 //! the `LISTEN` loop every cross-replica signal uses, the coalescing sender
-//! of those signals, and the durable job queue.
+//! of those signals, the durable job queue, and the read replicas.
 
 pub mod jobs;
 pub mod listen;
 pub mod private;
+pub mod replicas;
 pub mod signal;
 
 use sqlx::PgPool;
@@ -72,10 +73,24 @@ pub async fn connect(
     max_connections: u32,
     acquire_timeout: std::time::Duration,
 ) -> Result<PgPool, sqlx::Error> {
-    let options = url
+    pool_options(max_connections, acquire_timeout).connect_with(planned_once(url)?).await
+}
+
+/// A pool like [`connect`]'s that opens its connections when first used:
+/// for a server that may be down when the process starts (a read replica).
+pub fn connect_lazy(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<PgPool, sqlx::Error> {
+    Ok(pool_options(max_connections, acquire_timeout).connect_lazy_with(planned_once(url)?))
+}
+
+/// `url`'s options, asking for statements planned once per connection and no JIT.
+fn planned_once(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
+    Ok(url
         .parse::<sqlx::postgres::PgConnectOptions>()?
-        .options([("plan_cache_mode", "force_generic_plan"), ("jit", "off")]);
-    pool_options(max_connections, acquire_timeout).connect_with(options).await
+        .options([("plan_cache_mode", "force_generic_plan"), ("jit", "off")]))
 }
 
 /// A pool of one lazily opened connection for [`listen::listen_all`],

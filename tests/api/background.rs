@@ -61,7 +61,7 @@ fn run_workers(
 }
 
 /// Polls `check` every 20 ms until it is true or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

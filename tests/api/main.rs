@@ -11,4 +11,5 @@ mod helpers;
 mod openapi;
 mod ops;
 mod profiles;
+mod replicas;
 mod users;

@@ -828,7 +828,7 @@ async fn service_resumes_when_its_database_comes_back() {
 }
 
 /// The value of one sample line of a metrics scrape, 0 when absent.
-async fn sample(admin: u16, line_start: &str) -> f64 {
+pub(crate) async fn sample(admin: u16, line_start: &str) -> f64 {
     let (_, _, text) = http(admin, "GET", "/metrics", &[], "").await;
     text.lines().find_map(|l| l.strip_prefix(line_start)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }

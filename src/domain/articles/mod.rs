@@ -5,6 +5,7 @@
 
 pub(crate) mod store;
 
+use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::context::Ctx;
@@ -144,31 +145,33 @@ impl Articles {
         Ok(articles.boxed())
     }
 
-    async fn single(&self, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
+    async fn single(&self, db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
         if let Key::Slug(slug) = key {
             validate::lookup_key("slug", slug)?;
         }
-        let row = store::read_one(&self.ctx.db, viewer, key).await?;
+        let row = store::read_one(db, viewer, key).await?;
         Ok(SingleArticleResponse { article: Some(row.into()) })
     }
 
     // GET /articles
     async fn list(&self, request: Request<ListArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
         let viewer = self.ctx.tokens.viewer(&request);
+        let db = self.ctx.reader(&request);
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset);
         validate::list_filters(r.tag.as_deref(), r.author.as_deref(), r.favorited.as_deref())?;
         let filter = filters(&r.tag, &r.author, &r.favorited);
-        let (total, rows) = store::list(&self.ctx.db, viewer, filter, limit, offset).await?;
+        let (total, rows) = store::list(&db, viewer, filter, limit, offset).await?;
         Ok(page(total, rows))
     }
 
     // GET /articles/feed
     async fn feed(&self, request: Request<FeedArticlesRequest>) -> ConduitResult<MultipleArticlesResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let db = self.ctx.reader(&request);
         let r = request.into_inner();
         let (limit, offset) = validate::page(r.limit, r.offset);
-        let (total, rows) = store::feed(&self.ctx.db, caller.user_id, limit, offset).await?;
+        let (total, rows) = store::feed(&db, caller.user_id, limit, offset).await?;
         Ok(page(total, rows))
     }
 
@@ -187,7 +190,7 @@ impl Articles {
         let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
         let id = store::create(&self.ctx.db, caller.user_id, &base, &new).await?;
         self.ctx.jobs.enqueued();
-        self.single(Some(caller.user_id), Key::Id(id)).await
+        self.single(&self.ctx.db, Some(caller.user_id), Key::Id(id)).await
     }
 
     /// The id of the article with `slug`, if the caller wrote it.
@@ -234,7 +237,7 @@ impl Articles {
             tags,
         };
         store::update(&self.ctx.db, id, &changes).await?;
-        self.single(Some(caller.user_id), Key::Id(id)).await
+        self.single(&self.ctx.db, Some(caller.user_id), Key::Id(id)).await
     }
 
     // DELETE /articles/{slug}
@@ -285,7 +288,8 @@ impl articles_server::Articles for Articles {
         request: Request<GetArticleRequest>,
     ) -> Result<Response<SingleArticleResponse>, Status> {
         let viewer = self.ctx.tokens.viewer(&request);
-        Ok(Response::new(self.single(viewer, Key::Slug(&request.get_ref().slug)).await?))
+        let db = self.ctx.reader(&request);
+        Ok(Response::new(self.single(&db, viewer, Key::Slug(&request.get_ref().slug)).await?))
     }
 
     async fn create_article(
@@ -340,7 +344,7 @@ impl Tags {
 #[tonic::async_trait]
 impl tags_server::Tags for Tags {
     // GET /tags
-    async fn list_tags(&self, _request: Request<ListTagsRequest>) -> Result<Response<TagsResponse>, Status> {
-        Ok(Response::new(TagsResponse { tags: store::tags(&self.ctx.db).await? }))
+    async fn list_tags(&self, request: Request<ListTagsRequest>) -> Result<Response<TagsResponse>, Status> {
+        Ok(Response::new(TagsResponse { tags: store::tags(&self.ctx.reader(&request)).await? }))
     }
 }

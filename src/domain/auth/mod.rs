@@ -51,6 +51,9 @@ pub struct Caller {
     pub session: i64,
     /// The token it presented, handed back by calls that return the user.
     pub token: String,
+    /// When the token was issued (seconds since the Unix epoch): its
+    /// session was written before then.
+    pub since: u64,
 }
 
 /// The address a call came from, as the layers found it (through trusted
@@ -161,7 +164,7 @@ impl Tokens {
     }
 
     /// The user and session of a token that is ours, current and not revoked.
-    fn verify(&self, token: &str) -> ConduitResult<(i64, i64)> {
+    fn verify(&self, token: &str) -> ConduitResult<TokenClaims> {
         let claims = match self.inner.verified.get(token) {
             Some(claims) => claims,
             None => {
@@ -183,7 +186,7 @@ impl Tokens {
         if self.inner.sessions.is_revoked(claims.session) {
             return Err(token_invalid("this session was ended by a change of password or email; sign in again"));
         }
-        Ok((claims.user, claims.session))
+        Ok(claims)
     }
 
     /// The caller, if the request carries credentials; an error if they are bad.
@@ -201,8 +204,8 @@ impl Tokens {
             }
             _ => return Err(token_invalid("use the Token or Bearer authorization scheme")),
         };
-        let (user_id, session) = self.verify(token)?;
-        Ok(Some(Caller { user_id, session, token: token.to_owned() }))
+        let claims = self.verify(token)?;
+        Ok(Some(Caller { user_id: claims.user, session: claims.session, token: token.to_owned(), since: claims.nbf }))
     }
 
     /// The caller where a token is optional: a bad or expired token counts
@@ -315,8 +318,10 @@ mod tests {
     fn a_remembered_token_is_checked_for_time_on_every_use() {
         let tokens = Tokens::new(b"a-test-secret-of-thirty-two-bytes!", Duration::from_secs(3600));
         let token = tokens.issue(7, 1).unwrap();
-        assert_eq!(tokens.verify(&token).unwrap(), (7, 1));
-        assert_eq!(tokens.verify(&token).unwrap(), (7, 1), "the second time from memory");
+        let claims = tokens.verify(&token).unwrap();
+        assert_eq!((claims.user, claims.session), (7, 1));
+        let again = tokens.verify(&token).unwrap();
+        assert_eq!((again.user, again.session), (7, 1), "the second time from memory");
         // The remembered claims of a token past its expiry are refused.
         tokens.inner.verified.insert(&token, TokenClaims { user: 7, session: 1, nbf: 0, exp: 1 });
         assert!(tokens.verify(&token).is_err());

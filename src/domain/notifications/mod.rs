@@ -316,6 +316,7 @@ impl Notifications {
     // GET /notifications
     async fn list(&self, request: Request<ListNotificationsRequest>) -> ConduitResult<ListNotificationsResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let db = self.ctx.reader(&request);
         let r = request.into_inner();
         let limit = i64::from(r.limit.unwrap_or(20));
         let mut rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -326,7 +327,7 @@ impl Notifications {
         .bind(r.before)
         .bind(r.unread)
         .bind(limit + 1)
-        .fetch_all(&self.ctx.db)
+        .fetch_all(&db)
         .await?;
         let next_before = if rows.len() as i64 > limit {
             rows.truncate(limit as usize);
@@ -336,7 +337,7 @@ impl Notifications {
         };
         Ok(ListNotificationsResponse {
             notifications: rows.into_iter().map(Into::into).collect(),
-            unread_count: unread_count(&self.ctx.db, caller.user_id).await?,
+            unread_count: unread_count(&db, caller.user_id).await?,
             next_before,
         })
     }

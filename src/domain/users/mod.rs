@@ -85,7 +85,9 @@ impl Users {
     // GET /user
     async fn current(&self, request: Request<GetCurrentUserRequest>) -> ConduitResult<UserResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let row = store::by_id(&self.ctx.db, caller.user_id).await?.ok_or_else(crate::domain::auth::user_gone)?;
+        let row = store::by_id(&self.ctx.reader(&request), caller.user_id)
+            .await?
+            .ok_or_else(crate::domain::auth::user_gone)?;
         Ok(Self::reply(row, caller.token))
     }
 

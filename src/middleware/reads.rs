@@ -1,0 +1,130 @@
+//! Read routing: a unary call whose method is declared free of side
+//! effects gets the pool it reads from ([`ReadPool`]: a replica's when one
+//! may serve it, see [`crate::postgres::replicas`]); after a write by an
+//! authenticated caller succeeds, the caller's commit position is kept
+//! before the answer leaves, so that their next read, through any conduit
+//! replica, sees it.
+//!
+//! Streams read from the primary: an export holds one snapshot for as long
+//! as its client reads, which a standby cancels once it holds back replay
+//! (`max_standby_streaming_delay`), and a notification watch reads the rows
+//! a `NOTIFY` from the primary announced, which a replica may not have yet.
+
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{Request, Response};
+
+use crate::domain::auth::Caller;
+use crate::observability::metrics::Metrics;
+use crate::postgres::replicas::{ReadPool, Replicas};
+
+/// What the layer does with a call of a method.
+enum Role {
+    /// Reads: choose the pool.
+    Read,
+    /// May change data: keep the writer's position once it succeeded.
+    Write,
+    /// Neither (streams, logins).
+    Pass,
+}
+
+/// Routes reads between the primary and its replicas, per RPC.
+#[derive(Clone)]
+pub struct ReadRoutingLayer {
+    gateway: gateway::Gateway,
+    replicas: Replicas,
+    metrics: Metrics,
+}
+
+impl ReadRoutingLayer {
+    /// Routes by the methods `gateway` describes, over `replicas`.
+    pub fn new(gateway: gateway::Gateway, replicas: Replicas, metrics: Metrics) -> Self {
+        Self { gateway, replicas, metrics }
+    }
+
+    fn role<B>(&self, req: &Request<B>) -> Role {
+        let Some(spec) = req.extensions().get::<gateway::RpcMethod>().and_then(|rpc| self.gateway.method(rpc.0)) else {
+            return Role::Pass;
+        };
+        let unary = matches!(spec.kind, gateway::MethodKind::Unary);
+        match (spec.no_side_effects, unary) {
+            (true, true) => Role::Read,
+            (true, false) => Role::Pass,
+            (false, _) if spec.changes_no_data => Role::Pass,
+            (false, _) => Role::Write,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ReadRoutingLayer {
+    type Service = ReadRouting<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReadRouting { layer: self.clone(), inner }
+    }
+}
+
+/// The service of [`ReadRoutingLayer`].
+#[derive(Clone)]
+pub struct ReadRouting<S> {
+    layer: ReadRoutingLayer,
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for ReadRouting<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let role = self.layer.role(&req);
+        let caller = req.extensions().get::<Caller>().map(|c| (c.user_id, c.since));
+        let layer = self.layer.clone();
+        // The clone that was made ready is the one called.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        Box::pin(async move {
+            match role {
+                Role::Pass => inner.call(req).await,
+                Role::Read => {
+                    let route = match caller {
+                        Some((user, since)) => layer.replicas.for_writer(user, since).await,
+                        None => layer.replicas.for_anyone(),
+                    };
+                    layer.metrics.read_routed(route.reason.as_str());
+                    let from = layer.replicas.read_from(&route);
+                    if let Some(pool) = route.replica {
+                        req.extensions_mut().insert(ReadPool(pool));
+                    }
+                    let mut response = inner.call(req).await?;
+                    if let Some(from) = from {
+                        response.extensions_mut().insert(from);
+                    }
+                    Ok(response)
+                }
+                Role::Write => {
+                    let response = inner.call(req).await?;
+                    if let Some((user, _)) = caller
+                        && crate::middleware::cache::succeeded(&response)
+                        && let Err(error) = layer.replicas.wrote(user).await
+                    {
+                        // The write stands; this writer's reads may lag it
+                        // (within READ_MAX_LAG) until their next write.
+                        tracing::warn!(user, %error, "cannot keep a writer's position");
+                    }
+                    Ok(response)
+                }
+            }
+        })
+    }
+}

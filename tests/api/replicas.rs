@@ -1,0 +1,346 @@
+//! Reads served by a streaming replica: a private primary and its standby
+//! (`pg_basebackup -R`) on loopback ports, started here (as `postgres`
+//! when the tests run as root: PostgreSQL refuses root), and conduit
+//! replicas reading from the standby.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::background::eventually;
+use crate::helpers::{TestApp, authed, spawn_app_with};
+use crate::ops::sample;
+
+/// A primary and one standby of it, stopped and removed when dropped.
+struct Pair {
+    dir: PathBuf,
+    bin: PathBuf,
+    primary: u16,
+    standby: u16,
+    /// The account the servers run as, when the tests run as root.
+    account: Option<(u32, u32)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The uid and gid of `postgres`, to run the servers as when root.
+fn postgres_account() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let name = std::ffi::CString::new("postgres").unwrap();
+    // SAFETY: a valid C string; the entry is read before any other call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!entry.is_null(), "the tests run as root and there is no postgres account to run PostgreSQL as");
+    // SAFETY: checked non-null above.
+    Some(unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
+}
+
+impl Pair {
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = Command::new(self.bin.join(program))
+            .args(args)
+            .env_remove("PGDATA")
+            .uid_if(self.account)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn append(&self, file: &str, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.dir.join(file)).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Starts a fresh primary and a standby streaming from it.
+    fn start() -> Self {
+        let bin = conduit::postgres::private::find_binaries(None).expect("PostgreSQL's server binaries");
+        let dir = std::env::temp_dir().join(format!("conduit-replicas-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let account = postgres_account();
+        if let Some((uid, gid)) = account {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+        }
+        let pair = Self { dir, bin, primary: free_port(), standby: free_port(), account };
+        pair.run("initdb", &["-D", &pair.path("primary"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        // Fast and disposable: nothing here must survive a crash.
+        pair.append(
+            "primary/postgresql.conf",
+            &format!(
+                "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
+                 synchronous_commit = off\nfull_page_writes = off\nmax_wal_senders = 4\nshared_buffers = 32MB\n",
+                pair.primary,
+                pair.dir.display()
+            ),
+        );
+        pair.run("pg_ctl", &["-D", &pair.path("primary"), "-l", &pair.path("primary.log"), "-w", "start"]);
+        pair.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pair.primary.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &pair.path("standby"),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        pair.append("standby/postgresql.conf", &format!("\nport = {}\nhot_standby = on\n", pair.standby));
+        pair.run("pg_ctl", &["-D", &pair.path("standby"), "-l", &pair.path("standby.log"), "-w", "start"]);
+        pair
+    }
+
+    fn url(&self, port: u16, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{db}")
+    }
+
+    /// Runs `sql` on the standby.
+    async fn on_standby(&self, sql: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.standby, "postgres")).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    /// Transactions the standby has ended in `db` (reads count there).
+    async fn standby_transactions(&self, db: &str) -> i64 {
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.standby, "postgres")).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1")
+            .bind(db)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        n
+    }
+
+    fn stop_standby(&self) {
+        self.run("pg_ctl", &["-D", &self.path("standby"), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for node in ["standby", "primary"] {
+            let _ = Command::new(self.bin.join("pg_ctl"))
+                .args(["-D", &self.path(node), "-m", "immediate", "-w", "stop"])
+                .uid_if(self.account)
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+trait UidIf {
+    fn uid_if(&mut self, account: Option<(u32, u32)>) -> &mut Self;
+}
+
+impl UidIf for Command {
+    fn uid_if(&mut self, account: Option<(u32, u32)>) -> &mut Self {
+        if let Some((uid, gid)) = account {
+            std::os::unix::process::CommandExt::uid(self, uid);
+            std::os::unix::process::CommandExt::gid(self, gid);
+        }
+        self
+    }
+}
+
+/// A conduit on the pair's database `db`, reading from its standby.
+async fn conduit_on(pair: &Pair, db: &str, max_lag: Duration) -> TestApp {
+    let (primary, standby) = (pair.url(pair.primary, db), pair.url(pair.standby, db));
+    spawn_app_with(move |s| {
+        s.database_url = conduit::config::Secret::from(primary);
+        s.reads.urls = vec![conduit::config::Secret::from(standby)];
+        s.reads.max_lag = max_lag;
+    })
+    .await
+}
+
+/// Creates `db` on the primary and waits until the standby has it.
+async fn database(pair: &Pair, db: &str) {
+    let mut conn = sqlx::PgConnection::connect(&pair.url(pair.primary, "postgres")).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    eventually(Duration::from_secs(10), "the standby to have the database", || async {
+        sqlx::PgConnection::connect(&pair.url(pair.standby, db)).await.is_ok()
+    })
+    .await;
+}
+
+/// Routed reads land on the standby; with its replay paused, a writer
+/// reads their own writes at once through another conduit replica over
+/// JSON, Connect and gRPC (none stale), an anonymous reader gets data no
+/// older than READ_MAX_LAG (from the primary once the standby lags more);
+/// with the standby stopped, reads still succeed.
+#[tokio::test]
+async fn reads_go_to_the_standby_and_writers_read_their_own_writes_everywhere() {
+    let pair = Pair::start();
+    database(&pair, "conduit").await;
+    let max_lag = Duration::from_millis(400);
+    let a = conduit_on(&pair, "conduit", max_lag).await;
+    let b = conduit_on(&pair, "conduit", max_lag).await;
+    let replica_up = "conduit_db_replica_up{replica=\"0\"} ";
+    eventually(Duration::from_secs(10), "both conduits to find the standby up", || async {
+        sample(a.admin_port, replica_up).await == 1.0 && sample(b.admin_port, replica_up).await == 1.0
+    })
+    .await;
+
+    // Anonymous reads: on the standby, which counts them.
+    let author = a.register("author").await;
+    let slug = a.article(&author, "On the primary", &["replicated"]).await;
+    eventually(Duration::from_secs(10), "the standby to replay the article", || async {
+        b.get(&format!("/api/articles/{slug}"), None).await.status == 200
+    })
+    .await;
+    let routed = "conduit_db_reads_total{reason=\"replica\"} ";
+    eventually(Duration::from_secs(10), "b's reads to go to the replica", || async {
+        let before = sample(b.admin_port, routed).await;
+        b.get("/api/tags", None).await;
+        sample(b.admin_port, routed).await > before
+    })
+    .await;
+    let before = pair.standby_transactions("conduit").await;
+    let routed_before = sample(b.admin_port, routed).await;
+    for _ in 0..40 {
+        assert_eq!(b.get("/api/articles?limit=5", None).await.status, 200);
+    }
+    let (_, _, metrics) = crate::ops::http(b.admin_port, "GET", "/metrics", &[], "").await;
+    assert!(
+        sample(b.admin_port, routed).await - routed_before >= 40.0,
+        "the reads were not routed to the replica: {}",
+        metrics.lines().filter(|l| l.contains("_db_")).collect::<Vec<_>>().join("\n")
+    );
+    eventually(Duration::from_secs(10), "the standby to count the reads", || async {
+        pair.standby_transactions("conduit").await - before >= 40
+    })
+    .await;
+
+    // Replay paused: the standby holds still; writers must not notice.
+    pair.on_standby("SELECT pg_wal_replay_pause()").await;
+    let writer = a.register("writer").await;
+    let mut stale = Vec::new();
+    for n in 0..3 {
+        let title = format!("Written through a, read through b {n}");
+        let slug = a.article(&writer, &title, &[]).await;
+        let json = b.get(&format!("/api/articles/{slug}"), Some(&writer)).await;
+        if json.status != 200 {
+            stale.push(format!("JSON article {n}: {}", json.status));
+        }
+        let count = b.get("/api/articles?author=writer", Some(&writer)).await;
+        if count.body["articlesCount"] != json!(n + 1) {
+            stale.push(format!("JSON count after {n}: {}", count.body["articlesCount"]));
+        }
+        let connect = b
+            .send(
+                "POST",
+                "/conduit.v1.Articles/GetArticle",
+                &[("content-type", "application/json"), ("authorization", &format!("Token {writer}"))],
+                serde_json::to_vec(&json!({"slug": slug})).unwrap().into(),
+            )
+            .await;
+        if connect.status != 200 {
+            stale.push(format!("Connect article {n}: {} {:?}", connect.status, connect.body));
+        }
+        let mut articles = b.articles().await;
+        let grpc = articles
+            .get_article(authed(conduit::pb::conduit::v1::GetArticleRequest { slug: slug.clone() }, &writer))
+            .await;
+        if let Err(status) = grpc {
+            stale.push(format!("gRPC article {n}: {status:?}"));
+        }
+    }
+    let bio = json!({"user": {"bio": "updated on a"}});
+    assert_eq!(a.json("PUT", "/api/user", Some(&writer), Some(bio)).await.status, 200);
+    let me = b.get("/api/user", Some(&writer)).await;
+    if me.body["user"]["bio"] != json!("updated on a") {
+        stale.push(format!("profile: {}", me.body));
+    }
+    assert!(stale.is_empty(), "stale reads of one's own writes: {stale:?}");
+
+    // An anonymous reader: once the standby lags more than READ_MAX_LAG,
+    // the primary serves, so the writer's articles are there.
+    let lagging = "conduit_db_reads_total{reason=\"replica_lagging\"} ";
+    let lagging_before = sample(b.admin_port, lagging).await;
+    tokio::time::sleep(max_lag * 3).await;
+    let anonymous = b.get("/api/articles?author=writer", None).await;
+    assert_eq!(anonymous.body["articlesCount"], json!(3), "an anonymous read older than READ_MAX_LAG");
+    assert!(sample(b.admin_port, lagging).await > lagging_before, "the lagging replica was left out");
+    pair.on_standby("SELECT pg_wal_replay_resume()").await;
+
+    // The standby stopped: reads succeed from the primary.
+    pair.stop_standby();
+    eventually(Duration::from_secs(10), "b to find the standby down", || async {
+        sample(b.admin_port, replica_up).await == 0.0
+    })
+    .await;
+    assert_eq!(b.get("/api/articles?author=writer", None).await.body["articlesCount"], json!(3));
+    assert_eq!(b.get("/api/user", Some(&writer)).await.status, 200);
+    let (status, _, _) = crate::ops::http(b.admin_port, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200, "a replica down does not make conduit unready");
+}
+
+/// The response cache is not refilled from a replica that has not replayed
+/// the write that cleared it: such an answer is served (it is within
+/// READ_MAX_LAG) but not kept, so once the replica catches up the next
+/// read is fresh, long before the cache's own age bound.
+#[tokio::test]
+async fn the_cache_is_not_refilled_from_a_replica_behind_the_write_that_cleared_it() {
+    let pair = Pair::start();
+    database(&pair, "conduit").await;
+    let on = |pair: &Pair| {
+        let (primary, standby) = (pair.url(pair.primary, "conduit"), pair.url(pair.standby, "conduit"));
+        spawn_app_with(move |s| {
+            s.database_url = conduit::config::Secret::from(primary);
+            s.reads.urls = vec![conduit::config::Secret::from(standby)];
+            s.reads.max_lag = Duration::from_secs(5);
+            s.cache_ttl = Duration::from_secs(120);
+        })
+    };
+    let a = on(&pair).await;
+    let b = on(&pair).await;
+    let author = a.register("author").await;
+    a.article(&author, "First", &[]).await;
+    let page = "/api/articles?limit=5";
+    let hits = "conduit_cache_events_total{event=\"hit\"} ";
+    eventually(Duration::from_secs(10), "b to hold the page with the first article", || async {
+        let before = sample(b.admin_port, hits).await;
+        b.get(page, None).await.body["articlesCount"] == json!(1) && sample(b.admin_port, hits).await > before
+    })
+    .await;
+
+    pair.on_standby("SELECT pg_wal_replay_pause()").await;
+    let invalidations = "conduit_cache_events_total{event=\"invalidation\"} ";
+    let cleared = sample(b.admin_port, invalidations).await;
+    a.article(&author, "Second", &[]).await;
+    eventually(Duration::from_secs(5), "a's write to clear b's cache", || async {
+        sample(b.admin_port, invalidations).await > cleared
+    })
+    .await;
+    let not_kept = "conduit_cache_events_total{event=\"not_kept\"} ";
+    let before = sample(b.admin_port, not_kept).await;
+    let stale = b.get(page, None).await;
+    assert_eq!(stale.body["articlesCount"], json!(1), "served by the paused replica, within READ_MAX_LAG");
+    assert!(sample(b.admin_port, not_kept).await > before, "and not kept");
+
+    pair.on_standby("SELECT pg_wal_replay_resume()").await;
+    eventually(Duration::from_secs(10), "b to read the second article (the cache lives 120 s)", || async {
+        b.get(page, None).await.body["articlesCount"] == json!(2)
+    })
+    .await;
+}
