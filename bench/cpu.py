@@ -22,7 +22,11 @@ Each configuration is a fresh conduit process on the same database:
 JOB_WORKERS=0: jobs are still enqueued, none run, and the queue is only
 reported), so the cost of each is visible; `--baseline BIN` adds another
 build (of main, say) as `baseline`, with bare's settings, to compare CPU per
-request in the same run. `--compare 'NAME=COMMAND'` adds another RealWorld
+request in the same run. A configuration named `CONFIG+replica` (say
+`bare+replica`) is CONFIG reading from a streaming replica of the private
+PostgreSQL (`pg_basebackup -R`, started once when one is asked for):
+beside the table above, the share of reads the replica served, its CPU per
+request and the most lag conduit polled during each run. `--compare 'NAME=COMMAND'` adds another RealWorld
 implementation: COMMAND (run by sh, `{port}` and `{database_url}` replaced;
 its CPU is that of sh and every process under it)
 must start it on that loopback port with its own database on the private
@@ -153,20 +157,53 @@ class PrivatePostgres:
     def cpu_ticks(self):
         """The postmaster's own CPU, its live children's, and what its exited
         children used (cutime/cstime of the postmaster)."""
-        pid = self.process.pid
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = proc_stat(int(entry))
-            except OSError:
-                continue
-            if int(entry) == pid:
-                total += fields[13] + fields[14] + fields[15] + fields[16]
-            elif fields[3] == pid:
-                total += fields[13] + fields[14]
-        return total
+        return postmaster_ticks(self.process.pid)
+
+
+class Standby(PrivatePostgres):
+    """A streaming replica of the private PostgreSQL (`pg_basebackup -R`),
+    for the configurations that read from one (`+replica`)."""
+
+    def __init__(self, primary):
+        self.port = free_port()
+        self.data = os.path.join(WORK, "standby")
+        self.bin = primary.bin
+        self.user = primary.user
+        self.run([f"{self.bin}/pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                  "-D", self.data, "-R", "-X", "stream", "--no-sync"])
+        settings = {
+            "listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": WORK,
+            "hot_standby": "on", "max_connections": "200", "shared_buffers": "256MB",
+        }
+        args = [f"{self.bin}/postgres", "-D", self.data] + [f"-c{k}={v}" for k, v in settings.items()]
+        self.process = subprocess.Popen(args, stdout=open(os.path.join(WORK, "standby.log"), "w"),
+                                        stderr=subprocess.STDOUT, preexec_fn=self.demote)
+        CHILDREN.append(self.process)
+        deadline = time.time() + 60
+        while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
+                             capture_output=True).returncode != 0:
+            if time.time() > deadline:
+                sys.exit("the standby did not start: " + open(os.path.join(WORK, "standby.log")).read()[-2000:])
+            time.sleep(0.2)
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}"
+
+
+def postmaster_ticks(pid):
+    """A postmaster's own CPU, its live children's, and what its exited
+    children used (cutime/cstime of the postmaster)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = proc_stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == pid:
+            total += fields[13] + fields[14] + fields[15] + fields[16]
+        elif fields[3] == pid:
+            total += fields[13] + fields[14]
+    return total
 
 
 def proc_stat(pid):
@@ -210,14 +247,18 @@ PIN = []  # `taskset -c CPUS` when --pin is given
 class Conduit:
     db = "conduit"
 
-    def __init__(self, pg, config, binary=None):
-        self.port = free_port()
+    def __init__(self, pg, config, binary=None, standby=None):
+        self.port, self.admin = free_port(), free_port()
         env = dict(os.environ, DATABASE_URL=f"{pg.url}/conduit", JWT_SECRET=SECRET,
-                   CONDUIT_LISTEN=f"127.0.0.1:{self.port}", CONDUIT_ADMIN_LISTEN="127.0.0.1:0",
+                   CONDUIT_LISTEN=f"127.0.0.1:{self.port}", CONDUIT_ADMIN_LISTEN=f"127.0.0.1:{self.admin}",
                    RATE_LIMIT="100000000/min", RATE_LIMIT_CREDENTIALS="100000000/min",
                    RATE_LIMIT_LOGIN_FAILURES="100000000/min", LOG_LEVEL="warn")
-        # `baseline-shipped`: the baseline build with the defaults.
-        self.workers = config not in ("bare", "baseline")
+        # `baseline-shipped`: the baseline build with the defaults; `+replica`:
+        # reads free of side effects from the standby.
+        self.standby = standby if config.endswith("+replica") else None
+        if self.standby:
+            env.update(READ_DATABASE_URL=f"{standby.url}/conduit")
+        self.workers = config.removesuffix("+replica") not in ("bare", "baseline")
         if not self.workers:
             env.update(CACHE_TTL="0s", JOB_WORKERS="0")
         self.process = subprocess.Popen(PIN + [binary or BINARY, "serve"], env=env, stdout=subprocess.DEVNULL,
@@ -229,6 +270,13 @@ class Conduit:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=60)
+
+    def metrics(self, prefix):
+        """The values of the metric lines starting with `prefix`, by labels."""
+        import urllib.request
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10).read().decode()
+        return {line[len(prefix):].rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith(prefix)}
 
 
 class Other:
@@ -416,14 +464,36 @@ def drain(pg, bound):
 
 def run_scenario(pg, server, name, target, args, duration, connections, top):
     calls0 = statement_calls(pg) if top else {}
+    standby = getattr(server, "standby", None)
+    r0 = standby.cpu_ticks() if standby else 0
+    reads0 = server.metrics("conduit_db_reads_total") if standby else {}
     c0, p0, (x0, s0, n0) = process_ticks(server.process.pid), pg.cpu_ticks(), counters(pg, server.db)
+    # The replica's lag as conduit polls it, sampled through the run.
+    lags, sampling = [], [True]
+    if standby:
+        import threading
+
+        def sample_lag():
+            while sampling[0]:
+                lags.extend(server.metrics("conduit_db_replica_lag_seconds").values())
+                time.sleep(0.25)
+        sampler = threading.Thread(target=sample_lag, daemon=True)
+        sampler.start()
     result = wrk(target, args, duration, connections)
+    sampling[0] = False
     # Without workers nothing drains: the queue is only reported. Another
     # implementation has no queue of conduit's kind.
     left, age = drain(pg, 60 if server.workers else 0) if server.db == "conduit" else (0, 0.0)
     c1, p1, (x1, s1, n1) = process_ticks(server.process.pid), pg.cpu_ticks(), counters(pg, server.db)
     requests = max(result["requests"], 1)
     per = lambda ticks: ticks * 1e6 / TICK / requests
+    if standby:
+        reads1 = server.metrics("conduit_db_reads_total")
+        routed = {k: reads1.get(k, 0) - reads0.get(k, 0) for k in reads1}
+        total_reads = sum(routed.values())
+        result["replica_share"] = routed.get('{reason="replica"}', 0) / total_reads if total_reads else None
+        result["replica_us"] = per(standby.cpu_ticks() - r0)
+        result["max_lag_ms"] = max(lags) * 1000 if lags else None
     if top:
         calls1 = statement_calls(pg)
         # Nested statements' time is also in their callers' (triggers, foreign-key checks).
@@ -522,6 +592,10 @@ def main():
 
     rows = []
     configs = options.configs.split(",") + (["baseline"] if options.baseline else [])
+    standby = None
+    if any(c.endswith("+replica") for c in configs):
+        log("starting a streaming replica of it (pg_basebackup -R)")
+        standby = Standby(pg)
     if "baseline-shipped" in configs and not options.baseline:
         sys.exit("--configs baseline-shipped needs --baseline BIN")
     # The baseline (an older build) first: it cannot start on a database
@@ -535,7 +609,7 @@ def main():
         # would clean up during this one's reads, on its account: clean now.
         pg.sql("VACUUM ANALYZE")
         pg.sql("CHECKPOINT")
-        conduit = Conduit(pg, config, options.baseline if config.startswith("baseline") else None)
+        conduit = Conduit(pg, config, options.baseline if config.startswith("baseline") else None, standby)
         rows += measure(pg, conduit, config, chosen, state, lua_scripts, options)
         conduit.stop()
 
@@ -557,6 +631,16 @@ def main():
         print(f"| {config} | {name} | {r['rps']:.0f} | {r['p50']} | {r['p99']} | {r['non2xx']} | "
               f"{r['conduit_us']:.0f} | {r['pg_us']:.0f} | {r['xacts']:.2f} | {r['statements']:.2f} | "
               f"{r['notifies']:.2f} | {r['queue_left']}/{r['queue_age']:.1f} |")
+    if standby:
+        # Where the reads went and what the replica cost, per configuration reading from it.
+        print()
+        print("| config | scenario | reads on the replica | replica µs/req | pg + replica µs/req | max lag ms |")
+        print("|---|---|---|---|---|---|")
+        for config, name, r in rows:
+            if config.endswith("+replica"):
+                share = "–" if r["replica_share"] is None else f"{r['replica_share'] * 100:.0f} %"
+                lag = "–" if r["max_lag_ms"] is None else f"{r['max_lag_ms']:.0f}"
+                print(f"| {config} | {name} | {share} | {r['replica_us']:.0f} | {r['pg_us'] + r['replica_us']:.0f} | {lag} |")
     if options.compare:
         # Reads against conduit without its response cache (every server does
         # the work), writes against conduit as shipped (jobs, notifications

@@ -710,7 +710,9 @@ impl Settings {
                 .split(',')
                 .map(str::trim)
                 .filter(|url| !url.is_empty())
-                .map(|url| postgres_url(&Secret::from(url.to_owned()), "READ_DATABASE_URL"))
+                .map(|url| {
+                    postgres_url(&Secret::from(url.to_owned()), "READ_DATABASE_URL").map(|u| u.expose().to_owned())
+                })
                 .collect::<Result<Vec<_>, _>>()?,
         };
         if !urls.is_empty() && self.read_max_lag.is_zero() {

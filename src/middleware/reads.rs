@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use http::{Request, Response};
 
-use crate::domain::auth::Caller;
+use crate::domain::auth::{Caller, UserSlot};
 use crate::observability::metrics::Metrics;
 use crate::postgres::replicas::{ReadPool, Replicas};
 
@@ -88,7 +88,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let role = self.layer.role(&req);
-        let caller = req.extensions().get::<Caller>().map(|c| (c.user_id, c.since));
+        let caller = req.extensions().get::<Caller>().map(|c| c.user_id);
         let layer = self.layer.clone();
         // The clone that was made ready is the one called.
         let ready = self.inner.clone();
@@ -98,7 +98,7 @@ where
                 Role::Pass => inner.call(req).await,
                 Role::Read => {
                     let route = match caller {
-                        Some((user, since)) => layer.replicas.for_writer(user, since).await,
+                        Some(user) => layer.replicas.for_writer(user).await,
                         None => layer.replicas.for_anyone(),
                     };
                     layer.metrics.read_routed(route.reason.as_str());
@@ -113,16 +113,41 @@ where
                     Ok(response)
                 }
                 Role::Write => {
-                    let response = inner.call(req).await?;
-                    if let Some((user, _)) = caller
-                        && crate::middleware::cache::succeeded(&response)
-                        && let Err(error) = layer.replicas.wrote(user).await
-                    {
-                        // The write stands; this writer's reads may lag it
-                        // (within READ_MAX_LAG) until their next write.
-                        tracing::warn!(user, %error, "cannot keep a writer's position");
+                    // The user the write acts for: the caller, or the one a
+                    // registration made (which the service leaves in the slot).
+                    let slot = match req.extensions().get::<UserSlot>() {
+                        Some(slot) => slot.clone(),
+                        None => {
+                            let slot = UserSlot::default();
+                            req.extensions_mut().insert(slot.clone());
+                            slot
+                        }
+                    };
+                    // Run apart from the caller's future: a client that goes
+                    // away or a deadline that passes once the write committed
+                    // must not skip keeping its position. Kept whatever the
+                    // answer: a write may commit and its answer still fail.
+                    let call = tokio::spawn(async move {
+                        let response = inner.call(req).await;
+                        if let Some(user) = caller.or_else(|| slot.0.get().copied())
+                            && let Err(error) = layer.replicas.wrote(user).await
+                        {
+                            // The write stands; this writer's reads may lag it
+                            // (within READ_MAX_LAG) until their next write.
+                            tracing::warn!(user, %error, "cannot keep a writer's position");
+                        }
+                        response
+                    });
+                    match call.await {
+                        Ok(response) => response,
+                        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+                        // Cancelled: the runtime is shutting down.
+                        Err(_) => {
+                            let mut response = Response::new(Body::empty());
+                            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            Ok(response)
+                        }
                     }
-                    Ok(response)
                 }
             }
         })

@@ -3,18 +3,15 @@
 //! Never logged: request or response bodies, headers other than the request
 //! id, and so no password, token or `authorization` value.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, Request, Response};
 
-/// Where the authentication layer leaves the caller's id for the request
-/// log (the log wraps it, so it would not see the request's extensions).
-#[derive(Debug, Clone, Default)]
-pub struct UserSlot(pub Arc<OnceLock<i64>>);
+pub use crate::domain::auth::UserSlot;
 
 /// The request id header, accepted from the client or generated, and echoed.
 pub const REQUEST_ID: &str = "x-request-id";

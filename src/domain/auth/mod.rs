@@ -24,6 +24,13 @@ use tonic::metadata::MetadataMap;
 
 use super::error::{ConduitError, ConduitResult};
 
+/// Where the id of the user a call acts for is left for the layers around
+/// it, which would not see the request's extensions afterwards (the
+/// request log, read routing): set by the authentication layer from the
+/// token, or by the call that makes the user (registration, login).
+#[derive(Debug, Clone, Default)]
+pub struct UserSlot(pub std::sync::Arc<std::sync::OnceLock<i64>>);
+
 /// Claims of a Conduit token.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -51,9 +58,6 @@ pub struct Caller {
     pub session: i64,
     /// The token it presented, handed back by calls that return the user.
     pub token: String,
-    /// When the token was issued (seconds since the Unix epoch): its
-    /// session was written before then.
-    pub since: u64,
 }
 
 /// The address a call came from, as the layers found it (through trusted
@@ -205,7 +209,7 @@ impl Tokens {
             _ => return Err(token_invalid("use the Token or Bearer authorization scheme")),
         };
         let claims = self.verify(token)?;
-        Ok(Some(Caller { user_id: claims.user, session: claims.session, token: token.to_owned(), since: claims.nbf }))
+        Ok(Some(Caller { user_id: claims.user, session: claims.session, token: token.to_owned() }))
     }
 
     /// The caller where a token is optional: a bad or expired token counts

@@ -4,7 +4,7 @@ mod store;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::ClientAddress;
+use super::auth::{ClientAddress, UserSlot};
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
 use super::validate::Check;
@@ -65,8 +65,9 @@ impl Users {
     }
 
     // POST /users
-    async fn register(&self, request: RegisterRequest) -> ConduitResult<UserResponse> {
-        let user = request.user.unwrap_or_default();
+    async fn register(&self, request: Request<RegisterRequest>) -> ConduitResult<UserResponse> {
+        let slot = request.extensions().get::<UserSlot>().cloned();
+        let user = request.into_inner().user.unwrap_or_default();
         Check::new()
             .username("user.username", &user.username)
             .text("user.email", &user.email)
@@ -78,6 +79,11 @@ impl Users {
         let row = store::insert(&mut tx, &user.username, &user.email, &hash).await?;
         let session = self.ctx.tokens.sessions().open(&mut tx, row.id).await?;
         tx.commit().await?;
+        // The new user is whom this call acted for: the request log names
+        // them, and read routing keeps where their account was written.
+        if let Some(slot) = slot {
+            let _ = slot.0.set(row.id);
+        }
         let token = self.ctx.tokens.issue(row.id, session)?;
         Ok(Self::reply(row, token))
     }
@@ -160,7 +166,7 @@ impl users_server::Users for Users {
     }
 
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<UserResponse>, Status> {
-        Ok(Response::new(Users::register(self, request.into_inner()).await?))
+        Ok(Response::new(Users::register(self, request).await?))
     }
 
     async fn get_current_user(
