@@ -261,16 +261,16 @@ pub struct Settings {
     /// read from; every other call, and every read of a caller whose writes
     /// a replica has not replayed yet, goes to DATABASE_URL. Unset: every
     /// call goes to DATABASE_URL.
-    #[arg(long, env = "READ_DATABASE_URL", global = true, hide_env_values = true, help_heading = DATABASE)]
+    #[arg(long, env = "READ_DATABASE_URL", global = true, hide_env_values = true, help_heading = REQUESTS)]
     pub read_database_url: Option<Secret>,
 
     /// Most replication lag a read accepts: a replica further behind the
     /// primary is left out until it catches up.
-    #[arg(long, env = "READ_MAX_LAG", default_value = "1s", value_parser = parse_duration, global = true, help_heading = DATABASE)]
+    #[arg(long, env = "READ_MAX_LAG", default_value = "1s", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
     pub read_max_lag: Duration,
 
     /// Most connections in each replica's pool.
-    #[arg(long, env = "READ_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = DATABASE)]
+    #[arg(long, env = "READ_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = REQUESTS)]
     pub read_db_max_connections: u32,
 
     /// Secret that signs and checks tokens (HS256), at least 32 bytes.
