@@ -162,12 +162,13 @@ def mixed(port, token, own, others, authors, stats, stop, seconds):
 def main():
     bouncer_binary = subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "install-pgbouncer.sh")],
                                     check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    # PgBouncer first: a failed start leaves no database behind.
+    bouncer = PgBouncer(bouncer_binary)
     psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     psql(f"CREATE DATABASE {DB}")
     # What conduit asks for in its startup packet, which PgBouncer drops.
     psql(f"ALTER DATABASE {DB} SET plan_cache_mode = force_generic_plan")
     psql(f"ALTER DATABASE {DB} SET jit = off")
-    bouncer = PgBouncer(bouncer_binary)
     replicas = []
     peak = [0]
     stop_sampling = threading.Event()
