@@ -127,15 +127,20 @@ class PrivatePostgres:
             "pg_stat_statements.max": "10000", "max_connections": "200", "shared_buffers": "256MB",
             "fsync": "on", "synchronous_commit": "on",
         }
+        self.serve(settings, "pg.log")
+
+    def serve(self, settings, log_name):
+        """Starts the server on `self.data` with `settings` and waits until it answers."""
         args = [f"{self.bin}/postgres", "-D", self.data] + [f"-c{k}={v}" for k, v in settings.items()]
-        self.process = subprocess.Popen(args, stdout=open(os.path.join(WORK, "pg.log"), "w"),
-                                        stderr=subprocess.STDOUT, preexec_fn=self.demote)
+        log_path = os.path.join(WORK, log_name)
+        self.process = subprocess.Popen(args, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                                        preexec_fn=self.demote)
         CHILDREN.append(self.process)
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
                              capture_output=True).returncode != 0:
             if time.time() > deadline:
-                sys.exit("the private PostgreSQL did not start: " + open(os.path.join(WORK, "pg.log")).read()[-2000:])
+                sys.exit(f"PostgreSQL ({log_name}) did not start: " + open(log_path).read()[-2000:])
             time.sleep(0.2)
         self.url = f"postgres://postgres@127.0.0.1:{self.port}"
 
@@ -157,7 +162,20 @@ class PrivatePostgres:
     def cpu_ticks(self):
         """The postmaster's own CPU, its live children's, and what its exited
         children used (cutime/cstime of the postmaster)."""
-        return postmaster_ticks(self.process.pid)
+        pid = self.process.pid
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = proc_stat(int(entry))
+            except OSError:
+                continue
+            if int(entry) == pid:
+                total += fields[13] + fields[14] + fields[15] + fields[16]
+            elif fields[3] == pid:
+                total += fields[13] + fields[14]
+        return total
 
 
 class Standby(PrivatePostgres):
@@ -175,35 +193,7 @@ class Standby(PrivatePostgres):
             "listen_addresses": "127.0.0.1", "port": str(self.port), "unix_socket_directories": WORK,
             "hot_standby": "on", "max_connections": "200", "shared_buffers": "256MB",
         }
-        args = [f"{self.bin}/postgres", "-D", self.data] + [f"-c{k}={v}" for k, v in settings.items()]
-        self.process = subprocess.Popen(args, stdout=open(os.path.join(WORK, "standby.log"), "w"),
-                                        stderr=subprocess.STDOUT, preexec_fn=self.demote)
-        CHILDREN.append(self.process)
-        deadline = time.time() + 60
-        while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)],
-                             capture_output=True).returncode != 0:
-            if time.time() > deadline:
-                sys.exit("the standby did not start: " + open(os.path.join(WORK, "standby.log")).read()[-2000:])
-            time.sleep(0.2)
-        self.url = f"postgres://postgres@127.0.0.1:{self.port}"
-
-
-def postmaster_ticks(pid):
-    """A postmaster's own CPU, its live children's, and what its exited
-    children used (cutime/cstime of the postmaster)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = proc_stat(int(entry))
-        except OSError:
-            continue
-        if int(entry) == pid:
-            total += fields[13] + fields[14] + fields[15] + fields[16]
-        elif fields[3] == pid:
-            total += fields[13] + fields[14]
-    return total
+        self.serve(settings, "standby.log")
 
 
 def proc_stat(pid):
