@@ -257,8 +257,8 @@ pub struct Settings {
     pub db_acquire_timeout: Duration,
 
     /// PostgreSQL streaming replicas of DATABASE_URL's server
-    /// (comma-separated URLs) that calls declared free of side effects may
-    /// read from; every other call, and every read of a caller whose writes
+    /// (comma-separated URLs, each one standby or a load-balanced read-only
+    /// endpoint) that calls declared free of side effects may read from; every other call, and every read of a caller whose writes
     /// a replica has not replayed yet, goes to DATABASE_URL. Unset: every
     /// call goes to DATABASE_URL.
     #[arg(long, env = "READ_DATABASE_URL", global = true, hide_env_values = true, help_heading = REQUESTS)]
@@ -269,7 +269,7 @@ pub struct Settings {
     #[arg(long, env = "READ_MAX_LAG", default_value = "1s", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
     pub read_max_lag: Duration,
 
-    /// Most connections in each replica's pool.
+    /// Connections to each replica URL (each polled and routed on its own).
     #[arg(long, env = "READ_DB_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true, help_heading = REQUESTS)]
     pub read_db_max_connections: u32,
 

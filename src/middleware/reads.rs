@@ -14,10 +14,11 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use http::{Request, Response};
+use http_body_util::BodyExt as _;
 
 use crate::domain::auth::{Caller, UserSlot};
 use crate::observability::metrics::Metrics;
-use crate::postgres::replicas::{ReadPool, Replicas};
+use crate::postgres::replicas::{ReadPool, Reason, Replicas, reading};
 
 /// What the layer does with a call of a method.
 enum Role {
@@ -102,15 +103,36 @@ where
                         None => layer.replicas.for_anyone(),
                     };
                     layer.metrics.read_routed(route.reason.as_str());
-                    let from = layer.replicas.read_from(&route);
-                    if let Some(pool) = route.replica {
-                        req.extensions_mut().insert(ReadPool(pool));
+                    let Some(pool) = route.replica.clone() else {
+                        return inner.call(req).await;
+                    };
+                    // Kept to be read again from the primary should the
+                    // replica fail it: the body is already in memory
+                    // (`ReadBodyLayer`), and a read changes nothing.
+                    let (parts, body) = req.into_parts();
+                    let body = match body.collect().await {
+                        Ok(body) => body.to_bytes(),
+                        Err(error) => {
+                            let status =
+                                tonic::Status::invalid_argument(format!("cannot read the request body: {error}"));
+                            let req = Request::from_parts(parts, ());
+                            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
+                        }
+                    };
+                    let mut again = inner.clone();
+                    let mut req = Request::from_parts(parts.clone(), Body::from(body.clone()));
+                    req.extensions_mut().insert(ReadPool(pool));
+                    let mut response = reading(&route, inner.call(req)).await?;
+                    if !is_server_failure(&response) {
+                        if let Some(from) = layer.replicas.read_from(&route) {
+                            response.extensions_mut().insert(from);
+                        }
+                        return Ok(response);
                     }
-                    let mut response = inner.call(req).await?;
-                    if let Some(from) = from {
-                        response.extensions_mut().insert(from);
-                    }
-                    Ok(response)
+                    layer.metrics.read_routed(Reason::ReplicaFailed.as_str());
+                    drop(response);
+                    futures_util::future::poll_fn(|cx| again.poll_ready(cx)).await?;
+                    again.call(Request::from_parts(parts, Body::from(body))).await
                 }
                 Role::Write => {
                     // The user the write acts for: the caller, or the one a
@@ -152,4 +174,14 @@ where
             }
         })
     }
+}
+
+/// Whether a read failed in a way the primary may not: the replica was
+/// unreachable or went away (UNAVAILABLE), cancelled the statement for a
+/// conflict with replay (ABORTED), or failed otherwise (INTERNAL), in any
+/// protocol. A read declared free of side effects is never refused with
+/// these for the client's own mistake.
+fn is_server_failure(response: &Response<Body>) -> bool {
+    matches!(response.status().as_u16(), 409 | 500 | 503)
+        || response.headers().get("grpc-status").is_some_and(|code| matches!(code.as_bytes(), b"10" | b"13" | b"14"))
 }

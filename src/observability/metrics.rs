@@ -165,7 +165,7 @@ impl Metrics {
         let replica_lag = Family::<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "db_reads",
-            "Calls free of side effects by where they read: replica, or the primary and why (replica_down, replica_lagging, own_writes: no replica has replayed the caller's writes, position_unknown)",
+            "Calls free of side effects by where they read: replica, or the primary and why (replica_down, replica_lagging, own_writes: no replica has replayed the caller's writes, position_unknown; replica_failed: the replica failed the read and the primary served it)",
             reads.clone(),
         );
         registry.register(

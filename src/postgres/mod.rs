@@ -76,16 +76,6 @@ pub async fn connect(
     pool_options(max_connections, acquire_timeout).connect_with(planned_once(url)?).await
 }
 
-/// A pool like [`connect`]'s that opens its connections when first used:
-/// for a server that may be down when the process starts (a read replica).
-pub fn connect_lazy(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: std::time::Duration,
-) -> Result<PgPool, sqlx::Error> {
-    Ok(pool_options(max_connections, acquire_timeout).connect_lazy_with(planned_once(url)?))
-}
-
 /// `url`'s options, asking for statements planned once per connection and no JIT.
 fn planned_once(url: &str) -> Result<sqlx::postgres::PgConnectOptions, sqlx::Error> {
     Ok(url

@@ -15,11 +15,24 @@
 //!   taken once the write ended) is kept on the primary in
 //!   `write_positions`, where every conduit replica finds it.
 //!
-//! Otherwise the primary serves the read. Positions are polled, never
-//! waited for: a writer's reads go to the primary until a poll has seen a
-//! replica pass their write (at most one poll interval on a healthy
-//! replica). Each URL must name one server: behind a load balancer, the
-//! connection a read uses may reach another replica than the one polled.
+//! Otherwise the primary serves the read, and a read a replica fails is
+//! read again from the primary (it changes nothing).
+//!
+//! Positions are polled, never waited for: a writer's reads go to the
+//! primary until a poll has seen a replica pass their write (at most one
+//! poll interval on a healthy replica).
+//!
+//! What a poll learns is true of a server, and a URL may lead to several:
+//! a load-balanced read-only endpoint (CloudNativePG's `-ro` Service,
+//! HAProxy routing by Patroni's `/replica` check) hands each new connection
+//! to whichever standby it likes. So the unit routed and polled is one
+//! connection ([`Slot`]: a pool of one per connection allowed), and every
+//! poll of a slot reads the replay position of the very server that
+//! slot's connection reaches. A slot whose connection is replaced learns
+//! the new server's position as it connects; if that server is behind the
+//! position a read was routed on, the connection is refused for that read
+//! (and opened again, perhaps to another standby, until the read's
+//! acquisition times out and the primary serves it).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,11 +50,12 @@ pub struct ReadPool(pub PgPool);
 /// `READ_DATABASE_URL` and its limits.
 #[derive(Clone)]
 pub struct ReadSettings {
-    /// The replicas' URLs (credentials included: never printed); empty: no replica.
+    /// The replicas' URLs (credentials included: never printed), each one
+    /// server or a load-balanced endpoint; empty: no replica.
     pub urls: Vec<String>,
     /// Most replication lag a read accepts.
     pub max_lag: Duration,
-    /// Connections per replica's pool.
+    /// Connections per URL, each routed and polled on its own.
     pub max_connections: u32,
 }
 
@@ -68,6 +82,9 @@ pub enum Reason {
     OwnWrites,
     /// The caller's position could not be read.
     PositionUnknown,
+    /// The replica chosen failed the read, which the primary then served
+    /// (counted besides [`Reason::Replica`]).
+    ReplicaFailed,
 }
 
 impl Reason {
@@ -79,6 +96,7 @@ impl Reason {
             Self::Lagging => "replica_lagging",
             Self::OwnWrites => "own_writes",
             Self::PositionUnknown => "position_unknown",
+            Self::ReplicaFailed => "replica_failed",
         }
     }
 }
@@ -86,11 +104,11 @@ impl Reason {
 /// Where one read goes.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// The replica's pool, or `None` for the primary.
+    /// The replica connection's pool, or `None` for the primary.
     pub replica: Option<PgPool>,
     /// Why.
     pub reason: Reason,
-    /// How far the chosen replica had replayed when last polled.
+    /// How far the chosen connection's server had replayed when last looked at.
     pub replayed: u64,
 }
 
@@ -108,35 +126,85 @@ impl ReadFrom {
     /// `instant`: it had reached the primary's position at a sample taken
     /// at or after it (no such sample yet: not known to).
     pub fn has_writes_before(&self, instant: Instant) -> bool {
-        let samples = self.replicas.0.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let samples = self.replicas.0.timeline.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         samples.iter().find(|(at, _)| *at >= instant).is_some_and(|(_, position)| self.replayed >= *position)
     }
 }
 
-/// One replica and what its last poll found.
-struct Replica {
-    pool: PgPool,
+/// The primary's WAL position, sampled at each poll.
+struct Timeline {
+    /// The instants kept as numbers count from here.
+    base: Instant,
+    /// Oldest first.
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Timeline {
+    /// When the primary was at the newest sampled position `replayed` has
+    /// reached (microseconds after `base`; `u64::MAX` when it has reached
+    /// none of the samples kept).
+    fn caught_up_to(&self, replayed: u64) -> u64 {
+        let samples = self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        samples
+            .iter()
+            .rev()
+            .find(|(_, position)| *position <= replayed)
+            .map_or(u64::MAX, |(at, _)| at.duration_since(self.base).as_micros() as u64)
+    }
+}
+
+/// What was last seen of the server a slot's connection reaches.
+struct Seen {
     up: AtomicBool,
     /// `pg_last_wal_replay_lsn()`, as a byte position.
     replayed: AtomicU64,
     /// When the primary was at the newest of its sampled positions that
-    /// this replica had replayed at its last poll, in microseconds after
-    /// [`Inner::base`]; `u64::MAX` unknown. The replica holds everything the
-    /// primary had then: its data are at most that old, however long ago
-    /// the poll was.
+    /// the server had replayed when last looked at, in microseconds after
+    /// [`Timeline::base`]; `u64::MAX` unknown. The server holds everything
+    /// the primary had then: its data are at most that old, however long
+    /// ago the look was.
     caught_up_to: AtomicU64,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Self { up: AtomicBool::new(false), replayed: AtomicU64::new(0), caught_up_to: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Keeps a look's answer: a replay position, or `None` for a server
+    /// that is not a standby in recovery or did not answer.
+    fn record(&self, replayed: Option<u64>, timeline: &Timeline) {
+        match replayed {
+            Some(replayed) => {
+                self.replayed.store(replayed, Ordering::Relaxed);
+                self.caught_up_to.store(timeline.caught_up_to(replayed), Ordering::Relaxed);
+                self.up.store(true, Ordering::Relaxed);
+            }
+            None => {
+                self.up.store(false, Ordering::Relaxed);
+                self.caught_up_to.store(u64::MAX, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One connection to a replica URL: a pool of one, so that what is known
+/// of its server is known of the connection a read through it uses.
+struct Slot {
+    /// Which URL of `READ_DATABASE_URL`.
+    url: usize,
+    pool: PgPool,
+    seen: Arc<Seen>,
 }
 
 struct Inner {
     primary: PgPool,
-    replicas: Vec<Replica>,
+    slots: Vec<Slot>,
+    urls: usize,
     max_lag: Duration,
     interval: Duration,
     next: AtomicUsize,
-    /// The instants above count from here.
-    base: Instant,
-    /// The primary's WAL position, sampled at each poll, oldest first.
-    samples: Mutex<VecDeque<(Instant, u64)>>,
+    timeline: Arc<Timeline>,
 }
 
 /// The replicas of one primary, and what is known of how far each has
@@ -146,7 +214,7 @@ pub struct Replicas(Arc<Inner>);
 
 impl std::fmt::Debug for Replicas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replicas").field("count", &self.0.replicas.len()).finish_non_exhaustive()
+        f.debug_struct("Replicas").field("urls", &self.0.urls).finish_non_exhaustive()
     }
 }
 
@@ -178,6 +246,50 @@ const PRIMARY_POSITION: &str = "WITH beat AS (UPDATE read_heartbeat SET at = now
 const REPLAY_POSITION: &str =
     "SELECT CASE WHEN pg_is_in_recovery() THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::int8 END";
 
+tokio::task_local! {
+    /// The replay position the read in progress was routed on.
+    static ROUTED_ON: u64;
+}
+
+/// Runs `read`, a call routed through `route`, so that a connection its
+/// replica slot opens meanwhile is accepted only from a server that has
+/// replayed as far as the route assumed.
+pub async fn reading<F: std::future::Future>(route: &Route, read: F) -> F::Output {
+    ROUTED_ON.scope(route.replayed, read).await
+}
+
+/// The pool of one connection of a slot: as it connects, the server's
+/// replay position is read and kept; a server that is no standby, or is
+/// behind the position the read opening it was routed on, is refused.
+fn slot_pool(
+    url: &str,
+    acquire_timeout: Duration,
+    seen: Arc<Seen>,
+    timeline: Arc<Timeline>,
+) -> Result<PgPool, sqlx::Error> {
+    let options = super::planned_once(url)?;
+    Ok(super::pool_options(1, acquire_timeout)
+        .after_connect(move |connection, _| {
+            let (seen, timeline) = (seen.clone(), timeline.clone());
+            Box::pin(async move {
+                let replayed = sqlx::query_scalar::<_, Option<i64>>(REPLAY_POSITION)
+                    .fetch_one(&mut *connection)
+                    .await?
+                    .map(|replayed| replayed as u64);
+                seen.record(replayed, &timeline);
+                let routed_on = ROUTED_ON.try_with(|position| *position).unwrap_or(0);
+                match replayed {
+                    None => Err(sqlx::Error::Protocol("the read URL reached a server that is not a standby".into())),
+                    Some(replayed) if replayed < routed_on => Err(sqlx::Error::Protocol(format!(
+                        "the read URL reached a standby at {replayed}, behind the {routed_on} the read was routed on"
+                    ))),
+                    Some(_) => Ok(()),
+                }
+            })
+        })
+        .connect_lazy_with(options))
+}
+
 impl Replicas {
     /// The replicas in `settings` of the primary `primary`, connected
     /// lazily (a replica down at start-up is a replica down, not a failed
@@ -191,34 +303,31 @@ impl Replicas {
             return Ok(None);
         }
         let acquire_timeout = acquire_timeout.min(REPLICA_ACQUIRE_TIMEOUT);
-        let replicas = settings
-            .urls
-            .iter()
-            .map(|url| {
-                Ok(Replica {
-                    pool: super::connect_lazy(url, settings.max_connections, acquire_timeout)?,
-                    up: AtomicBool::new(false),
-                    replayed: AtomicU64::new(0),
-                    caught_up_to: AtomicU64::new(u64::MAX),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let timeline = Arc::new(Timeline { base: Instant::now(), samples: Mutex::new(VecDeque::new()) });
+        let mut slots = Vec::new();
+        for (url_index, url) in settings.urls.iter().enumerate() {
+            for _ in 0..settings.max_connections.max(1) {
+                let seen = Arc::new(Seen::new());
+                let pool = slot_pool(url, acquire_timeout, seen.clone(), timeline.clone())?;
+                slots.push(Slot { url: url_index, pool, seen });
+            }
+        }
         // Several polls within the lag allowed, but not a busy loop.
         let interval = (settings.max_lag / 4).clamp(Duration::from_millis(20), Duration::from_millis(500));
         Ok(Some(Self(Arc::new(Inner {
             primary,
-            replicas,
+            slots,
+            urls: settings.urls.len(),
             max_lag: settings.max_lag,
             interval,
             next: AtomicUsize::new(0),
-            base: Instant::now(),
-            samples: Mutex::new(VecDeque::new()),
+            timeline,
         }))))
     }
 
-    /// Polls the primary's position and every replica's replay until the
-    /// primary's pool closes, reporting each replica to `metrics`; then
-    /// closes the replicas' pools.
+    /// Polls the primary's position and every slot's server until the
+    /// primary's pool closes, reporting each replica URL to `metrics`;
+    /// then closes the slots' pools.
     pub async fn watch(self, metrics: crate::observability::metrics::Metrics) {
         let mut tick = tokio::time::interval(self.0.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -229,14 +338,14 @@ impl Replicas {
                 metrics.replica(index, lag);
             }
         }
-        for replica in &self.0.replicas {
-            replica.pool.close().await;
+        for slot in &self.0.slots {
+            slot.pool.close().await;
         }
     }
 
-    /// One poll: the primary's position first, so that each replica's
+    /// One poll: the primary's position first, so that each server's
     /// replay, read after it, is compared with a sample no newer than itself;
-    /// the replicas at once, so that one that hangs delays none of the others.
+    /// the slots at once, so that one that hangs delays none of the others.
     async fn poll(&self) {
         // The instant before asking: the position answered is at least the
         // primary's at this instant (taken after, a write committed meanwhile
@@ -245,69 +354,56 @@ impl Replicas {
         let position = sqlx::query_scalar::<_, i64>(PRIMARY_POSITION).bind(self.0.interval.as_secs_f64());
         if let Ok(Ok(position)) = tokio::time::timeout(POLL_TIMEOUT, position.fetch_one(&self.0.primary)).await {
             let keep = (self.0.max_lag * 2).max(Duration::from_secs(2));
-            let mut samples = self.0.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut samples = self.0.timeline.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             samples.push_back((asked, position as u64));
             while samples.front().is_some_and(|(at, _)| asked.duration_since(*at) > keep) {
                 samples.pop_front();
             }
         }
-        futures_util::future::join_all(self.0.replicas.iter().map(|replica| async move {
-            let replay = sqlx::query_scalar::<_, Option<i64>>(REPLAY_POSITION).fetch_one(&replica.pool);
-            match tokio::time::timeout(POLL_TIMEOUT, replay).await {
-                Ok(Ok(Some(replayed))) => {
-                    let replayed = replayed as u64;
-                    replica.replayed.store(replayed, Ordering::Relaxed);
-                    replica.caught_up_to.store(self.caught_up_to(replayed), Ordering::Relaxed);
-                    replica.up.store(true, Ordering::Relaxed);
-                }
-                // Not in recovery: the URL names a primary (or a promoted
-                // standby), which replicates nothing.
-                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                    replica.up.store(false, Ordering::Relaxed);
-                    replica.caught_up_to.store(u64::MAX, Ordering::Relaxed);
-                }
+        futures_util::future::join_all(self.0.slots.iter().map(|slot| async move {
+            // Kept while the connection is held: a connection that replaced
+            // it meanwhile would otherwise have its server's look overwritten.
+            let look = async {
+                let mut connection = slot.pool.acquire().await?;
+                let replayed =
+                    sqlx::query_scalar::<_, Option<i64>>(REPLAY_POSITION).fetch_one(&mut *connection).await?;
+                slot.seen.record(replayed.map(|replayed| replayed as u64), &self.0.timeline);
+                Ok::<_, sqlx::Error>(())
+            };
+            if !matches!(tokio::time::timeout(POLL_TIMEOUT, look).await, Ok(Ok(()))) {
+                slot.seen.record(None, &self.0.timeline);
             }
         }))
         .await;
     }
 
-    /// When the primary was at the newest sampled position `replayed` has
-    /// reached (microseconds after `base`; `u64::MAX` when it has reached
-    /// none of the samples kept).
-    fn caught_up_to(&self, replayed: u64) -> u64 {
-        let samples = self.0.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        samples
-            .iter()
-            .rev()
-            .find(|(_, position)| *position <= replayed)
-            .map_or(u64::MAX, |(at, _)| at.duration_since(self.0.base).as_micros() as u64)
-    }
-
-    /// How old a replica's data may be now: since the instant it had caught
+    /// How old a server's data may be now: since the instant it had caught
     /// up to (`None` when unknown).
-    fn staleness(&self, replica: &Replica) -> Option<Duration> {
-        match replica.caught_up_to.load(Ordering::Relaxed) {
+    fn staleness(&self, seen: &Seen) -> Option<Duration> {
+        match seen.caught_up_to.load(Ordering::Relaxed) {
             u64::MAX => None,
-            micros => Some(self.0.base.elapsed().saturating_sub(Duration::from_micros(micros))),
+            micros => Some(self.0.timeline.base.elapsed().saturating_sub(Duration::from_micros(micros))),
         }
     }
 
-    /// The replication lag of each replica as a read would see it now,
-    /// `None` while it is down (one behind every sample kept counts as
-    /// that far behind).
+    /// The replication lag of each replica URL as a read would see it now
+    /// (the most of its connections' servers), `None` while none of them
+    /// answers (one behind every sample kept counts as that far behind).
     pub fn lags(&self) -> Vec<Option<Duration>> {
         let kept = self
             .0
+            .timeline
             .samples
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .front()
             .map(|(at, _)| at.elapsed());
-        self.0
-            .replicas
-            .iter()
-            .map(|r| r.up.load(Ordering::Relaxed).then(|| self.staleness(r).or(kept).unwrap_or_default()))
-            .collect()
+        let mut lags = vec![None; self.0.urls];
+        for slot in self.0.slots.iter().filter(|slot| slot.seen.up.load(Ordering::Relaxed)) {
+            let lag = self.staleness(&slot.seen).or(kept).unwrap_or_default();
+            lags[slot.url] = Some(lags[slot.url].map_or(lag, |most: Duration| most.max(lag)));
+        }
+        lags
     }
 
     /// Where an anonymous read goes.
@@ -332,33 +428,41 @@ impl Replicas {
         }
     }
 
-    /// A replica within the lag allowed that has replayed `needs` (a
-    /// writer's position), in turn; else the primary and why. The reason
-    /// reported is the closest any replica came: own writes, then lag,
-    /// then down.
+    /// A replica connection within the lag allowed whose server has
+    /// replayed `needs` (a writer's position), in turn, an idle one first;
+    /// else the primary and why. The reason reported is the closest any
+    /// came: own writes, then lag, then down.
     fn choose(&self, needs: Option<u64>) -> Route {
         let mut reason = Reason::Down;
-        let count = self.0.replicas.len();
+        let mut busy = None;
+        let count = self.0.slots.len();
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         for offset in 0..count {
-            let replica = &self.0.replicas[start.wrapping_add(offset) % count];
-            if !replica.up.load(Ordering::Relaxed) {
+            let slot = &self.0.slots[start.wrapping_add(offset) % count];
+            if !slot.seen.up.load(Ordering::Relaxed) {
                 continue;
             }
-            if self.staleness(replica).is_none_or(|stale| stale > self.0.max_lag) {
+            if self.staleness(&slot.seen).is_none_or(|stale| stale > self.0.max_lag) {
                 if reason == Reason::Down {
                     reason = Reason::Lagging;
                 }
                 continue;
             }
-            let replayed = replica.replayed.load(Ordering::Relaxed);
+            let replayed = slot.seen.replayed.load(Ordering::Relaxed);
             if needs.is_some_and(|lsn| replayed < lsn) {
                 reason = Reason::OwnWrites;
                 continue;
             }
-            return Route { replica: Some(replica.pool.clone()), reason: Reason::Replica, replayed };
+            if slot.pool.num_idle() > 0 {
+                return Route { replica: Some(slot.pool.clone()), reason: Reason::Replica, replayed };
+            }
+            busy.get_or_insert((slot, replayed));
         }
-        Route { replica: None, reason, replayed: 0 }
+        match busy {
+            // Every fit connection is in use: wait for one.
+            Some((slot, replayed)) => Route { replica: Some(slot.pool.clone()), reason: Reason::Replica, replayed },
+            None => Route { replica: None, reason, replayed: 0 },
+        }
     }
 
     /// What an answer read through `route` carries for the response cache.
@@ -387,8 +491,12 @@ mod tests {
     use super::*;
 
     fn replicas(max_lag: Duration) -> Replicas {
-        let settings =
-            ReadSettings { urls: vec!["postgres://replica.invalid/db".to_owned()], max_lag, max_connections: 1 };
+        replicas_of(1, 1, max_lag)
+    }
+
+    fn replicas_of(urls: usize, max_connections: u32, max_lag: Duration) -> Replicas {
+        let urls = (0..urls).map(|n| format!("postgres://replica{n}.invalid/db")).collect();
+        let settings = ReadSettings { urls, max_lag, max_connections };
         let primary =
             sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://primary.invalid/db").expect("a valid URL");
         Replicas::new(primary, &settings, Duration::from_secs(1)).unwrap().unwrap()
@@ -398,13 +506,13 @@ mod tests {
     async fn a_replica_serves_only_within_the_lag_and_past_the_writers_position() {
         let replicas = replicas(Duration::from_millis(100));
         assert_eq!(replicas.for_anyone().reason, Reason::Down, "never polled: not known to answer");
-        let replica = &replicas.0.replicas[0];
+        let replica = &replicas.0.slots[0].seen;
         replica.up.store(true, Ordering::Relaxed);
         replica.replayed.store(100, Ordering::Relaxed);
         assert_eq!(replicas.for_anyone().reason, Reason::Lagging, "caught up to nothing known");
         // Instants after the replicas' base, as every sample is.
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let caught_up = |ago: Duration| replicas.0.base.elapsed().saturating_sub(ago).as_micros() as u64;
+        let caught_up = |ago: Duration| replicas.0.timeline.base.elapsed().saturating_sub(ago).as_micros() as u64;
         replica.caught_up_to.store(caught_up(Duration::from_millis(300)), Ordering::Relaxed);
         assert_eq!(replicas.for_anyone().reason, Reason::Lagging);
         replica.caught_up_to.store(caught_up(Duration::from_millis(10)), Ordering::Relaxed);
@@ -416,20 +524,47 @@ mod tests {
     #[tokio::test]
     async fn a_replica_is_as_old_as_the_newest_sample_it_has_reached() {
         let replicas = replicas(Duration::from_secs(1));
-        assert_eq!(replicas.caught_up_to(10), u64::MAX, "no sample yet");
+        assert_eq!(replicas.0.timeline.caught_up_to(10), u64::MAX, "no sample yet");
         tokio::time::sleep(Duration::from_millis(350)).await;
         let now = Instant::now();
         {
-            let mut samples = replicas.0.samples.lock().unwrap();
+            let mut samples = replicas.0.timeline.samples.lock().unwrap();
             samples.push_back((now - Duration::from_millis(300), 10));
             samples.push_back((now - Duration::from_millis(200), 20));
             samples.push_back((now - Duration::from_millis(100), 30));
         }
         let age = |replayed| {
-            Duration::from_micros(replicas.0.base.elapsed().as_micros() as u64 - replicas.caught_up_to(replayed))
+            Duration::from_micros(
+                replicas.0.timeline.base.elapsed().as_micros() as u64 - replicas.0.timeline.caught_up_to(replayed),
+            )
         };
         assert!(age(30) >= Duration::from_millis(100) && age(30) < Duration::from_millis(200), "{:?}", age(30));
         assert!(age(25) >= Duration::from_millis(200) && age(25) < Duration::from_millis(300), "{:?}", age(25));
-        assert_eq!(replicas.caught_up_to(5), u64::MAX, "behind every sample kept");
+        assert_eq!(replicas.0.timeline.caught_up_to(5), u64::MAX, "behind every sample kept");
+    }
+
+    #[tokio::test]
+    async fn each_connection_is_judged_by_its_own_server_and_a_url_reports_its_worst() {
+        let replicas = replicas_of(2, 2, Duration::from_secs(1));
+        assert_eq!(replicas.0.slots.len(), 4, "one slot per connection allowed, per URL");
+        assert_eq!(replicas.lags(), vec![None, None]);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let now = replicas.0.timeline.base.elapsed();
+        let at = |ago: u64| now.saturating_sub(Duration::from_millis(ago)).as_micros() as u64;
+        // The first URL balances over two servers, one of them behind.
+        for (slot, (replayed, ago)) in replicas.0.slots[..2].iter().zip([(50, 100), (90, 20)]) {
+            slot.seen.up.store(true, Ordering::Relaxed);
+            slot.seen.replayed.store(replayed, Ordering::Relaxed);
+            slot.seen.caught_up_to.store(at(ago), Ordering::Relaxed);
+        }
+        let lags = replicas.lags();
+        assert!(lags[0].is_some_and(|lag| lag >= Duration::from_millis(100)), "the worst server: {lags:?}");
+        assert_eq!(lags[1], None, "no connection of the second URL answers");
+        // A writer at 60 is served only through the connection that reached 90.
+        for _ in 0..4 {
+            let route = replicas.choose(Some(60));
+            assert_eq!((route.reason, route.replayed), (Reason::Replica, 90));
+        }
+        assert_eq!(replicas.choose(Some(91)).reason, Reason::OwnWrites);
     }
 }

@@ -14,12 +14,12 @@ use crate::background::eventually;
 use crate::helpers::{TestApp, authed, spawn_app_with};
 use crate::ops::sample;
 
-/// A primary and one standby of it, stopped and removed when dropped.
+/// A primary and standbys of it, stopped and removed when dropped.
 struct Pair {
     dir: PathBuf,
     bin: PathBuf,
     primary: u16,
-    standby: u16,
+    standbys: Vec<u16>,
     /// The account the servers run as, when the tests run as root.
     account: Option<(u32, u32)>,
 }
@@ -65,6 +65,11 @@ impl Pair {
 
     /// Starts a fresh primary and a standby streaming from it.
     fn start() -> Self {
+        Self::with_standbys(1)
+    }
+
+    /// Starts a fresh primary and `count` standbys streaming from it.
+    fn with_standbys(count: usize) -> Self {
         let bin = conduit::postgres::private::find_binaries(None).expect("PostgreSQL's server binaries");
         let dir = std::env::temp_dir().join(format!("conduit-replicas-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -72,7 +77,8 @@ impl Pair {
         if let Some((uid, gid)) = account {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
         }
-        let pair = Self { dir, bin, primary: free_port(), standby: free_port(), account };
+        let standbys = (0..count).map(|_| free_port()).collect();
+        let pair = Self { dir, bin, primary: free_port(), standbys, account };
         pair.run("initdb", &["-D", &pair.path("primary"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
         // Fast and disposable: nothing here must survive a crash.
         pair.append(
@@ -85,25 +91,15 @@ impl Pair {
             ),
         );
         pair.run("pg_ctl", &["-D", &pair.path("primary"), "-l", &pair.path("primary.log"), "-w", "start"]);
-        pair.run(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pair.primary.to_string(),
-                "-U",
-                "postgres",
-                "-D",
-                &pair.path("standby"),
-                "-R",
-                "-X",
-                "stream",
-                "--no-sync",
-            ],
-        );
-        pair.append("standby/postgresql.conf", &format!("\nport = {}\nhot_standby = on\n", pair.standby));
-        pair.run("pg_ctl", &["-D", &pair.path("standby"), "-l", &pair.path("standby.log"), "-w", "start"]);
+        for (n, port) in pair.standbys.iter().enumerate() {
+            let node = format!("standby{n}");
+            let primary = pair.primary.to_string();
+            let args =
+                ["-h", "127.0.0.1", "-p", &primary, "-U", "postgres", "-D", &pair.path(&node), "-R", "-X", "stream"];
+            pair.run("pg_basebackup", &[&args[..], &["--no-sync"]].concat());
+            pair.append(&format!("{node}/postgresql.conf"), &format!("\nport = {port}\nhot_standby = on\n"));
+            pair.run("pg_ctl", &["-D", &pair.path(&node), "-l", &pair.path(&format!("{node}.log")), "-w", "start"]);
+        }
         pair
     }
 
@@ -111,16 +107,21 @@ impl Pair {
         format!("postgres://postgres@127.0.0.1:{port}/{db}")
     }
 
-    /// Runs `sql` on the standby.
+    /// Runs `sql` on the first standby.
     async fn on_standby(&self, sql: &str) {
-        let mut conn = sqlx::PgConnection::connect(&self.url(self.standby, "postgres")).await.unwrap();
+        self.on_standby_n(0, sql).await;
+    }
+
+    /// Runs `sql` on standby `n`.
+    async fn on_standby_n(&self, n: usize, sql: &str) {
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.standbys[n], "postgres")).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     }
 
     /// Transactions the standby has ended in `db` (reads count there).
     async fn standby_transactions(&self, db: &str) -> i64 {
-        let mut conn = sqlx::PgConnection::connect(&self.url(self.standby, "postgres")).await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.standbys[0], "postgres")).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1")
             .bind(db)
             .fetch_one(&mut conn)
@@ -133,8 +134,13 @@ impl Pair {
     /// Pauses the standby's replay and waits until it has stopped (a pause
     /// is only requested at first, and replay goes on to a stopping point).
     async fn pause_replay(&self) {
-        self.on_standby("SELECT pg_wal_replay_pause()").await;
-        let mut conn = sqlx::PgConnection::connect(&self.url(self.standby, "postgres")).await.unwrap();
+        self.pause_replay_n(0).await;
+    }
+
+    /// Pauses standby `n`'s replay, as [`Pair::pause_replay`] does the first's.
+    async fn pause_replay_n(&self, n: usize) {
+        self.on_standby_n(n, "SELECT pg_wal_replay_pause()").await;
+        let mut conn = sqlx::PgConnection::connect(&self.url(self.standbys[n], "postgres")).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while sqlx::query_scalar::<_, String>("SELECT pg_get_wal_replay_pause_state()")
             .fetch_one(&mut conn)
@@ -149,15 +155,16 @@ impl Pair {
     }
 
     fn stop_standby(&self) {
-        self.run("pg_ctl", &["-D", &self.path("standby"), "-m", "immediate", "-w", "stop"]);
+        self.run("pg_ctl", &["-D", &self.path("standby0"), "-m", "immediate", "-w", "stop"]);
     }
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        for node in ["standby", "primary"] {
+        let standbys = (0..self.standbys.len()).map(|n| format!("standby{n}"));
+        for node in standbys.chain(["primary".to_owned()]) {
             let _ = Command::new(self.bin.join("pg_ctl"))
-                .args(["-D", &self.path(node), "-m", "immediate", "-w", "stop"])
+                .args(["-D", &self.path(&node), "-m", "immediate", "-w", "stop"])
                 .uid_if(self.account)
                 .output();
         }
@@ -181,7 +188,7 @@ impl UidIf for Command {
 
 /// A conduit on the pair's database `db`, reading from its standby.
 async fn conduit_on(pair: &Pair, db: &str, max_lag: Duration) -> TestApp {
-    let (primary, standby) = (pair.url(pair.primary, db), pair.url(pair.standby, db));
+    let (primary, standby) = (pair.url(pair.primary, db), pair.url(pair.standbys[0], db));
     spawn_app_with(move |s| {
         s.database_url = conduit::config::Secret::from(primary);
         s.reads.urls = vec![standby];
@@ -195,10 +202,12 @@ async fn database(pair: &Pair, db: &str) {
     let mut conn = sqlx::PgConnection::connect(&pair.url(pair.primary, "postgres")).await.unwrap();
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
-    eventually(Duration::from_secs(10), "the standby to have the database", || async {
-        sqlx::PgConnection::connect(&pair.url(pair.standby, db)).await.is_ok()
-    })
-    .await;
+    for port in &pair.standbys {
+        eventually(Duration::from_secs(10), "the standbys to have the database", || async {
+            sqlx::PgConnection::connect(&pair.url(*port, db)).await.is_ok()
+        })
+        .await;
+    }
 }
 
 /// Routed reads land on the standby; with its replay paused, a writer
@@ -340,7 +349,7 @@ async fn the_cache_is_not_refilled_from_a_replica_behind_the_write_that_cleared_
     let pair = Pair::start();
     database(&pair, "conduit").await;
     let on = |pair: &Pair| {
-        let (primary, standby) = (pair.url(pair.primary, "conduit"), pair.url(pair.standby, "conduit"));
+        let (primary, standby) = (pair.url(pair.primary, "conduit"), pair.url(pair.standbys[0], "conduit"));
         spawn_app_with(move |s| {
             s.database_url = conduit::config::Secret::from(primary);
             s.reads.urls = vec![standby];
@@ -379,4 +388,145 @@ async fn the_cache_is_not_refilled_from_a_replica_behind_the_write_that_cleared_
         b.get(page, None).await.body["articlesCount"] == json!(2)
     })
     .await;
+}
+
+/// A TCP balancer on loopback handing each new connection to the next of
+/// its servers in turn, as a read-only Service or HAProxy's replica port
+/// does; stops accepting when dropped.
+struct Balancer {
+    port: u16,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    async fn over(ports: Vec<u16>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepting = tokio::spawn(async move {
+            for turn in 0usize.. {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                let server = ports[turn % ports.len()];
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", server)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { port, accepting }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// The writer's article count, read six times at once, so that every
+/// connection a pool may open is in use.
+async fn six_counts(app: &TestApp, token: Option<&str>) -> Vec<serde_json::Value> {
+    let read = || async move { app.get("/api/articles?author=writer", token).await.body["articlesCount"].clone() };
+    futures_util::future::join_all((0..6).map(|_| read())).await
+}
+
+/// Behind one URL that balances connections over two standbys (a
+/// read-only Service, HAProxy's replica port), each connection is judged
+/// by the server it reaches. With one standby's replay paused: a writer
+/// reads their own writes at once, and soon from the standby that kept up;
+/// an anonymous reader never gets data older than READ_MAX_LAG. With every
+/// standby connection cut, the reads they fail are read again from the
+/// primary, and the connections opened again are judged anew. No stale
+/// read, no failed read.
+#[tokio::test]
+async fn behind_a_balanced_endpoint_each_connection_is_judged_by_its_own_server() {
+    let pair = Pair::with_standbys(2);
+    database(&pair, "conduit").await;
+    let balancer = Balancer::over(pair.standbys.clone()).await;
+    let through = |max_lag: Duration| {
+        let (primary, reads) = (pair.url(pair.primary, "conduit"), pair.url(balancer.port, "conduit"));
+        spawn_app_with(move |s| {
+            s.database_url = conduit::config::Secret::from(primary);
+            s.reads.urls = vec![reads];
+            s.reads.max_lag = max_lag;
+            s.reads.max_connections = 4;
+        })
+    };
+    // a writes; b serves the writer (any lag: only their position matters);
+    // c serves anonymous readers within 400 ms.
+    let a = through(Duration::from_secs(60)).await;
+    let b = through(Duration::from_secs(60)).await;
+    let max_lag = Duration::from_millis(400);
+    let c = through(max_lag).await;
+    let replica = "conduit_db_reads_total{reason=\"replica\"} ";
+    let writer = a.register("writer").await;
+    eventually(Duration::from_secs(10), "b to serve the writer from a standby", || async {
+        let before = sample(b.admin_port, replica).await;
+        b.get("/api/user", Some(&writer)).await.status == 200 && sample(b.admin_port, replica).await > before
+    })
+    .await;
+    pair.pause_replay_n(0).await;
+
+    let mut stale = Vec::new();
+    let (b_before, c_before) = (sample(b.admin_port, replica).await, sample(c.admin_port, replica).await);
+    let writes = 8;
+    for n in 1..=writes {
+        a.article(&writer, &format!("Balanced {n}"), &[]).await;
+        // At once (the primary serves, until a poll sees a standby pass the
+        // write), then after b's poll interval (the standby that kept up).
+        for wait in [0, 700] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            for count in six_counts(&b, Some(&writer)).await {
+                if count != json!(n) {
+                    stale.push(format!("the writer after {n} writes and {wait} ms: {count}"));
+                }
+            }
+        }
+        // Over READ_MAX_LAG after the write, anyone reads it.
+        for count in six_counts(&c, None).await {
+            if count != json!(n) {
+                stale.push(format!("anonymous, 700 ms after write {n}: {count}"));
+            }
+        }
+    }
+    assert!(stale.is_empty(), "stale reads: {stale:?}");
+    let served = |before: f64, app: &TestApp| {
+        let port = app.admin_port;
+        async move { sample(port, replica).await - before }
+    };
+    assert!(served(b_before, &b).await >= f64::from(writes) * 3.0, "the standby that kept up served the writer");
+    assert!(served(c_before, &c).await >= f64::from(writes) * 3.0, "and the anonymous reader");
+
+    // Every standby connection cut: the reads that meet a dead connection
+    // are read again from the primary; the connections opened again,
+    // through the balancer, are judged by the server each reaches.
+    let failed = "conduit_db_reads_total{reason=\"replica_failed\"} ";
+    let mut retried = 0.0;
+    for _ in 0..5 {
+        let before = sample(c.admin_port, failed).await + sample(b.admin_port, failed).await;
+        for n in 0..2 {
+            pair.on_standby_n(
+                n,
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = 'conduit' AND pid <> pg_backend_pid()",
+            )
+            .await;
+        }
+        let (b, c, writer) = (&b, &c, writer.as_str());
+        let reads = (0..8).map(|n| async move {
+            let (app, token) = if n % 2 == 0 { (b, Some(writer)) } else { (c, None) };
+            let reply = app.get("/api/articles?author=writer", token).await;
+            (reply.status, reply.body["articlesCount"].clone())
+        });
+        for (status, count) in futures_util::future::join_all(reads).await {
+            assert_eq!((status, count), (200, json!(writes)), "a read after the standby connections were cut");
+        }
+        retried += sample(c.admin_port, failed).await + sample(b.admin_port, failed).await - before;
+        if retried > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(retried > 0.0, "no read met a cut connection (each time a poll found them first)");
+    pair.on_standby_n(0, "SELECT pg_wal_replay_resume()").await;
 }
