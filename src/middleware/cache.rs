@@ -194,9 +194,15 @@ impl CacheLayer {
     }
 
     /// The key of a cacheable request, or `None`: anonymous `GET` of a
-    /// method free of side effects.
+    /// method free of side effects, asking for no position of its own (a
+    /// read carrying a write's position must see it, and another process
+    /// learns of that write's invalidation only later).
     fn key<B>(&self, req: &Request<B>) -> Option<String> {
-        if req.method() != http::Method::GET || req.headers().contains_key(http::header::AUTHORIZATION) {
+        let headers = req.headers();
+        if req.method() != http::Method::GET
+            || headers.contains_key(http::header::AUTHORIZATION)
+            || headers.contains_key(crate::postgres::replicas::WAL_POSITION)
+        {
             return None;
         }
         let rpc = req.extensions().get::<gateway::RpcMethod>()?;

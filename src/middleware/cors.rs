@@ -23,11 +23,19 @@ const CORS_HEADERS: &[&str] = &[
     "traceparent",
     "tracestate",
     "x-request-id",
+    crate::postgres::replicas::WAL_POSITION,
 ];
 
 /// Response headers browser code may read: gRPC-Web status trailers (sent
-/// as headers when a call fails at once) and tracing ids.
-const CORS_EXPOSED: &[&str] = &["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"];
+/// as headers when a call fails at once), tracing ids and the consistency
+/// token of read replicas.
+const CORS_EXPOSED: &[&str] = &[
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+    crate::postgres::replicas::WAL_POSITION,
+];
 
 /// CORS for browser clients of every protocol (JSON, gRPC-Web, Connect):
 /// frontends are served from another origin; tokens travel in the

@@ -1,9 +1,10 @@
 //! Read routing: a unary call whose method is declared free of side
 //! effects gets the pool it reads from ([`ReadPool`]: a replica's when one
 //! may serve it, see [`crate::postgres::replicas`]); after a write by an
-//! authenticated caller succeeds, the caller's commit position is kept
-//! before the answer leaves, so that their next read, through any conduit
-//! replica, sees it.
+//! authenticated caller, the caller's commit position is kept before the
+//! answer leaves, so that their next read, through any conduit replica,
+//! sees it, and the answer carries it ([`WAL_POSITION`]) for clients that
+//! would rather send it back than have it looked up.
 //!
 //! Streams read from the primary: an export holds one snapshot for as long
 //! as its client reads, which a standby cancels once it holds back replay
@@ -18,7 +19,7 @@ use http_body_util::BodyExt as _;
 
 use crate::domain::auth::{Caller, UserSlot};
 use crate::observability::metrics::Metrics;
-use crate::postgres::replicas::{ReadPool, Reason, Replicas, reading};
+use crate::postgres::replicas::{ReadPool, Reason, Replicas, WAL_POSITION, format_position, parse_position, reading};
 
 /// What the layer does with a call of a method.
 enum Role {
@@ -98,9 +99,22 @@ where
             match role {
                 Role::Pass => inner.call(req).await,
                 Role::Read => {
-                    let route = match caller {
-                        Some(user) => layer.replicas.for_writer(user).await,
-                        None => layer.replicas.for_anyone(),
+                    let header = req.headers().get(WAL_POSITION);
+                    let token = match header.map(|v| v.to_str().ok().and_then(parse_position)) {
+                        None => None,
+                        Some(Some(position)) => Some(position),
+                        Some(None) => {
+                            let status = tonic::Status::invalid_argument(format!(
+                                "the {WAL_POSITION} header must be a WAL position as answers to writes carry it \
+                                 (like 16/B374D848)"
+                            ));
+                            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
+                        }
+                    };
+                    let route = match (token, caller) {
+                        (Some(position), _) => layer.replicas.for_position(position),
+                        (None, Some(user)) => layer.replicas.for_writer(user).await,
+                        (None, None) => layer.replicas.for_anyone(),
                     };
                     layer.metrics.read_routed(route.reason.as_str());
                     let Some(pool) = route.replica.clone() else {
@@ -150,13 +164,21 @@ where
                     // must not skip keeping its position. Kept whatever the
                     // answer: a write may commit and its answer still fail.
                     let call = tokio::spawn(async move {
-                        let response = inner.call(req).await;
-                        if let Some(user) = caller.or_else(|| slot.0.get().copied())
-                            && let Err(error) = layer.replicas.wrote(user).await
-                        {
+                        let mut response = inner.call(req).await;
+                        let Some(user) = caller.or_else(|| slot.0.get().copied()) else {
+                            return response;
+                        };
+                        match layer.replicas.wrote(user).await {
+                            Ok(position) => {
+                                if let Ok(response) = response.as_mut()
+                                    && let Ok(value) = http::HeaderValue::try_from(format_position(position))
+                                {
+                                    response.headers_mut().insert(WAL_POSITION, value);
+                                }
+                            }
                             // The write stands; this writer's reads may lag it
                             // (within READ_MAX_LAG) until their next write.
-                            tracing::warn!(user, %error, "cannot keep a writer's position");
+                            Err(error) => tracing::warn!(user, %error, "cannot keep a writer's position"),
                         }
                         response
                     });

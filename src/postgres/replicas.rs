@@ -411,6 +411,12 @@ impl Replicas {
         self.choose(None)
     }
 
+    /// Where a read that must see the primary's state at `position` (a
+    /// client's consistency token, [`WAL_POSITION`]) goes: no lookup.
+    pub fn for_position(&self, position: u64) -> Route {
+        self.choose(Some(position))
+    }
+
     /// Where a read by `user` goes: a replica only once it has replayed
     /// their last write (looked up on the primary only when some replica
     /// could serve at all).
@@ -473,17 +479,42 @@ impl Replicas {
     /// Keeps `user`'s position after a write of theirs, where every
     /// conduit replica reads it: the primary's insert position, past the
     /// write's commit record. Never lowered by a slower concurrent upsert.
-    pub async fn wrote(&self, user: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    /// Answers the position kept, which the client may carry instead.
+    pub async fn wrote(&self, user: i64) -> Result<u64, sqlx::Error> {
+        sqlx::query_scalar::<_, i64>(
             "INSERT INTO write_positions (user_id, lsn) \
              VALUES ($1, (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8) \
-             ON CONFLICT (user_id) DO UPDATE SET lsn = greatest(write_positions.lsn, EXCLUDED.lsn)",
+             ON CONFLICT (user_id) DO UPDATE SET lsn = greatest(write_positions.lsn, EXCLUDED.lsn) \
+             RETURNING lsn",
         )
         .bind(user)
-        .execute(&self.0.primary)
+        .fetch_one(&self.0.primary)
         .await
-        .map(|_| ())
+        .map(|lsn| lsn.max(0) as u64)
     }
+}
+
+/// The header (gRPC metadata) that carries a consistency token: a WAL
+/// position in PostgreSQL's notation (`16/B374D848`). Answers to writes
+/// carry the writer's position; a read that carries one is served only by
+/// a replica that has replayed that far, with no lookup of the caller's
+/// position.
+pub const WAL_POSITION: &str = "x-wal-position";
+
+/// `position` in PostgreSQL's `pg_lsn` notation.
+pub fn format_position(position: u64) -> String {
+    format!("{:X}/{:X}", position >> 32, position & 0xFFFF_FFFF)
+}
+
+/// A position in PostgreSQL's `pg_lsn` notation (`16/B374D848`).
+pub fn parse_position(text: &str) -> Option<u64> {
+    let (high, low) = text.split_once('/')?;
+    let part = |hex: &str| {
+        (!hex.is_empty() && hex.len() <= 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(hex, 16).ok())
+            .flatten()
+    };
+    Some(part(high)? << 32 | part(low)?)
 }
 
 #[cfg(test)]
@@ -541,6 +572,17 @@ mod tests {
         assert!(age(30) >= Duration::from_millis(100) && age(30) < Duration::from_millis(200), "{:?}", age(30));
         assert!(age(25) >= Duration::from_millis(200) && age(25) < Duration::from_millis(300), "{:?}", age(25));
         assert_eq!(replicas.0.timeline.caught_up_to(5), u64::MAX, "behind every sample kept");
+    }
+
+    #[test]
+    fn positions_read_and_print_as_postgresql_does() {
+        assert_eq!(parse_position("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(format_position(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_position("0/0"), Some(0));
+        assert_eq!(format_position(u64::MAX), "FFFFFFFF/FFFFFFFF");
+        for bad in ["", "16", "/1", "1/", "g/1", "1/2/3", "123456789/0", "+1/0", " 1/0"] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
+        }
     }
 
     #[tokio::test]

@@ -294,7 +294,48 @@ async fn reads_go_to_the_standby_and_writers_read_their_own_writes_everywhere() 
         reads += 4.0;
     }
     let bio = json!({"user": {"bio": "updated on a"}});
-    assert_eq!(a.json("PUT", "/api/user", Some(&writer), Some(bio)).await.status, 200);
+    let update = a.json("PUT", "/api/user", Some(&writer), Some(bio)).await;
+    assert_eq!(update.status, 200);
+    // The answer carries the write's position: any reader that sends it back
+    // reads no older state, with no lookup (here one without a token, whom the
+    // paused standby would otherwise serve).
+    let position = update.headers.get("x-wal-position").expect("a write answers with its position").clone();
+    let without = b.get("/api/profiles/writer", None).await;
+    assert_ne!(without.body["profile"]["bio"], json!("updated on a"), "without it, the paused standby serves");
+    let own_before_token = sample(b.admin_port, &own).await;
+    let with_token = b
+        .send("GET", "/api/profiles/writer", &[("x-wal-position", position.to_str().unwrap())], Default::default())
+        .await;
+    if with_token.body["profile"]["bio"] != json!("updated on a") {
+        stale.push(format!("profile read with the write's position: {}", with_token.body));
+    }
+    assert_eq!(sample(b.admin_port, &own).await - own_before_token, 1.0, "sent to the primary for the token");
+    let bad = b.send("GET", "/api/tags", &[("x-wal-position", "yesterday")], Default::default()).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.raw.windows(14).any(|w| w == b"x-wal-position"), "the refusal names the header: {}", bad.body);
+    let mut articles = a.articles().await;
+    let created = articles
+        .create_article(authed(
+            conduit::pb::conduit::v1::CreateArticleRequest {
+                article: Some(conduit::pb::conduit::v1::NewArticle {
+                    title: "Over gRPC".into(),
+                    description: "d".into(),
+                    body: "b".into(),
+                    tag_list: vec![],
+                }),
+            },
+            &writer,
+        ))
+        .await
+        .expect("created over gRPC");
+    assert!(created.metadata().get("x-wal-position").is_some(), "gRPC answers carry it as metadata");
+    articles
+        .delete_article(authed(
+            conduit::pb::conduit::v1::DeleteArticleRequest { slug: created.into_inner().article.unwrap().slug },
+            &writer,
+        ))
+        .await
+        .expect("deleted");
     let me = b.get("/api/user", Some(&writer)).await;
     if me.body["user"]["bio"] != json!("updated on a") {
         stale.push(format!("current user: {}", me.body));
