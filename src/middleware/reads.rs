@@ -136,7 +136,9 @@ where
                     let mut again = inner.clone();
                     let mut req = Request::from_parts(parts.clone(), Body::from(body.clone()));
                     req.extensions_mut().insert(ReadPool(pool));
+                    let waiting = layer.replicas.enter(&route);
                     let mut response = reading(&route, inner.call(req)).await?;
+                    drop(waiting);
                     if !is_server_failure(&response) {
                         if let Some(from) = layer.replicas.read_from(&route) {
                             response.extensions_mut().insert(from);

@@ -106,6 +106,8 @@ impl Reason {
 pub struct Route {
     /// The replica connection's pool, or `None` for the primary.
     pub replica: Option<PgPool>,
+    /// Which slot that pool is.
+    slot: usize,
     /// Why.
     pub reason: Reason,
     /// How far the chosen connection's server had replayed when last looked at.
@@ -195,6 +197,20 @@ struct Slot {
     url: usize,
     pool: PgPool,
     seen: Arc<Seen>,
+    /// Reads routed to it and not yet answered.
+    reading: AtomicUsize,
+}
+
+/// A read in progress on a slot, counted until dropped.
+pub struct SlotUse {
+    replicas: Replicas,
+    slot: usize,
+}
+
+impl Drop for SlotUse {
+    fn drop(&mut self) {
+        self.replicas.0.slots[self.slot].reading.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -309,7 +325,7 @@ impl Replicas {
             for _ in 0..settings.max_connections.max(1) {
                 let seen = Arc::new(Seen::new());
                 let pool = slot_pool(url, acquire_timeout, seen.clone(), timeline.clone())?;
-                slots.push(Slot { url: url_index, pool, seen });
+                slots.push(Slot { url: url_index, pool, seen, reading: AtomicUsize::new(0) });
             }
         }
         // Several polls within the lag allowed, but not a busy loop.
@@ -430,17 +446,18 @@ impl Replicas {
             .fetch_optional(&self.0.primary);
         match tokio::time::timeout(REPLICA_ACQUIRE_TIMEOUT, lookup).await {
             Ok(Ok(lsn)) => self.choose(Some(lsn.unwrap_or(0).max(0) as u64)),
-            Ok(Err(_)) | Err(_) => Route { replica: None, reason: Reason::PositionUnknown, replayed: 0 },
+            Ok(Err(_)) | Err(_) => Route { replica: None, slot: 0, reason: Reason::PositionUnknown, replayed: 0 },
         }
     }
 
     /// A replica connection within the lag allowed whose server has
-    /// replayed `needs` (a writer's position), in turn, an idle one first;
-    /// else the primary and why. The reason reported is the closest any
-    /// came: own writes, then lag, then down.
+    /// replayed `needs` (a writer's position): an idle one, in turn, else
+    /// the one with the fewest reads waiting; else the primary and why. The
+    /// reason reported is the closest any came: own writes, then lag, then
+    /// down.
     fn choose(&self, needs: Option<u64>) -> Route {
         let mut reason = Reason::Down;
-        let mut busy = None;
+        let mut least: Option<(usize, usize, u64)> = None;
         let count = self.0.slots.len();
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         for offset in 0..count {
@@ -459,16 +476,32 @@ impl Replicas {
                 reason = Reason::OwnWrites;
                 continue;
             }
-            if slot.pool.num_idle() > 0 {
-                return Route { replica: Some(slot.pool.clone()), reason: Reason::Replica, replayed };
+            let index = start.wrapping_add(offset) % count;
+            let reading = slot.reading.load(Ordering::Relaxed);
+            if reading == 0 && slot.pool.num_idle() > 0 {
+                return self.route_to(index, replayed);
             }
-            busy.get_or_insert((slot, replayed));
+            if least.is_none_or(|(_, fewest, _)| reading < fewest) {
+                least = Some((index, reading, replayed));
+            }
         }
-        match busy {
-            // Every fit connection is in use: wait for one.
-            Some((slot, replayed)) => Route { replica: Some(slot.pool.clone()), reason: Reason::Replica, replayed },
-            None => Route { replica: None, reason, replayed: 0 },
+        match least {
+            // Every fit connection is in use: queue where fewest wait.
+            Some((index, _, replayed)) => self.route_to(index, replayed),
+            None => Route { replica: None, slot: 0, reason, replayed: 0 },
         }
+    }
+
+    fn route_to(&self, slot: usize, replayed: u64) -> Route {
+        Route { replica: Some(self.0.slots[slot].pool.clone()), slot, reason: Reason::Replica, replayed }
+    }
+
+    /// Counts a read routed through `route` as waiting on its slot until
+    /// the guard is dropped (for [`Replicas::choose`]); nothing for the primary.
+    pub fn enter(&self, route: &Route) -> Option<SlotUse> {
+        route.replica.as_ref()?;
+        self.0.slots[route.slot].reading.fetch_add(1, Ordering::Relaxed);
+        Some(SlotUse { replicas: self.clone(), slot: route.slot })
     }
 
     /// What an answer read through `route` carries for the response cache.
@@ -608,5 +641,11 @@ mod tests {
             assert_eq!((route.reason, route.replayed), (Reason::Replica, 90));
         }
         assert_eq!(replicas.choose(Some(91)).reason, Reason::OwnWrites);
+        // With no connection idle, a read queues where the fewest wait.
+        let route_to_first = replicas.choose(Some(10));
+        let _held = [replicas.enter(&route_to_first), replicas.enter(&route_to_first), replicas.enter(&route_to_first)];
+        for _ in 0..4 {
+            assert_ne!(replicas.choose(Some(10)).replayed, route_to_first.replayed, "the busier one is left");
+        }
     }
 }
