@@ -194,19 +194,7 @@ def main():
         for r in replicas:
             r.start()
 
-        tokens, names, slugs = [], [], []
-        for n in range(6):
-            port = replicas[n % 2].port
-            status, body = request(port, "POST", "/api/users", {"user": {
-                "username": f"pooled{n}", "email": f"pooled{n}@example.com", "password": "rehearsal-pass"}},
-                headers={"x-forwarded-for": f"10.6.0.{n}"})
-            assert status == 201, (status, body)
-            tokens.append(body["user"]["token"])
-            names.append(f"pooled{n}")
-            status, body = request(port, "POST", "/api/articles", {"article": {
-                "title": f"by pooled{n}", "description": "d", "body": "b"}}, token=tokens[-1])
-            assert status == 201, (status, body)
-            slugs.append(body["article"]["slug"])
+        tokens, names, slugs = rehearsal.authors(replicas, "pooled", 6, "10.6.0")
 
         # Recipients 0..2 watch their notifications, on alternate replicas.
         stop_watches = threading.Event()

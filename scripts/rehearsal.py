@@ -240,6 +240,26 @@ def load(port, tokens, slugs, stop, stats, seconds):
             stats.setdefault("errors", []).append(f"{kind} {e}")
 
 
+def authors(replicas, prefix, count, subnet):
+    """Registers users prefix0, prefix1, … on alternate replicas, each from
+    its own address in `subnet` (a /24 written as its first three numbers),
+    with one article each; returns their tokens, names and article slugs."""
+    tokens, names, slugs = [], [], []
+    for n in range(count):
+        port = replicas[n % 2].port
+        status, body = request(port, "POST", "/api/users", {"user": {
+            "username": f"{prefix}{n}", "email": f"{prefix}{n}@example.com", "password": "rehearsal-pass"}},
+            headers={"x-forwarded-for": f"{subnet}.{n}"})
+        assert status == 201, (status, body)
+        tokens.append(body["user"]["token"])
+        names.append(f"{prefix}{n}")
+        status, body = request(port, "POST", "/api/articles", {"article": {
+            "title": f"by {prefix}{n}", "description": "d", "body": "b"}}, token=tokens[-1])
+        assert status == 201, (status, body)
+        slugs.append(body["article"]["slug"])
+    return tokens, names, slugs
+
+
 def record(name, ok, detail):
     RESULTS.append((name, "ok" if ok else "FAILED", detail))
 

@@ -101,7 +101,10 @@ impl From<sqlx::Error> for ConduitError {
                 Some("40P01" | "40001") => return Self::Busy,
                 // The server is shutting down, crashed, starting or full, or the
                 // connection failed (class 08): the database is out of reach.
-                Some("57P01" | "57P02" | "57P03" | "53300") => return Self::Unavailable,
+                // A write that reached a server no longer primary (a
+                // switchover, before the proxy stops routing to it) changed
+                // nothing and finds the primary when retried.
+                Some("57P01" | "57P02" | "57P03" | "53300" | "25006") => return Self::Unavailable,
                 Some(code) if code.starts_with("08") => return Self::Unavailable,
                 _ => {}
             }

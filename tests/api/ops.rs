@@ -1639,3 +1639,52 @@ async fn head_answers_as_get_does_without_the_body_on_every_listener() {
     // Where GET is not served, neither is HEAD.
     assert_eq!(http(app.port, "HEAD", "/api/nowhere", &[], "").await.0, 404);
 }
+
+/// A write that reaches a server no longer taking writes (a primary being
+/// demoted by a switchover, before the proxy routes elsewhere) changed
+/// nothing: it is answered 503 / UNAVAILABLE with a time to retry after,
+/// which finds the new primary, never 500.
+#[tokio::test]
+async fn a_write_reaching_a_read_only_server_is_unavailable_not_a_failure() {
+    let app = spawn_app_with(|_| {}).await;
+    let token = app.register("writer").await;
+    let admin = sqlx::PgPool::connect(&crate::helpers::url_for("postgres")).await.unwrap();
+    let read_only = format!("ALTER DATABASE {} SET default_transaction_read_only = on", app.db_name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(read_only)).execute(&admin).await.unwrap();
+    // The connections conduit opens from now on are read-only ones.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&app.db_name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    let article = serde_json::json!({"article": {"title": "t", "description": "d", "body": "b"}});
+    let mut answer = app.json("POST", "/api/articles", Some(&token), Some(article.clone())).await;
+    // A first call may meet a connection that was cut: unavailable as well.
+    for _ in 0..5 {
+        if answer.status == 503 && answer.raw.windows(9).any(|w| w == b"try again") {
+            break;
+        }
+        answer = app.json("POST", "/api/articles", Some(&token), Some(article.clone())).await;
+    }
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.headers.contains_key("retry-after"), "{:?}", answer.headers);
+    let mut articles = app.articles().await;
+    let request = crate::helpers::authed(
+        pb::CreateArticleRequest {
+            article: Some(pb::NewArticle {
+                title: "t".into(),
+                description: "d".into(),
+                body: "b".into(),
+                tag_list: vec![],
+            }),
+        },
+        &token,
+    );
+    let status = articles.create_article(request).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let reset = format!("ALTER DATABASE {} RESET default_transaction_read_only", app.db_name);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(reset)).execute(&admin).await.unwrap();
+    admin.close().await;
+}
