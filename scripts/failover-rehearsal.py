@@ -233,8 +233,9 @@ class Cluster:
         return f"postgres://postgres@127.0.0.1:{port}/{db}"
 
     def sql(self, statement, db=DB):
-        return subprocess.run(["psql", self.url(self.primary_port, db), "-Atqc", statement], check=True,
-                              capture_output=True, text=True, timeout=20).stdout
+        # On standard input: the lists of acknowledged writes outgrow an argument.
+        return subprocess.run(["psql", self.url(self.primary_port, db), "-Atq", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                              input=statement, check=True, capture_output=True, text=True, timeout=20).stdout
 
     def postmaster_pid(self, n):
         with open(self.path(f"node{n}/postmaster.pid")) as f:
@@ -244,7 +245,7 @@ class Cluster:
         for process in [self.haproxy, *self.patroni]:
             if process and process.poll() is None:
                 process.terminate()
-        for process in self.patroni:
+        for process in [*self.patroni, self.haproxy]:
             if process:
                 try:
                     process.wait(timeout=20)
@@ -256,9 +257,10 @@ class Cluster:
                            capture_output=True, **as_postgres())
         if self.etcd and self.etcd.poll() is None:
             self.etcd.terminate()
-            self.etcd.wait(timeout=10)
-        if self.haproxy:
-            self.haproxy.wait(timeout=10)
+            try:
+                self.etcd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.etcd.kill()
 
     def tail(self, name, lines=15):
         try:
@@ -305,8 +307,10 @@ class Load:
         start = time.time()
         try:
             status, answer = request(port, method, path, body, token=token, timeout=15)
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             status, answer = 0, str(e)
+        if status in (200, 201) and method == "POST" and not isinstance(answer, dict):
+            status = -1  # an acknowledgement that cannot be read counts as a failure
         with self.lock:
             self.calls.append((start, time.time(), kind, status))
         return status, answer
@@ -351,9 +355,21 @@ class Load:
         for thread in self.threads:
             thread.join(timeout=30)
 
-    def window(self, since, until=None):
+    def window(self, since):
+        """The calls that ended at `since` or later: those in flight at a
+        fault count with it."""
         with self.lock:
-            return [c for c in self.calls if c[0] >= since and (until is None or c[0] < until)]
+            return [c for c in self.calls if c[1] >= since]
+
+
+def rehearsal_metric(admin, line_start):
+    """A value from a conduit's /metrics (0 when absent)."""
+    status, text = request(admin, "GET", "/metrics")
+    text = text.decode() if isinstance(text, bytes) else str(text)
+    for line in text.splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def failed(calls):
@@ -396,8 +412,11 @@ def main():
     for tool in ("patroni", "patronictl", "etcd", "haproxy"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed: apt-get install patroni etcd-server haproxy")
+    # `timeout` ends a run with SIGTERM: clean up as after any failure.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     cluster = Cluster()
     replicas, watches = [], []
+    finished = False
     stop_watches = threading.Event()
     load = None
     try:
@@ -448,9 +467,20 @@ def main():
         # (a) the primary's PostgreSQL and its Patroni killed at once.
         old = cluster.leader()
         postmaster = cluster.postmaster_pid(old)
+        readiness = []  # (seconds after the kill, /readyz status) of replica 0
+        sampling = threading.Event()
+
+        def sample_readiness():
+            while not sampling.is_set():
+                readiness.append((time.time() - killed, http_status(replicas[0].admin, "GET", "/readyz")))
+                time.sleep(0.2)
+
         killed = time.time()
-        os.kill(postmaster, signal.SIGKILL)
+        # Patroni first, so that it cannot start PostgreSQL again in between.
         cluster.patroni[old].send_signal(signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
+        sampler = threading.Thread(target=sample_readiness, daemon=True)
+        sampler.start()
         wait_for(lambda: cluster.leader() not in (None, old), TTL + 40, "a new primary")
         promoted = time.time() - killed
         new = cluster.leader()
@@ -464,13 +494,24 @@ def main():
                f"{back:.1f} s; {len(failed(step_a))} of {len(step_a)} calls failed ({describe(step_a)}); "
                f"acknowledged writes missing: "
                f"{lost_articles} of {articles} articles, {lost_comments} of {comments} comments")
+        sampling.set()
+        sampler.join()
+        down = [t for t, status in readiness if status == 503]
+        record("(a) readiness follows the primary", down and readiness[-1][1] == 200 and min(down) < 3,
+               f"/readyz 503 from {min(down, default=0):.1f} s to {max(down, default=0):.1f} s after the kill, "
+               f"200 again at {next((t for t, st in readiness if down and st == 200 and t > max(down)), 0):.1f} s")
 
         # The killed node rejoins (pg_rewind) before the switchover.
         cluster.start_node(old)
         wait_for(lambda: cluster.streaming() == NODES - 1, 90, "the old primary to rejoin as a standby")
 
         # (b) a switchover to the synchronous standby, under the same load.
-        sync = next(m["name"] for m in cluster.cluster()["members"] if m.get("role") == "sync_standby")
+        def sync_standby():
+            return next((m["name"] for m in cluster.cluster().get("members", []) if m.get("role") == "sync_standby"),
+                        None)
+
+        wait_for(lambda: sync_standby() is not None, 30, "Patroni to name a synchronous standby")
+        sync = sync_standby()
         switched = time.time()
         out = subprocess.run(["patronictl", "-c", cluster.path(f"node{new}.yml"), "switchover", "--leader",
                               f"node{new}", "--candidate", sync, "--force"], capture_output=True, text=True, timeout=60,
@@ -481,7 +522,8 @@ def main():
         back_b, _ = writes_back_after(load, switched)
         step_b = load.window(switched)
         lost_articles, lost_comments, articles, comments = missing_writes(cluster, load)
-        record("(b) switchover under load", out.returncode == 0 and lost_articles == 0 and lost_comments == 0,
+        record("(b) switchover under load",
+               out.returncode == 0 and back_b is not None and lost_articles == 0 and lost_comments == 0,
                f"node{new} → {sync} in {switch_time:.1f} s; writing again after {back_b or 0:.1f} s; "
                f"{len(failed(step_b))} of {len(step_b)} calls failed ({describe(step_b)}); acknowledged writes missing: "
                f"{lost_articles} of {articles} articles, {lost_comments} of {comments} comments"
@@ -503,9 +545,14 @@ def main():
             time.sleep(0.5)
         step_c = load.window(away)
         cluster.start_etcd()
-        record("(c) etcd stopped for TTL + 10 s", kept and not failed(step_c),
+        lost_articles, lost_comments, articles, comments = missing_writes(cluster, load)
+        record("(c) etcd stopped for TTL + 10 s",
+               kept and step_c and not failed(step_c) and lost_articles == 0 and lost_comments == 0,
                f"node{leader} kept its role: {kept}; {len(failed(step_c))} of {len(step_c)} calls failed "
-               f"({describe(step_c)})")
+               f"({describe(step_c)}); acknowledged writes missing: {lost_articles} of {articles} articles, "
+               f"{lost_comments} of {comments} comments")
+        served = sum(rehearsal_metric(r.admin, 'conduit_db_reads_total{reason="replica"}') for r in replicas)
+        record("reads served by the standbys", served > 0, f"{served:.0f} reads through the replica port")
 
         load.finish()
         # Every notification the database holds reached its watch once.
@@ -538,6 +585,7 @@ def main():
                f"{sum(len(w.ids) for w in watches)} notifications to {len(watches)} recipients, "
                f"{sum(w.reconnects for w in watches)} reconnects, jobs left {pending} (dead {dead})"
                + (f"; {wrong}" if wrong else ", each exactly 1..n of the database"))
+        finished = True
     except SystemExit as e:
         logs = "".join(f"\n--- patroni{n} ---\n{cluster.tail(f'patroni{n}', 12)}" for n in range(NODES))
         record("rehearsal", False, f"{e}{logs}")
@@ -547,9 +595,12 @@ def main():
             load.finish()
         for r in replicas:
             if r.process and r.process.poll() is None:
-                r.stop()
+                try:
+                    r.stop()
+                except subprocess.TimeoutExpired:
+                    r.process.kill()
         cluster.stop()
-        if all(outcome == "ok" for _, outcome, _ in rehearsal.RESULTS):
+        if finished and all(outcome == "ok" for _, outcome, _ in rehearsal.RESULTS):
             shutil.rmtree(cluster.dir, ignore_errors=True)
         else:
             print(f"logs kept in {cluster.dir}")

@@ -201,7 +201,10 @@ impl CacheLayer {
         let headers = req.headers();
         if req.method() != http::Method::GET
             || headers.contains_key(http::header::AUTHORIZATION)
-            || headers.contains_key(crate::postgres::replicas::WAL_POSITION)
+            || headers
+                .get(crate::postgres::replicas::WAL_POSITION)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| crate::postgres::replicas::parse_position(v).is_some())
         {
             return None;
         }

@@ -29,13 +29,13 @@
 //! connection ([`Slot`]: a pool of one per connection allowed), and every
 //! poll of a slot reads the replay position of the very server that
 //! slot's connection reaches. A slot whose connection is replaced learns
-//! the new server's position as it connects; if that server is behind the
-//! position a read was routed on, the connection is refused for that read
-//! (and opened again, perhaps to another standby, until the read's
-//! acquisition times out and the primary serves it).
+//! the new server's position as it connects, and a read takes the slot's
+//! connection only if its server is known to have replayed as far as the
+//! read was routed on; else the connection is opened again (perhaps to
+//! another standby) until the read's wait ends and the primary serves it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,38 +155,47 @@ impl Timeline {
     }
 }
 
-/// What was last seen of the server a slot's connection reaches.
-struct Seen {
-    up: AtomicBool,
-    /// `pg_last_wal_replay_lsn()`, as a byte position.
-    replayed: AtomicU64,
+/// What one look at the server a slot's connection reaches found.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    up: bool,
+    /// `pg_last_wal_replay_lsn()`, as a byte position (0 while down).
+    replayed: u64,
     /// When the primary was at the newest of its sampled positions that
-    /// the server had replayed when last looked at, in microseconds after
-    /// [`Timeline::base`]; `u64::MAX` unknown. The server holds everything
-    /// the primary had then: its data are at most that old, however long
-    /// ago the look was.
-    caught_up_to: AtomicU64,
+    /// the server had replayed, in microseconds after [`Timeline::base`];
+    /// `u64::MAX` unknown. The server holds everything the primary had
+    /// then: its data are at most that old, however long ago the look was.
+    caught_up_to: u64,
 }
+
+impl Look {
+    const DOWN: Self = Self { up: false, replayed: 0, caught_up_to: u64::MAX };
+}
+
+/// The last [`Look`] of a slot, kept whole: a read must never pair one
+/// server's position with another's freshness.
+struct Seen(Mutex<Look>);
 
 impl Seen {
     fn new() -> Self {
-        Self { up: AtomicBool::new(false), replayed: AtomicU64::new(0), caught_up_to: AtomicU64::new(u64::MAX) }
+        Self(Mutex::new(Look::DOWN))
+    }
+
+    fn look(&self) -> Look {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set(&self, look: Look) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = look;
     }
 
     /// Keeps a look's answer: a replay position, or `None` for a server
     /// that is not a standby in recovery or did not answer.
     fn record(&self, replayed: Option<u64>, timeline: &Timeline) {
-        match replayed {
-            Some(replayed) => {
-                self.replayed.store(replayed, Ordering::Relaxed);
-                self.caught_up_to.store(timeline.caught_up_to(replayed), Ordering::Relaxed);
-                self.up.store(true, Ordering::Relaxed);
-            }
-            None => {
-                self.up.store(false, Ordering::Relaxed);
-                self.caught_up_to.store(u64::MAX, Ordering::Relaxed);
-            }
-        }
+        self.set(match replayed {
+            Some(replayed) => Look { up: true, replayed, caught_up_to: timeline.caught_up_to(replayed) },
+            None => Look::DOWN,
+        });
     }
 }
 
@@ -274,9 +283,14 @@ pub async fn reading<F: std::future::Future>(route: &Route, read: F) -> F::Outpu
     ROUTED_ON.scope(route.replayed, read).await
 }
 
-/// The pool of one connection of a slot: as it connects, the server's
-/// replay position is read and kept; a server that is no standby, or is
-/// behind the position the read opening it was routed on, is refused.
+/// The pool of one connection of a slot. As a connection opens, its
+/// server's replay position is read and kept. A read routed on a position
+/// (see [`reading`]) takes the connection only if its server is known to
+/// have replayed that far: the connection may have been replaced since
+/// the read was routed (by the poll, or for another read), and may now
+/// reach another standby. Refused, an idle connection is closed and a new
+/// one opened, until one reaches a server far enough or the read's wait
+/// ends (and the primary serves it). The poll takes whatever it reaches.
 fn slot_pool(
     url: &str,
     acquire_timeout: Duration,
@@ -284,6 +298,7 @@ fn slot_pool(
     timeline: Arc<Timeline>,
 ) -> Result<PgPool, sqlx::Error> {
     let options = super::planned_once(url)?;
+    let seen_on_acquire = seen.clone();
     Ok(super::pool_options(1, acquire_timeout)
         .after_connect(move |connection, _| {
             let (seen, timeline) = (seen.clone(), timeline.clone());
@@ -293,7 +308,9 @@ fn slot_pool(
                     .await?
                     .map(|replayed| replayed as u64);
                 seen.record(replayed, &timeline);
-                let routed_on = ROUTED_ON.try_with(|position| *position).unwrap_or(0);
+                let Ok(routed_on) = ROUTED_ON.try_with(|position| *position) else {
+                    return Ok(());
+                };
                 match replayed {
                     None => Err(sqlx::Error::Protocol("the read URL reached a server that is not a standby".into())),
                     Some(replayed) if replayed < routed_on => Err(sqlx::Error::Protocol(format!(
@@ -301,6 +318,16 @@ fn slot_pool(
                     ))),
                     Some(_) => Ok(()),
                 }
+            })
+        })
+        .before_acquire(move |connection, meta| {
+            let seen = seen_on_acquire.clone();
+            Box::pin(async move {
+                if meta.idle_for >= super::CHECK_IF_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                let routed_on = ROUTED_ON.try_with(|position| *position).unwrap_or(0);
+                Ok(routed_on <= seen.look().replayed)
             })
         })
         .connect_lazy_with(options))
@@ -395,8 +422,8 @@ impl Replicas {
 
     /// How old a server's data may be now: since the instant it had caught
     /// up to (`None` when unknown).
-    fn staleness(&self, seen: &Seen) -> Option<Duration> {
-        match seen.caught_up_to.load(Ordering::Relaxed) {
+    fn staleness(&self, look: &Look) -> Option<Duration> {
+        match look.caught_up_to {
             u64::MAX => None,
             micros => Some(self.0.timeline.base.elapsed().saturating_sub(Duration::from_micros(micros))),
         }
@@ -415,8 +442,12 @@ impl Replicas {
             .front()
             .map(|(at, _)| at.elapsed());
         let mut lags = vec![None; self.0.urls];
-        for slot in self.0.slots.iter().filter(|slot| slot.seen.up.load(Ordering::Relaxed)) {
-            let lag = self.staleness(&slot.seen).or(kept).unwrap_or_default();
+        for slot in &self.0.slots {
+            let look = slot.seen.look();
+            if !look.up {
+                continue;
+            }
+            let lag = self.staleness(&look).or(kept).unwrap_or_default();
             lags[slot.url] = Some(lags[slot.url].map_or(lag, |most: Duration| most.max(lag)));
         }
         lags
@@ -462,16 +493,17 @@ impl Replicas {
         let start = self.0.next.fetch_add(1, Ordering::Relaxed);
         for offset in 0..count {
             let slot = &self.0.slots[start.wrapping_add(offset) % count];
-            if !slot.seen.up.load(Ordering::Relaxed) {
+            let look = slot.seen.look();
+            if !look.up {
                 continue;
             }
-            if self.staleness(&slot.seen).is_none_or(|stale| stale > self.0.max_lag) {
+            if self.staleness(&look).is_none_or(|stale| stale > self.0.max_lag) {
                 if reason == Reason::Down {
                     reason = Reason::Lagging;
                 }
                 continue;
             }
-            let replayed = slot.seen.replayed.load(Ordering::Relaxed);
+            let replayed = look.replayed;
             if needs.is_some_and(|lsn| replayed < lsn) {
                 reason = Reason::OwnWrites;
                 continue;
@@ -571,15 +603,14 @@ mod tests {
         let replicas = replicas(Duration::from_millis(100));
         assert_eq!(replicas.for_anyone().reason, Reason::Down, "never polled: not known to answer");
         let replica = &replicas.0.slots[0].seen;
-        replica.up.store(true, Ordering::Relaxed);
-        replica.replayed.store(100, Ordering::Relaxed);
+        replica.set(Look { up: true, replayed: 100, caught_up_to: u64::MAX });
         assert_eq!(replicas.for_anyone().reason, Reason::Lagging, "caught up to nothing known");
         // Instants after the replicas' base, as every sample is.
         tokio::time::sleep(Duration::from_millis(350)).await;
         let caught_up = |ago: Duration| replicas.0.timeline.base.elapsed().saturating_sub(ago).as_micros() as u64;
-        replica.caught_up_to.store(caught_up(Duration::from_millis(300)), Ordering::Relaxed);
+        replica.set(Look { up: true, replayed: 100, caught_up_to: caught_up(Duration::from_millis(300)) });
         assert_eq!(replicas.for_anyone().reason, Reason::Lagging);
-        replica.caught_up_to.store(caught_up(Duration::from_millis(10)), Ordering::Relaxed);
+        replica.set(Look { up: true, replayed: 100, caught_up_to: caught_up(Duration::from_millis(10)) });
         assert_eq!(replicas.for_anyone().reason, Reason::Replica);
         assert_eq!(replicas.choose(Some(100)).reason, Reason::Replica);
         assert_eq!(replicas.choose(Some(101)).reason, Reason::OwnWrites, "the writer's last write not replayed");
@@ -628,9 +659,7 @@ mod tests {
         let at = |ago: u64| now.saturating_sub(Duration::from_millis(ago)).as_micros() as u64;
         // The first URL balances over two servers, one of them behind.
         for (slot, (replayed, ago)) in replicas.0.slots[..2].iter().zip([(50, 100), (90, 20)]) {
-            slot.seen.up.store(true, Ordering::Relaxed);
-            slot.seen.replayed.store(replayed, Ordering::Relaxed);
-            slot.seen.caught_up_to.store(at(ago), Ordering::Relaxed);
+            slot.seen.set(Look { up: true, replayed, caught_up_to: at(ago) });
         }
         let lags = replicas.lags();
         assert!(lags[0].is_some_and(|lag| lag >= Duration::from_millis(100)), "the worst server: {lags:?}");

@@ -531,6 +531,16 @@ async fn behind_a_balanced_endpoint_each_connection_is_judged_by_its_own_server(
         }
     }
     assert!(stale.is_empty(), "stale reads: {stale:?}");
+    // The balancer spread the conduits' connections over both standbys.
+    for n in 0..2 {
+        let mut conn = sqlx::PgConnection::connect(&pair.url(pair.standbys[n], "postgres")).await.unwrap();
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = 'conduit'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(held >= 2, "standby {n} holds {held} of the conduits' connections");
+        conn.close().await.unwrap();
+    }
     let served = |before: f64, app: &TestApp| {
         let port = app.admin_port;
         async move { sample(port, replica).await - before }
