@@ -201,10 +201,7 @@ impl CacheLayer {
         let headers = req.headers();
         if req.method() != http::Method::GET
             || headers.contains_key(http::header::AUTHORIZATION)
-            || headers
-                .get(crate::postgres::replicas::WAL_POSITION)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| crate::postgres::replicas::parse_position(v).is_some())
+            || super::reads::position_in(headers).flatten().is_some()
         {
             return None;
         }
@@ -228,7 +225,7 @@ impl CacheLayer {
 /// unary call (a trailers-only answer) carries it. A write that fails
 /// committed nothing (the services write in one transaction), so it must
 /// not cost every replica its cache.
-pub(crate) fn succeeded(response: &Response<Body>) -> bool {
+fn succeeded(response: &Response<Body>) -> bool {
     response.status().is_success()
         && response.headers().get("grpc-status").is_none_or(|status| status.as_bytes() == b"0")
 }

@@ -19,7 +19,8 @@ use http_body_util::BodyExt as _;
 
 use crate::domain::auth::{Caller, UserSlot};
 use crate::observability::metrics::Metrics;
-use crate::postgres::replicas::{ReadPool, Reason, Replicas, WAL_POSITION, format_position, parse_position, reading};
+use crate::postgres::replicas::{ReadPool, Reason, Replicas, WAL_POSITION, format_position, parse_position};
+use tower::ServiceExt as _;
 
 /// What the layer does with a call of a method.
 enum Role {
@@ -88,115 +89,132 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let role = self.layer.role(&req);
         let caller = req.extensions().get::<Caller>().map(|c| c.user_id);
         let layer = self.layer.clone();
         // The clone that was made ready is the one called.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        Box::pin(async move {
-            match role {
-                Role::Pass => inner.call(req).await,
-                Role::Read => {
-                    let header = req.headers().get(WAL_POSITION);
-                    let token = match header.map(|v| v.to_str().ok().and_then(parse_position)) {
-                        None => None,
-                        Some(Some(position)) => Some(position),
-                        Some(None) => {
-                            let status = tonic::Status::invalid_argument(format!(
-                                "the {WAL_POSITION} header must be a WAL position as answers to writes carry it \
-                                 (like 16/B374D848)"
-                            ));
-                            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
-                        }
-                    };
-                    let route = match (token, caller) {
-                        (Some(position), _) => layer.replicas.for_position(position),
-                        (None, Some(user)) => layer.replicas.for_writer(user).await,
-                        (None, None) => layer.replicas.for_anyone(),
-                    };
-                    layer.metrics.read_routed(route.reason.as_str());
-                    let Some(pool) = route.replica.clone() else {
-                        return inner.call(req).await;
-                    };
-                    // Kept to be read again from the primary should the
-                    // replica fail it: the body is already in memory
-                    // (`ReadBodyLayer`), and a read changes nothing.
-                    let (parts, body) = req.into_parts();
-                    let body = match body.collect().await {
-                        Ok(body) => body.to_bytes(),
-                        Err(error) => {
-                            let status =
-                                tonic::Status::invalid_argument(format!("cannot read the request body: {error}"));
-                            let req = Request::from_parts(parts, ());
-                            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
-                        }
-                    };
-                    let mut again = inner.clone();
-                    let mut req = Request::from_parts(parts.clone(), Body::from(body.clone()));
-                    req.extensions_mut().insert(ReadPool(pool));
-                    let waiting = layer.replicas.enter(&route);
-                    let mut response = reading(&route, inner.call(req)).await?;
-                    drop(waiting);
-                    if !is_server_failure(&response) {
-                        if let Some(from) = layer.replicas.read_from(&route) {
-                            response.extensions_mut().insert(from);
-                        }
-                        return Ok(response);
-                    }
-                    layer.metrics.read_routed(Reason::ReplicaFailed.as_str());
-                    drop(response);
-                    futures_util::future::poll_fn(|cx| again.poll_ready(cx)).await?;
-                    again.call(Request::from_parts(parts, Body::from(body))).await
-                }
-                Role::Write => {
-                    // The user the write acts for: the caller, or the one a
-                    // registration made (which the service leaves in the slot).
-                    let slot = match req.extensions().get::<UserSlot>() {
-                        Some(slot) => slot.clone(),
-                        None => {
-                            let slot = UserSlot::default();
-                            req.extensions_mut().insert(slot.clone());
-                            slot
-                        }
-                    };
-                    // Run apart from the caller's future: a client that goes
-                    // away or a deadline that passes once the write committed
-                    // must not skip keeping its position. Kept whatever the
-                    // answer: a write may commit and its answer still fail.
-                    let call = tokio::spawn(async move {
-                        let mut response = inner.call(req).await;
-                        let Some(user) = caller.or_else(|| slot.0.get().copied()) else {
-                            return response;
-                        };
-                        match layer.replicas.wrote(user).await {
-                            Ok(position) => {
-                                if let Ok(response) = response.as_mut()
-                                    && let Ok(value) = http::HeaderValue::try_from(format_position(position))
-                                {
-                                    response.headers_mut().insert(WAL_POSITION, value);
-                                }
-                            }
-                            // The write stands; this writer's reads may lag it
-                            // (within READ_MAX_LAG) until their next write.
-                            Err(error) => tracing::warn!(user, %error, "cannot keep a writer's position"),
-                        }
-                        response
-                    });
-                    match call.await {
-                        Ok(response) => response,
-                        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
-                        // Cancelled: the runtime is shutting down.
-                        Err(_) => {
-                            let mut response = Response::new(Body::empty());
-                            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-                            Ok(response)
-                        }
-                    }
+        match role {
+            Role::Pass => Box::pin(inner.call(req)),
+            Role::Read => Box::pin(read(layer, inner, req, caller)),
+            Role::Write => Box::pin(write(layer, inner, req, caller)),
+        }
+    }
+}
+
+/// The consistency token a request carries ([`WAL_POSITION`]): `None`
+/// without one, `Some(None)` for one that is not a position.
+pub(crate) fn position_in(headers: &http::HeaderMap) -> Option<Option<u64>> {
+    headers.get(WAL_POSITION).map(|v| v.to_str().ok().and_then(parse_position))
+}
+
+/// A read: routed by the client's token, else the caller's last write,
+/// else the lag allowed; read again from the primary if the replica fails it.
+async fn read<S>(
+    layer: ReadRoutingLayer,
+    mut inner: S,
+    req: Request<Body>,
+    caller: Option<i64>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Clone,
+{
+    let route = match (position_in(req.headers()), caller) {
+        (Some(None), _) => {
+            let status = tonic::Status::invalid_argument(format!(
+                "the {WAL_POSITION} header must be a WAL position as answers to writes carry it (like 16/B374D848)"
+            ));
+            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
+        }
+        (Some(Some(position)), _) => layer.replicas.for_position(position),
+        (None, Some(user)) => layer.replicas.for_writer(user).await,
+        (None, None) => layer.replicas.for_anyone(),
+    };
+    layer.metrics.read_routed(route.reason.as_str());
+    let Some(pool) = route.replica.clone() else {
+        return inner.call(req).await;
+    };
+    // Kept to be read again from the primary should the replica fail it:
+    // the body is already in memory (`ReadBodyLayer`), and a read changes nothing.
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => {
+            let status = tonic::Status::invalid_argument(format!("cannot read the request body: {error}"));
+            let req = Request::from_parts(parts, ());
+            return Ok(layer.gateway.reject_as(&req, http::StatusCode::BAD_REQUEST, &status));
+        }
+    };
+    let again = inner.clone();
+    let mut req = Request::from_parts(parts.clone(), Body::from(body.clone()));
+    req.extensions_mut().insert(ReadPool(pool));
+    let mut response = layer.replicas.read_through(&route, inner.call(req)).await?;
+    if !is_server_failure(&response) {
+        if let Some(from) = layer.replicas.read_from(&route) {
+            response.extensions_mut().insert(from);
+        }
+        return Ok(response);
+    }
+    layer.metrics.read_routed(Reason::ReplicaFailed.as_str());
+    drop(response);
+    again.oneshot(Request::from_parts(parts, Body::from(body))).await
+}
+
+/// A write: run apart from the caller's future (a client that goes away or
+/// a deadline that passes once the write committed must not skip keeping
+/// its position), then the position of the user it acted for kept and
+/// carried by the answer, whatever the answer (a write may commit and its
+/// answer still fail).
+async fn write<S>(
+    layer: ReadRoutingLayer,
+    mut inner: S,
+    mut req: Request<Body>,
+    caller: Option<i64>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    // The caller, or the user a registration made (which the service leaves in the slot).
+    let slot = match req.extensions().get::<UserSlot>() {
+        Some(slot) => slot.clone(),
+        None => {
+            let slot = UserSlot::default();
+            req.extensions_mut().insert(slot.clone());
+            slot
+        }
+    };
+    let call = tokio::spawn(async move {
+        let mut response = inner.call(req).await;
+        let Some(user) = caller.or_else(|| slot.0.get().copied()) else {
+            return response;
+        };
+        match layer.replicas.wrote(user).await {
+            Ok(position) => {
+                if let Ok(response) = response.as_mut()
+                    && let Ok(value) = http::HeaderValue::try_from(format_position(position))
+                {
+                    response.headers_mut().insert(WAL_POSITION, value);
                 }
             }
-        })
+            // The write stands; this writer's reads may lag it (within
+            // READ_MAX_LAG) until their next write.
+            Err(error) => tracing::warn!(user, %error, "cannot keep a writer's position"),
+        }
+        response
+    });
+    match call.await {
+        Ok(response) => response,
+        Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+        // Cancelled: the runtime is shutting down.
+        Err(_) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Ok(response)
+        }
     }
 }
 

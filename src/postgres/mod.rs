@@ -43,12 +43,19 @@ fn pool_options(max_connections: u32, acquire_timeout: std::time::Duration) -> P
         .test_before_acquire(false)
         .before_acquire(|connection, meta| {
             Box::pin(async move {
-                if meta.idle_for >= CHECK_IF_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
-                }
+                check_if_idle(connection, meta.idle_for).await?;
                 Ok(true)
             })
         })
+}
+
+/// The check [`pool_options`] makes of a connection about to be handed out:
+/// one round trip, only if it sat idle for [`CHECK_IF_IDLE_FOR`].
+async fn check_if_idle(connection: &mut sqlx::PgConnection, idle_for: std::time::Duration) -> Result<(), sqlx::Error> {
+    if idle_for >= CHECK_IF_IDLE_FOR {
+        sqlx::Connection::ping(connection).await?;
+    }
+    Ok(())
 }
 
 /// Opens a pool to the database, whose statements are planned once per

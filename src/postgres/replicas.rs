@@ -211,7 +211,7 @@ struct Slot {
 }
 
 /// A read in progress on a slot, counted until dropped.
-pub struct SlotUse {
+struct SlotUse {
     replicas: Replicas,
     slot: usize,
 }
@@ -276,16 +276,9 @@ tokio::task_local! {
     static ROUTED_ON: u64;
 }
 
-/// Runs `read`, a call routed through `route`, so that a connection its
-/// replica slot opens meanwhile is accepted only from a server that has
-/// replayed as far as the route assumed.
-pub async fn reading<F: std::future::Future>(route: &Route, read: F) -> F::Output {
-    ROUTED_ON.scope(route.replayed, read).await
-}
-
 /// The pool of one connection of a slot. As a connection opens, its
 /// server's replay position is read and kept. A read routed on a position
-/// (see [`reading`]) takes the connection only if its server is known to
+/// (see [`Replicas::read_through`]) takes the connection only if its server is known to
 /// have replayed that far: the connection may have been replaced since
 /// the read was routed (by the poll, or for another read), and may now
 /// reach another standby. Refused, an idle connection is closed and a new
@@ -323,9 +316,7 @@ fn slot_pool(
         .before_acquire(move |connection, meta| {
             let seen = seen_on_acquire.clone();
             Box::pin(async move {
-                if meta.idle_for >= super::CHECK_IF_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
-                }
+                super::check_if_idle(connection, meta.idle_for).await?;
                 let routed_on = ROUTED_ON.try_with(|position| *position).unwrap_or(0);
                 Ok(routed_on <= seen.look().replayed)
             })
@@ -528,9 +519,18 @@ impl Replicas {
         Route { replica: Some(self.0.slots[slot].pool.clone()), slot, reason: Reason::Replica, replayed }
     }
 
+    /// Runs `read`, a call routed through `route`: counted as waiting on
+    /// its slot meanwhile (for [`Replicas::choose`]), and taking the slot's
+    /// connection only from a server that has replayed as far as the route
+    /// assumed (see [`slot_pool`]).
+    pub async fn read_through<F: std::future::Future>(&self, route: &Route, read: F) -> F::Output {
+        let _waiting = self.enter(route);
+        ROUTED_ON.scope(route.replayed, read).await
+    }
+
     /// Counts a read routed through `route` as waiting on its slot until
-    /// the guard is dropped (for [`Replicas::choose`]); nothing for the primary.
-    pub fn enter(&self, route: &Route) -> Option<SlotUse> {
+    /// the guard is dropped; nothing for the primary.
+    fn enter(&self, route: &Route) -> Option<SlotUse> {
         route.replica.as_ref()?;
         self.0.slots[route.slot].reading.fetch_add(1, Ordering::Relaxed);
         Some(SlotUse { replicas: self.clone(), slot: route.slot })
