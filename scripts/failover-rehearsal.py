@@ -13,8 +13,10 @@ Steps, each measured under that load:
     acknowledged writes missing (0);
 (c) etcd stopped for longer than the leader's TTL: the primary keeps its
     role (failsafe mode) and conduit keeps answering.
-Then: every notification the database holds reached its recipient's watch
-exactly once, in order.
+Creations are sent with an Idempotency-Key and retried with it until
+acknowledged, as a client that does not know a write's outcome should:
+afterwards no article or comment exists twice. Then: every notification
+the database holds reached its recipient's watch exactly once, in order.
 
 Prints a table; exits 1 on any violation. Bounded in time and count.
 
@@ -299,14 +301,16 @@ class Load:
         self.calls = []  # (start, end, kind, status)
         self.articles, self.comments = [], []  # acknowledged: slugs, (slug, id)
         self.commented = {}  # recipient -> comments acknowledged on their article
+        self.retried = 0  # creations acknowledged (or refused) only after a retry with their key
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = []
 
-    def call(self, kind, port, method, path, body=None, token=None):
+    def call(self, kind, port, method, path, body=None, token=None, key=None):
         start = time.time()
+        headers = {"idempotency-key": key} if key else None
         try:
-            status, answer = request(port, method, path, body, token=token, timeout=15)
+            status, answer = request(port, method, path, body, token=token, headers=headers, timeout=15)
         except (OSError, http.client.HTTPException) as e:
             status, answer = 0, str(e)
         if status in (200, 201) and method == "POST" and not isinstance(answer, dict):
@@ -314,6 +318,23 @@ class Load:
         with self.lock:
             self.calls.append((start, time.time(), kind, status))
         return status, answer
+
+    def write(self, n, i, kind, path, body):
+        """One creation, sent with its own key until acknowledged (at most
+        STEP_SECONDS, alternating replicas): whatever became of an attempt
+        that failed, the retry takes effect once."""
+        key, given_up = f"failover-{n}-{i}", time.time() + STEP_SECONDS
+        attempt = 0
+        while True:
+            port = self.replicas[(n + i + attempt) % 2].port
+            status, answer = self.call(kind, port, "POST", path, body, self.tokens[n], key)
+            if status in (200, 201) or 400 <= status < 500 or time.time() > given_up:
+                if attempt:
+                    with self.lock:
+                        self.retried += 1
+                return status, answer
+            attempt += 1
+            time.sleep(0.01)
 
     def client(self, n):
         i = 0
@@ -323,15 +344,15 @@ class Load:
             token = self.tokens[n]
             step = i % 4
             if step == 0:
-                status, answer = self.call("create", port, "POST", "/api/articles", {"article": {
-                    "title": f"failover {n} {i} {time.time()}", "description": "d", "body": "b"}}, token)
+                status, answer = self.write(n, i, "create", "/api/articles", {"article": {
+                    "title": f"failover {n} {i}", "description": "d", "body": "b"}})
                 if status == 201:
                     with self.lock:
                         self.articles.append(answer["article"]["slug"])
             elif step == 1:
                 recipient = self.recipients[i % len(self.recipients)]
-                status, answer = self.call("comment", port, "POST", f"/api/articles/{self.slugs[recipient]}/comments",
-                                           {"comment": {"body": f"failover comment {n} {i}"}}, token)
+                status, answer = self.write(n, i, "comment", f"/api/articles/{self.slugs[recipient]}/comments",
+                                            {"comment": {"body": f"failover comment {n} {i}"}})
                 if status in (200, 201):
                     with self.lock:
                         self.comments.append(answer["comment"]["id"])
@@ -555,6 +576,14 @@ def main():
         record("reads served by the standbys", served > 0, f"{served:.0f} reads through the replica port")
 
         load.finish()
+        # Every creation retried with its key took effect once.
+        twice = cluster.sql("SELECT (SELECT count(*) FROM (SELECT title FROM articles WHERE title LIKE 'failover %' "
+                            "GROUP BY title HAVING count(*) > 1) a) || '|' || "
+                            "(SELECT count(*) FROM (SELECT body FROM comments WHERE body LIKE 'failover comment %' "
+                            "GROUP BY body HAVING count(*) > 1) c)").strip()
+        record("creations retried with their key took effect once", twice == "0|0" and load.retried > 0,
+               f"{load.retried} creations retried after failed attempts; articles and comments written twice: "
+               f"{twice.replace('|', ' and ')}")
         # Every notification the database holds reached its watch once.
         def held(name):
             row = cluster.sql(f"""SELECT COALESCE(max(seq), 0), count(*) FROM notifications

@@ -299,6 +299,12 @@ pub struct Settings {
     #[arg(long, env = "BODY_READS_PER_ADDRESS", default_value_t = 64, global = true, help_heading = REQUESTS)]
     pub body_reads_per_address: usize,
 
+    /// How long a signed-in write sent with an `Idempotency-Key` is
+    /// remembered: a retry with the same key within it gets the first
+    /// answer again instead of writing twice.
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION", default_value = "24h", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
+    pub idempotency_key_retention: Duration,
+
     /// Longest a call may take before its answer starts; longer ones get
     /// 504 / DEADLINE_EXCEEDED (client deadlines that are shorter win).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true, help_heading = REQUESTS)]
@@ -568,6 +574,8 @@ pub struct ServeSettings {
     pub max_concurrent_requests: usize,
     /// Longest wait for a unary call's body.
     pub body_read_timeout: Duration,
+    /// How long keyed writes' answers are kept.
+    pub idempotency_key_retention: Duration,
     /// Most bodies read at once per client address (`usize::MAX`: no bound).
     pub body_reads_per_address: usize,
     /// Server-side bound of a call.
@@ -816,6 +824,9 @@ impl Settings {
         if self.header_read_timeout.is_zero() {
             return Err("HEADER_READ_TIMEOUT must be longer than zero".into());
         }
+        if self.idempotency_key_retention < Duration::from_secs(1) {
+            return Err("IDEMPOTENCY_KEY_RETENTION must be at least 1s".into());
+        }
         if self.max_header_bytes < 1024 {
             return Err("MAX_HEADER_BYTES must be at least 1024".into());
         }
@@ -847,6 +858,7 @@ impl Settings {
             body_limit: self.body_limit,
             max_concurrent_requests: self.max_concurrent_requests,
             body_read_timeout: self.body_read_timeout,
+            idempotency_key_retention: self.idempotency_key_retention,
             body_reads_per_address: match self.body_reads_per_address {
                 0 => usize::MAX,
                 n => n,

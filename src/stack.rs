@@ -22,8 +22,9 @@ use crate::domain::notifications::Hub;
 use crate::domain::{self, Ctx};
 use crate::middleware::{
     self, authenticate::Authenticate, availability::AvailabilityLayer, body::ReadBodyLayer, cache::CacheLayer,
-    client::ClientAddresses, compress::EncodedTags, conditional::Conditional, ratelimit::RateLimitLayer,
-    ratelimit::SharedBuckets, reads::ReadRoutingLayer, request_log::RequestLog, shed::ShedLayer,
+    client::ClientAddresses, compress::EncodedTags, conditional::Conditional, idempotency::Idempotency,
+    ratelimit::RateLimitLayer, ratelimit::SharedBuckets, reads::ReadRoutingLayer, request_log::RequestLog,
+    shed::ShedLayer,
 };
 use crate::observability::{health::Health, metrics::Metrics, observe::ObserveLayer};
 use gateway::{AroundLayer, ClassifyLayer, Dispatch, GateLayer, Gateway, HeadLayer, TimeoutLayer};
@@ -156,6 +157,8 @@ pub(crate) fn build(
         .layer(ShedLayer::new(settings.max_concurrent_requests, gateway.clone(), metrics.clone()))
         // Refuses calls that need a token before they are decoded; finds the caller.
         .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
+        // A write's idempotency key checked once and handed to the service.
+        .layer(GateLayer::new(Idempotency::new(gateway.clone())))
         // Rate limits per caller (known only now) or address, per route class.
         .layer(
             RateLimitLayer::new(gateway.clone(), settings.rate_limit, settings.rate_limit_credentials, shared)

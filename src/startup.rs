@@ -137,6 +137,7 @@ impl Application {
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
             logins: Some(std::sync::Arc::new(logins)),
+            idempotency_retention: settings.idempotency_key_retention,
         };
         let sessions = ctx.tokens.sessions().clone();
         let tls = match &settings.tls {

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use super::articles::store::owner;
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
+use super::idempotent::Begun;
 use super::validate::Check;
 use crate::pb::conduit::v1::{
     Comment, CreateCommentRequest, DeleteCommentRequest, DeleteCommentResponse, ListCommentsRequest,
@@ -77,9 +78,14 @@ impl Comments {
     // POST /articles/{slug}/comments
     async fn create(&self, request: Request<CreateCommentRequest>) -> ConduitResult<SingleCommentResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let body = request.get_ref().comment.as_ref().map_or("", |c| c.body.as_str());
+        Check::new().required("comment.body", body).finish()?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let r = request.into_inner();
         let comment = r.comment.unwrap_or_default();
-        Check::new().required("comment.body", &comment.body).finish()?;
         // One statement finds the article, adds the comment, enqueues the job
         // that tells the article's author (committed with the comment) and
         // answers with the comment: a concurrent delete of the article reads
@@ -100,11 +106,10 @@ impl Comments {
             comment.body,
             super::notifications::kinds::COMMENT
         )
-        .fetch_optional(&self.ctx.db)
+        .fetch_optional(&mut *write)
         .await?
         .ok_or(ConduitError::NotFound("article"))?;
-        self.ctx.jobs.enqueued();
-        Ok(SingleCommentResponse {
+        let answer = SingleCommentResponse {
             comment: Some(Comment {
                 id: row.id,
                 created_at: Some(row.created_at.into()),
@@ -112,12 +117,19 @@ impl Comments {
                 body: comment.body,
                 author: Some(super::profiles::profile_of(row.username, row.bio, row.image, false)),
             }),
-        })
+        };
+        write.finish(&answer).await?;
+        self.ctx.jobs.enqueued();
+        Ok(answer)
     }
 
     // DELETE /articles/{slug}/comments/{id}
     async fn delete(&self, request: Request<DeleteCommentRequest>) -> ConduitResult<DeleteCommentResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let r = request.into_inner();
         // No row: no such article; a row without an author: no such comment on it.
         let author = sqlx::query_scalar!(
@@ -126,7 +138,7 @@ impl Comments {
             r.id,
             r.slug
         )
-        .fetch_optional(&self.ctx.db)
+        .fetch_optional(&mut *write)
         .await?
         .ok_or(ConduitError::NotFound("article"))?
         .ok_or(ConduitError::NotFound("comment"))?;
@@ -136,7 +148,8 @@ impl Comments {
                 message: "only the author may delete this comment",
             });
         }
-        sqlx::query!("DELETE FROM comments WHERE id = $1", r.id).execute(&self.ctx.db).await?;
+        sqlx::query!("DELETE FROM comments WHERE id = $1", r.id).execute(&mut *write).await?;
+        write.finish(&DeleteCommentResponse {}).await?;
         Ok(DeleteCommentResponse {})
     }
 }

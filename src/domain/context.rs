@@ -18,6 +18,8 @@ pub struct Ctx {
     pub logins: Option<std::sync::Arc<dyn auth::LoginAttempts>>,
     /// Wakes the job workers once a write that enqueued jobs has committed.
     pub jobs: crate::postgres::jobs::Wake,
+    /// How long a keyed write's answer is kept to be given again.
+    pub idempotency_retention: std::time::Duration,
 }
 
 impl Ctx {
@@ -30,6 +32,26 @@ impl Ctx {
             .extensions()
             .get::<crate::postgres::replicas::ReadPool>()
             .map_or_else(|| self.db.clone(), |read| read.0.clone())
+    }
+
+    /// Starts a write of `caller`: the answer of an earlier call with the
+    /// same idempotency key, or the connection to write on
+    /// ([`super::idempotent`]).
+    pub(crate) async fn write<Q: prost::Message, A: prost::Message + Default>(
+        &self,
+        request: &tonic::Request<Q>,
+        caller: i64,
+    ) -> super::error::ConduitResult<super::idempotent::Begun<A>> {
+        self.write_as(super::idempotent::Intent::of(request), caller).await
+    }
+
+    /// [`Ctx::write`] for a request taken apart already.
+    pub(crate) async fn write_as<A: prost::Message + Default>(
+        &self,
+        intent: super::idempotent::Intent,
+        caller: i64,
+    ) -> super::error::ConduitResult<super::idempotent::Begun<A>> {
+        super::idempotent::Write::begin(&self.db, intent, caller, self.idempotency_retention).await
     }
 }
 

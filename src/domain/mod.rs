@@ -9,6 +9,7 @@ pub mod auth;
 pub mod comments;
 pub mod context;
 pub mod error;
+pub mod idempotent;
 pub mod notifications;
 pub mod profiles;
 pub mod users;

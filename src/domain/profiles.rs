@@ -1,10 +1,10 @@
 //! `conduit.v1.Profiles`: public profiles and following.
 
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult, FieldError};
+use super::idempotent::Begun;
 use crate::pb::conduit::v1::{
     FollowUserRequest, GetProfileRequest, Profile, ProfileResponse, UnfollowUserRequest, profiles_server,
 };
@@ -35,7 +35,7 @@ impl From<ProfileRow> for ProfileResponse {
 }
 
 /// A profile as `viewer` sees it.
-async fn profile(db: &PgPool, username: &str, viewer: Option<i64>) -> ConduitResult<ProfileRow> {
+async fn profile(db: impl sqlx::PgExecutor<'_>, username: &str, viewer: Option<i64>) -> ConduitResult<ProfileRow> {
     super::validate::lookup_key("username", username)?;
     sqlx::query_as!(
         ProfileRow,
@@ -57,10 +57,20 @@ impl Profiles {
     }
 
     // POST and DELETE /profiles/{username}/follow
-    async fn set_following(&self, request: Request<String>, follow: bool) -> ConduitResult<ProfileResponse> {
+    async fn set_following<Q: prost::Message>(
+        &self,
+        request: Request<Q>,
+        username: impl Fn(&Q) -> &str,
+        follow: bool,
+    ) -> ConduitResult<ProfileResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let username = request.into_inner();
-        let mut row = profile(&self.ctx.db, &username, Some(caller.user_id)).await?;
+        let username = username(request.get_ref());
+        super::validate::lookup_key("username", username)?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
+        let mut row = profile(&mut *write, username, Some(caller.user_id)).await?;
         if row.id == caller.user_id {
             return Err(ConduitError::Invalid(vec![FieldError::new("username", "cannot be followed by yourself")]));
         }
@@ -75,16 +85,20 @@ impl Profiles {
                 row.id,
                 super::notifications::kinds::FOLLOW
             )
-            .execute(&self.ctx.db)
+            .execute(&mut *write)
             .await?;
-            self.ctx.jobs.enqueued();
         } else {
             sqlx::query!("DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2", caller.user_id, row.id)
-                .execute(&self.ctx.db)
+                .execute(&mut *write)
                 .await?;
         }
         row.following = follow;
-        Ok(row.into())
+        let answer = ProfileResponse::from(row);
+        write.finish(&answer).await?;
+        if follow {
+            self.ctx.jobs.enqueued();
+        }
+        Ok(answer)
     }
 }
 
@@ -98,10 +112,10 @@ impl profiles_server::Profiles for Profiles {
     }
 
     async fn follow_user(&self, request: Request<FollowUserRequest>) -> Result<Response<ProfileResponse>, Status> {
-        Ok(Response::new(self.set_following(request.map(|r| r.username), true).await?))
+        Ok(Response::new(self.set_following(request, |r| r.username.as_str(), true).await?))
     }
 
     async fn unfollow_user(&self, request: Request<UnfollowUserRequest>) -> Result<Response<ProfileResponse>, Status> {
-        Ok(Response::new(self.set_following(request.map(|r| r.username), false).await?))
+        Ok(Response::new(self.set_following(request, |r| r.username.as_str(), false).await?))
     }
 }

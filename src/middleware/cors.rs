@@ -24,6 +24,7 @@ const CORS_HEADERS: &[&str] = &[
     "tracestate",
     "x-request-id",
     crate::postgres::replicas::WAL_POSITION,
+    super::idempotency::IDEMPOTENCY_KEY,
 ];
 
 /// Response headers browser code may read: gRPC-Web status trailers (sent

@@ -7,6 +7,7 @@
 //! - [`body`]: a unary call's body read before it is admitted;
 //! - [`availability`]: fail fast while the database is down;
 //! - [`shed`]: a bound on the calls served at once;
+//! - [`idempotency`]: idempotency keys checked and handed to the writes;
 //! - [`ratelimit`]: token buckets per caller and route class, shared
 //!   through Redis;
 //! - [`cache`]: hot anonymous reads served from memory;
@@ -21,7 +22,7 @@
 //! `Foo<S>` ([`shed::ShedLayer`], [`ratelimit::RateLimitLayer`],
 //! [`cache::CacheLayer`]). A check that only refuses or lets pass is a
 //! [`gateway::Admission`] under [`gateway::GateLayer`] (authenticate,
-//! availability), and work before a call and after its answer is a
+//! idempotency), and work before a call and after its answer is a
 //! [`gateway::Around`] under [`gateway::AroundLayer`] (request log,
 //! conditional, entity tags): the tower plumbing of those two shapes is
 //! written once, in the gateway. CORS and compression are tower-http's.
@@ -34,6 +35,7 @@ pub mod client;
 pub mod compress;
 pub mod conditional;
 pub mod cors;
+pub mod idempotency;
 pub mod ratelimit;
 pub mod reads;
 pub mod request_log;

@@ -8,6 +8,7 @@ mod clients;
 mod comments;
 mod gateway;
 mod helpers;
+mod idempotency;
 mod openapi;
 mod ops;
 mod profiles;

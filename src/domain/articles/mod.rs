@@ -5,11 +5,11 @@
 
 pub(crate) mod store;
 
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
+use super::idempotent::Begun;
 use super::validate::{self, Check};
 use crate::pb::conduit::v1::{
     Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, ExportArticlesRequest,
@@ -145,7 +145,12 @@ impl Articles {
         Ok(articles.boxed())
     }
 
-    async fn single(&self, db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<SingleArticleResponse> {
+    async fn single(
+        &self,
+        db: impl sqlx::PgExecutor<'_>,
+        viewer: Option<i64>,
+        key: Key<'_>,
+    ) -> ConduitResult<SingleArticleResponse> {
         if let Key::Slug(slug) = key {
             validate::lookup_key("slug", slug)?;
         }
@@ -178,6 +183,10 @@ impl Articles {
     // POST /articles
     async fn create(&self, request: Request<CreateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let article = request.into_inner().article.unwrap_or_default();
         let mut check = Check::new();
         check
@@ -188,14 +197,16 @@ impl Articles {
         check.finish()?;
         let base = validate::slugify(&article.title);
         let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
-        let id = store::create(&self.ctx.db, caller.user_id, &base, &new).await?;
+        let id = store::create(&mut write, caller.user_id, &base, &new).await?;
+        let answer = self.single(&mut *write, Some(caller.user_id), Key::Id(id)).await?;
+        write.finish(&answer).await?;
         self.ctx.jobs.enqueued();
-        self.single(&self.ctx.db, Some(caller.user_id), Key::Id(id)).await
+        Ok(answer)
     }
 
     /// The id of the article with `slug`, if the caller wrote it.
-    async fn own(&self, caller: i64, slug: &str) -> ConduitResult<i64> {
-        let (id, author) = store::owner(&self.ctx.db, slug).await?;
+    async fn own(db: &mut sqlx::PgConnection, caller: i64, slug: &str) -> ConduitResult<i64> {
+        let (id, author) = store::owner(db, slug).await?;
         if author != caller {
             return Err(ConduitError::Forbidden {
                 resource: "article",
@@ -208,6 +219,10 @@ impl Articles {
     // PUT /articles/{slug}
     async fn update(&self, request: Request<UpdateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let r = request.into_inner();
         let changes = r.article.unwrap_or_default();
         let tags_meant = match &r.update_mask {
@@ -226,7 +241,7 @@ impl Articles {
         }
         let tags = tags_meant.then(|| validate::tags("article.tagList", &changes.tag_list, &mut check));
         check.finish()?;
-        let id = self.own(caller.user_id, &r.slug).await?;
+        let id = Self::own(&mut write, caller.user_id, &r.slug).await?;
         let changes = ArticleChanges {
             title: changes.title.map(|t| {
                 let base = validate::slugify(&t);
@@ -236,27 +251,46 @@ impl Articles {
             body: changes.body,
             tags,
         };
-        store::update(&self.ctx.db, id, &changes).await?;
-        self.single(&self.ctx.db, Some(caller.user_id), Key::Id(id)).await
+        store::update(&mut write, id, &changes).await?;
+        let answer = self.single(&mut *write, Some(caller.user_id), Key::Id(id)).await?;
+        write.finish(&answer).await?;
+        Ok(answer)
     }
 
     // DELETE /articles/{slug}
     async fn delete(&self, request: Request<DeleteArticleRequest>) -> ConduitResult<DeleteArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let id = self.own(caller.user_id, &request.get_ref().slug).await?;
-        store::delete(&self.ctx.db, id).await?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
+        let id = Self::own(&mut write, caller.user_id, &request.get_ref().slug).await?;
+        store::delete(&mut write, id).await?;
+        write.finish(&DeleteArticleResponse {}).await?;
         Ok(DeleteArticleResponse {})
     }
 
     // POST and DELETE /articles/{slug}/favorite
-    async fn favorite(&self, request: Request<String>, favorite: bool) -> ConduitResult<SingleArticleResponse> {
+    async fn favorite<Q: prost::Message>(
+        &self,
+        request: Request<Q>,
+        slug: impl Fn(&Q) -> &str,
+        favorite: bool,
+    ) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        validate::lookup_key("slug", request.get_ref())?;
-        let row = store::set_favorite(&self.ctx.db, caller.user_id, request.get_ref(), favorite).await?;
+        let slug = slug(request.get_ref());
+        validate::lookup_key("slug", slug)?;
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
+        let row = store::set_favorite(&mut *write, caller.user_id, slug, favorite).await?;
+        let answer = SingleArticleResponse { article: Some(row.into()) };
+        write.finish(&answer).await?;
         if favorite {
             self.ctx.jobs.enqueued();
         }
-        Ok(SingleArticleResponse { article: Some(row.into()) })
+        Ok(answer)
     }
 }
 
@@ -317,14 +351,14 @@ impl articles_server::Articles for Articles {
         &self,
         request: Request<FavoriteArticleRequest>,
     ) -> Result<Response<SingleArticleResponse>, Status> {
-        Ok(Response::new(self.favorite(request.map(|r| r.slug), true).await?))
+        Ok(Response::new(self.favorite(request, |r| r.slug.as_str(), true).await?))
     }
 
     async fn unfavorite_article(
         &self,
         request: Request<UnfavoriteArticleRequest>,
     ) -> Result<Response<SingleArticleResponse>, Status> {
-        Ok(Response::new(self.favorite(request.map(|r| r.slug), false).await?))
+        Ok(Response::new(self.favorite(request, |r| r.slug.as_str(), false).await?))
     }
 }
 

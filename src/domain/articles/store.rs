@@ -1,7 +1,7 @@
 //! Articles in Postgres: the one read model every article-returning call
 //! uses, the page queries of lists and the feed, and the writes.
 
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::error::{ConduitError, ConduitResult};
 use crate::domain::notifications;
@@ -56,7 +56,11 @@ pub(crate) enum Key<'a> {
 /// both (`id = ANY($n) OR slug = $m`), the generic plan expected eleven rows
 /// and hashed every user to join them (0.11 ms against 0.04 ms for a key
 /// probe, `EXPLAIN ANALYZE` on 300 users).
-pub(crate) async fn read_one(db: &PgPool, viewer: Option<i64>, key: Key<'_>) -> ConduitResult<ArticleRow> {
+pub(crate) async fn read_one(
+    db: impl sqlx::PgExecutor<'_>,
+    viewer: Option<i64>,
+    key: Key<'_>,
+) -> ConduitResult<ArticleRow> {
     let viewer = crate::domain::context::viewer_id(viewer);
     let row = match key {
         Key::Id(id) => sqlx::query(AssertSqlSafe(ONE_BY_ID.as_str())).bind(viewer).bind(id).fetch_optional(db).await?,
@@ -495,8 +499,15 @@ pub(crate) struct NewArticle {
 }
 
 /// Inserts an article with its tags; returns its id.
-pub(crate) async fn create(db: &PgPool, author: i64, base_slug: &str, article: &NewArticle) -> ConduitResult<i64> {
+pub(crate) async fn create(
+    db: &mut PgConnection,
+    author: i64,
+    base_slug: &str,
+    article: &NewArticle,
+) -> ConduitResult<i64> {
     for _ in 0..SLUG_ATTEMPTS {
+        // A savepoint inside a keyed write's transaction: a lost slug race
+        // rolls back to it.
         let mut tx = db.begin().await?;
         lock_totals(&mut tx).await?;
         let slug = free_slug(&mut tx, base_slug, None).await?;
@@ -555,7 +566,7 @@ async fn link_tags(
 }
 
 /// Who wrote the article with this slug, and its id.
-pub(crate) async fn owner(db: &PgPool, slug: &str) -> ConduitResult<(i64, i64)> {
+pub(crate) async fn owner(db: impl sqlx::PgExecutor<'_>, slug: &str) -> ConduitResult<(i64, i64)> {
     crate::domain::validate::lookup_key("slug", slug)?;
     let row = sqlx::query!("SELECT id, author_id FROM articles WHERE slug = $1", slug)
         .fetch_optional(db)
@@ -578,7 +589,7 @@ pub(crate) struct ArticleChanges {
 }
 
 /// Applies changes; a new title moves the slug.
-pub(crate) async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> ConduitResult<()> {
+pub(crate) async fn update(db: &mut PgConnection, id: i64, changes: &ArticleChanges) -> ConduitResult<()> {
     for _ in 0..SLUG_ATTEMPTS {
         let mut tx = db.begin().await?;
         let (title, slug) = match &changes.title {
@@ -620,7 +631,7 @@ pub(crate) async fn update(db: &PgPool, id: i64, changes: &ArticleChanges) -> Co
 }
 
 /// Deletes an article; comments, favorites and tag links go with it.
-pub(crate) async fn delete(db: &PgPool, id: i64) -> ConduitResult<()> {
+pub(crate) async fn delete(db: &mut PgConnection, id: i64) -> ConduitResult<()> {
     let mut tx = db.begin().await?;
     lock_totals(&mut tx).await?;
     sqlx::query!("DELETE FROM articles WHERE id = $1", id).execute(&mut *tx).await?;
@@ -647,7 +658,12 @@ async fn lock_totals(tx: &mut Transaction<'_, Postgres>) -> ConduitResult<()> {
 /// The statement's own snapshot precedes its writes and the counting
 /// trigger's, so the count is the locked (newest) row's count moved by what
 /// this statement changed; without a change it is the snapshot's.
-pub(crate) async fn set_favorite(db: &PgPool, user: i64, slug: &str, favorite: bool) -> ConduitResult<ArticleRow> {
+pub(crate) async fn set_favorite(
+    db: impl sqlx::PgExecutor<'_>,
+    user: i64,
+    slug: &str,
+    favorite: bool,
+) -> ConduitResult<ArticleRow> {
     sqlx::query_as!(
         ArticleRow,
         r#"WITH target AS (SELECT id FROM articles WHERE slug = $2),

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult, FieldError};
+use super::idempotent::Begun;
 use crate::pb::conduit::v1::{
     ListNotificationsRequest, ListNotificationsResponse, MarkNotificationsReadRequest, MarkNotificationsReadResponse,
     Notification, NotificationKind, WatchNotificationsRequest, WatchNotificationsResponse, notifications_server,
@@ -287,7 +288,7 @@ const SELECT: &str = "SELECT n.seq, n.kind, n.comment_id, n.created_at, n.read_a
      FROM notifications n JOIN users u ON u.id = n.actor_id LEFT JOIN articles a ON a.id = n.article_id \
      WHERE n.recipient_id = $1";
 
-async fn unread_count(db: &PgPool, user: i64) -> ConduitResult<i32> {
+async fn unread_count(db: impl sqlx::PgExecutor<'_>, user: i64) -> ConduitResult<i32> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notifications WHERE recipient_id = $1 AND read_at IS NULL")
         .bind(user)
         .fetch_one(db)
@@ -352,10 +353,14 @@ impl Notifications {
         request: Request<MarkNotificationsReadRequest>,
     ) -> ConduitResult<MarkNotificationsReadResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let r = request.into_inner();
-        if r.ids.is_empty() && r.up_to.is_none() {
+        if request.get_ref().ids.is_empty() && request.get_ref().up_to.is_none() {
             return Err(ConduitError::Invalid(vec![FieldError::new("ids", "or upTo must be given")]));
         }
+        let mut write = match self.ctx.write(&request, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
+        let r = request.into_inner();
         let marked = sqlx::query(
             "UPDATE notifications SET read_at = now() \
              WHERE recipient_id = $1 AND read_at IS NULL AND (seq = ANY($2) OR seq <= $3)",
@@ -363,13 +368,15 @@ impl Notifications {
         .bind(caller.user_id)
         .bind(&r.ids)
         .bind(r.up_to)
-        .execute(&self.ctx.db)
+        .execute(&mut *write)
         .await?
         .rows_affected();
-        Ok(MarkNotificationsReadResponse {
+        let answer = MarkNotificationsReadResponse {
             marked: i32::try_from(marked).unwrap_or(i32::MAX),
-            unread_count: unread_count(&self.ctx.db, caller.user_id).await?,
-        })
+            unread_count: unread_count(&mut *write, caller.user_id).await?,
+        };
+        write.finish(&answer).await?;
+        Ok(answer)
     }
 
     // GET /notifications:watch

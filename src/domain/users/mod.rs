@@ -4,9 +4,11 @@ mod store;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::auth::{ClientAddress, UserSlot};
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
+use super::idempotent::{Begun, Intent};
 use super::validate::Check;
 use crate::pb::conduit::v1::{
     GetCurrentUserRequest, LoginRequest, RegisterRequest, UpdateCurrentUserRequest, User, UserResponse, users_server,
@@ -100,6 +102,7 @@ impl Users {
     // PUT /user
     async fn update(&self, request: Request<UpdateCurrentUserRequest>) -> ConduitResult<UserResponse> {
         let caller = self.ctx.tokens.require(&request)?;
+        let intent = Intent::of(&request);
         let request = request.into_inner();
         let user = request.user.unwrap_or_default();
         // A field named by the update mask but unset was sent as null.
@@ -144,7 +147,11 @@ impl Users {
         // A new password, or a new email, ends every other session: whoever
         // held the old credentials is signed out everywhere but here.
         let sessions = self.ctx.tokens.sessions();
-        let mut tx = self.ctx.db.begin().await?;
+        let mut write = match self.ctx.write_as(intent, caller.user_id).await? {
+            Begun::Replay(answer) => return self.with_token(answer, &caller),
+            Begun::Run(write) => write,
+        };
+        let mut tx = sqlx::Connection::begin(&mut *write).await?;
         let updated =
             store::update(&mut tx, caller.user_id, changes).await?.ok_or_else(crate::domain::auth::user_gone)?;
         let ended = if updated.credentials_changed {
@@ -153,9 +160,19 @@ impl Users {
             Default::default()
         };
         tx.commit().await?;
+        // Kept without the token: a replay signs a fresh one for the session.
+        let answer = Self::reply(updated.row, String::new());
+        write.finish(&answer).await?;
         sessions.ended(ended);
-        let token = self.ctx.tokens.issue(updated.row.id, caller.session)?;
-        Ok(Self::reply(updated.row, token))
+        self.with_token(answer, &caller)
+    }
+
+    /// `answer` with a token of the caller's session.
+    fn with_token(&self, mut answer: UserResponse, caller: &Caller) -> ConduitResult<UserResponse> {
+        if let Some(user) = answer.user.as_mut() {
+            user.token = self.ctx.tokens.issue(caller.user_id, caller.session)?;
+        }
+        Ok(answer)
     }
 }
 
