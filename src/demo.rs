@@ -132,7 +132,7 @@ pub async fn seed(db: &PgPool, secret: &[u8], ttl: Duration) -> Result<Seeded, S
         passwords: Passwords::new(1),
         logins: None,
         jobs: crate::postgres::jobs::Wake::new(signals),
-        idempotency_retention: Duration::from_secs(60),
+        keys: crate::domain::idempotent::Keys::new(secret, Duration::from_secs(60), Duration::from_secs(5)),
     };
     let exports = Exports { batch: 100, max_concurrent: 1, stall_timeout: Duration::from_secs(30) };
     let services = Services {

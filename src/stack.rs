@@ -117,6 +117,7 @@ pub(crate) fn build(
             .layer(HeadLayer)
             .layer(ClassifyLayer::new(gateway.clone()))
             .layer(GateLayer::new(Authenticate::new(gateway.clone(), tokens)))
+            .layer(GateLayer::new(Idempotency::new(gateway.clone())))
             .service(Dispatch::new(grpc.into_axum_router(), gateway));
         return Ok(Stack { app: axum::Router::new().fallback_service(bare), health, cache });
     }

@@ -137,7 +137,13 @@ impl Application {
             tokens: Tokens::new(settings.jwt_secret.expose().as_bytes(), settings.jwt_ttl),
             passwords: Passwords::new(settings.password_hash_concurrency),
             logins: Some(std::sync::Arc::new(logins)),
-            idempotency_retention: settings.idempotency_key_retention,
+            keys: crate::domain::idempotent::Keys::new(
+                settings.jwt_secret.expose().as_bytes(),
+                settings.idempotency_key_retention,
+                // Short of the request timeout, so that a waiting retry is
+                // told to try again rather than timed out.
+                settings.request_timeout * 3 / 4,
+            ),
         };
         let sessions = ctx.tokens.sessions().clone();
         let tls = match &settings.tls {

@@ -18,8 +18,8 @@ pub struct Ctx {
     pub logins: Option<std::sync::Arc<dyn auth::LoginAttempts>>,
     /// Wakes the job workers once a write that enqueued jobs has committed.
     pub jobs: crate::postgres::jobs::Wake,
-    /// How long a keyed write's answer is kept to be given again.
-    pub idempotency_retention: std::time::Duration,
+    /// How keyed writes' answers are kept ([`super::idempotent`]).
+    pub keys: super::idempotent::Keys,
 }
 
 impl Ctx {
@@ -51,7 +51,7 @@ impl Ctx {
         intent: super::idempotent::Intent,
         caller: i64,
     ) -> super::error::ConduitResult<super::idempotent::Begun<A>> {
-        super::idempotent::Write::begin(&self.db, intent, caller, self.idempotency_retention).await
+        super::idempotent::Write::begin(&self.db, &self.keys, intent, caller).await
     }
 }
 

@@ -99,6 +99,9 @@ impl From<sqlx::Error> for ConduitError {
                 // Lock ordering should prevent these; if one happens, the
                 // call may simply be retried.
                 Some("40P01" | "40001") => return Self::Busy,
+                // A retry that waited its limit for a call still running with
+                // its idempotency key (`lock_timeout`).
+                Some("55P03") => return Self::Busy,
                 // The server is shutting down, crashed, starting or full, or the
                 // connection failed (class 08): the database is out of reach.
                 // A write that reached a server no longer primary (a

@@ -11,8 +11,8 @@
 //!
 //! Without a key a write runs as before, on one pooled connection.
 
+use hmac::{Hmac, KeyInit, Mac};
 use prost::Message;
-use sha2::Digest;
 use sqlx::{PgConnection, Postgres, pool::PoolConnection};
 use tonic::Request;
 
@@ -28,21 +28,57 @@ pub struct Key {
     pub key: String,
 }
 
+/// How keyed writes are kept and told apart.
+#[derive(Clone)]
+pub struct Keys {
+    /// How long a key's answer is given again.
+    retention: std::time::Duration,
+    /// Longest a retry waits for a first call with its key still running.
+    wait: std::time::Duration,
+    /// Digests are keyed by a server secret: a request may hold a new
+    /// password, which a plain hash in the table would expose to guessing.
+    mac: Hmac<sha2::Sha256>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys").field("retention", &self.retention).field("wait", &self.wait).finish_non_exhaustive()
+    }
+}
+
+/// Prefixed to every digested request: no token's signing input (base64
+/// and dots) starts with it, so digests and tokens never share a MAC input.
+const DIGEST_LABEL: &[u8] = b"conduit idempotency digest\0";
+
+impl Keys {
+    /// Answers kept for `retention`; a retry waits at most `wait` for a
+    /// call still running with its key; digests keyed with `secret` (the
+    /// token secret, shared by every replica).
+    pub fn new(secret: &[u8], retention: std::time::Duration, wait: std::time::Duration) -> Self {
+        let mac = Hmac::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        Self { retention, wait, mac }
+    }
+
+    fn digest(&self, request: &[u8]) -> Vec<u8> {
+        let mut mac = self.mac.clone();
+        mac.update(DIGEST_LABEL);
+        mac.update(request);
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
 /// What a write needs of its request to be keyed: the key, if the client
-/// sent one, and then a digest of the request message. Taken before a
-/// service consumes the request.
+/// sent one, and then the request message, encoded. Taken before a service
+/// consumes the request.
 #[derive(Debug)]
 pub(crate) struct Intent {
-    keyed: Option<(Key, [u8; 32])>,
+    keyed: Option<(Key, Vec<u8>)>,
 }
 
 impl Intent {
-    /// The key and request digest of `request`.
+    /// The key and encoded message of `request`.
     pub(crate) fn of<Q: Message>(request: &Request<Q>) -> Self {
-        let keyed = request
-            .extensions()
-            .get::<Key>()
-            .map(|key| (key.clone(), sha2::Sha256::digest(request.get_ref().encode_to_vec()).into()));
+        let keyed = request.extensions().get::<Key>().map(|key| (key.clone(), request.get_ref().encode_to_vec()));
         Self { keyed }
     }
 }
@@ -70,17 +106,19 @@ enum Conn {
 }
 
 /// Takes the key for this caller and RPC unless a live row holds it; a row
-/// older than the retention (`$5` seconds) is taken over. The caller's other
-/// expired keys go at the same time, so the table holds about what the
-/// retention keeps.
-const CLAIM: &str = "WITH expired AS (
-         DELETE FROM idempotency_keys
-         WHERE user_id = $1 AND created_at < now() - make_interval(secs => $5) AND (rpc, key) <> ($2, $3))
-     INSERT INTO idempotency_keys AS k (user_id, rpc, key, request_digest) VALUES ($1, $2, $3, $4)
+/// older than the retention (`$5` seconds) is taken over.
+const CLAIM: &str = "INSERT INTO idempotency_keys AS k (user_id, rpc, key, request_digest) VALUES ($1, $2, $3, $4)
      ON CONFLICT (user_id, rpc, key) DO UPDATE
          SET request_digest = EXCLUDED.request_digest, answer = '', created_at = now()
          WHERE k.created_at < now() - make_interval(secs => $5)
      RETURNING 1";
+
+/// Deletes a few expired keys, anyone's, skipping rows other calls hold:
+/// each keyed write clears more than it adds while any are expired, and
+/// never waits for another.
+const PURGE: &str = "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+         SELECT ctid FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)
+         ORDER BY created_at LIMIT 8 FOR UPDATE SKIP LOCKED))";
 
 impl Write {
     /// Starts a write of `caller` on `db`: keyed when the call carries a
@@ -88,23 +126,34 @@ impl Write {
     /// answers instead, or one with another request is refused.
     pub(crate) async fn begin<A: Message + Default>(
         db: &sqlx::PgPool,
+        keys: &Keys,
         intent: Intent,
         caller: i64,
-        retention: std::time::Duration,
     ) -> ConduitResult<Begun<A>> {
-        let Some((key, digest)) = intent.keyed else {
+        let Some((key, request)) = intent.keyed else {
             return Ok(Begun::Run(Write { conn: Conn::Pooled(db.acquire().await?) }));
         };
+        let digest = keys.digest(&request);
+        let retention = keys.retention.as_secs_f64();
+        // Committed at once, apart from the write: its row locks are not
+        // held while the write runs.
+        sqlx::query(PURGE).bind(retention).execute(db).await?;
         // A row found by the claim but gone before it is read (its
         // retention ran out in between) is claimed again.
         for _ in 0..3 {
             let mut tx = db.begin().await?;
+            // A retry waits for a first call still running with its key (the
+            // row's lock) for `wait` at most; then 409 / ABORTED, try again.
+            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                .bind(format!("{}ms", keys.wait.as_millis().max(1)))
+                .execute(&mut *tx)
+                .await?;
             let claimed = sqlx::query(CLAIM)
                 .bind(caller)
                 .bind(key.rpc)
                 .bind(&key.key)
                 .bind(digest.as_slice())
-                .bind(retention.as_secs_f64())
+                .bind(retention)
                 .fetch_optional(&mut *tx)
                 .await?
                 .is_some();
@@ -122,7 +171,7 @@ impl Write {
             .fetch_optional(&mut *tx)
             .await?;
             let Some((earlier_digest, answer)) = earlier else { continue };
-            if earlier_digest != digest.as_slice() {
+            if earlier_digest != digest {
                 return Err(ConduitError::Invalid(vec![FieldError::new(
                     "idempotency_key",
                     "was already used with a different request; use a new key for a new request",

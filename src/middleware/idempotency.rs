@@ -17,7 +17,8 @@ const MAX_KEY_BYTES: usize = 255;
 /// `gateway::GateLayer::new(Idempotency::new(…))`): a key that is not 1 to
 /// 255 visible ASCII characters is refused with 400 / INVALID_ARGUMENT
 /// naming the header; a good one becomes a [`Key`] in the call's
-/// extensions. Reads ignore the header: repeating them is safe anyway.
+/// extensions. Reads, and methods that need no token (registration,
+/// login), ignore the header.
 #[derive(Clone)]
 pub struct Idempotency {
     gateway: gateway::Gateway,
@@ -34,7 +35,9 @@ impl gateway::Admission for Idempotency {
     fn refuse(&self, req: &mut http::Request<axum::body::Body>) -> Option<http::Response<axum::body::Body>> {
         let value = req.headers().get(IDEMPOTENCY_KEY)?;
         let rpc = req.extensions().get::<gateway::RpcMethod>()?.0;
-        if self.gateway.method(rpc).is_none_or(|spec| spec.no_side_effects) {
+        // Only a signed-in caller's writes are keyed (a key is the caller's
+        // own); reads are safe to repeat anyway.
+        if self.gateway.method(rpc).is_none_or(|spec| spec.no_side_effects || !spec.authenticated) {
             return None;
         }
         match well_formed(value.as_bytes()) {
