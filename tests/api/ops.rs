@@ -35,43 +35,60 @@ impl Served {
     /// Starts `conduit <subcommand>` (`serve` or `worker`) as [`Served::start`]
     /// does; a worker is up when its admin listener is.
     pub(crate) async fn start_as(subcommand: &str, env: &[(&str, &str)]) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
-        command
-            .arg(subcommand)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
-            .env("JWT_SECRET", "ops-secret-ops-secret-ops-secret-ops!")
-            .env("RATE_LIMIT", "100000/s")
-            .env("RATE_LIMIT_CREDENTIALS", "100000/s")
-            .env("LOG_LEVEL", "warn")
-            .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
         let mut database = None;
-        match env.iter().find(|(k, _)| *k == "DATABASE_URL") {
-            Some((_, "")) => {
-                command.env_remove("JWT_SECRET");
-            }
-            Some(_) => {}
+        let database_url = match env.iter().find(|(k, _)| *k == "DATABASE_URL") {
+            Some(_) => None,
             None => {
                 let name = format!("conduit_ops_{}_{}", std::process::id(), free_port());
-                command.env("DATABASE_URL", create_database(&name).await);
+                let url = create_database(&name).await;
                 database = Some(name);
+                Some(url)
+            }
+        };
+        // A free port may be taken by another test before the child binds
+        // it: the child then exits saying so, and starts again on others.
+        for _ in 0..3 {
+            let (port, admin) = (free_port(), free_port());
+            let mut command = Command::new(env!("CARGO_BIN_EXE_conduit"));
+            command
+                .arg(subcommand)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("CONDUIT_LISTEN", format!("127.0.0.1:{port}"))
+                .env("CONDUIT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+                .env("JWT_SECRET", "ops-secret-ops-secret-ops-secret-ops!")
+                .env("RATE_LIMIT", "100000/s")
+                .env("RATE_LIMIT_CREDENTIALS", "100000/s")
+                .env("LOG_LEVEL", "warn")
+                .env("LOG_FORMAT", "json")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            if let Some((_, "")) = env.iter().find(|(k, _)| *k == "DATABASE_URL") {
+                command.env_remove("JWT_SECRET");
+            }
+            if let Some(url) = &database_url {
+                command.env("DATABASE_URL", url);
+            }
+            command.envs(env.iter().filter(|(k, v)| !(*k == "DATABASE_URL" && v.is_empty())).copied());
+            let mut child = command.spawn().expect("the binary starts");
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let up = if subcommand == "serve" { port } else { admin };
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", up)).is_ok() {
+                    return Self { child: Some(child), port, admin, database };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    let mut stderr = String::new();
+                    use std::io::Read;
+                    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+                    assert!(stderr.contains("cannot listen on"), "the server exited at start: {stderr}");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the server did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        command.envs(env.iter().filter(|(k, v)| !(*k == "DATABASE_URL" && v.is_empty())).copied());
-        let child = command.spawn().expect("the binary starts");
-        let served = Self { child: Some(child), port, admin, database };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let up = if subcommand == "serve" { port } else { admin };
-        while std::net::TcpStream::connect(("127.0.0.1", up)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        served
+        panic!("no free ports to start on");
     }
 
     pub(crate) fn pid(&self) -> i32 {
