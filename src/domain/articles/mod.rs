@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::context::Ctx;
 use super::error::{ConduitError, ConduitResult};
-use super::idempotent::Begun;
+use super::idempotent::{Begun, Intent};
 use super::validate::{self, Check};
 use crate::pb::conduit::v1::{
     Article, ArticleSummary, CreateArticleRequest, DeleteArticleRequest, DeleteArticleResponse, ExportArticlesRequest,
@@ -183,10 +183,7 @@ impl Articles {
     // POST /articles
     async fn create(&self, request: Request<CreateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let mut write = match self.ctx.write(&request, caller.user_id).await? {
-            Begun::Replay(answer) => return Ok(answer),
-            Begun::Run(write) => write,
-        };
+        let intent = Intent::of(&request);
         let article = request.into_inner().article.unwrap_or_default();
         let mut check = Check::new();
         check
@@ -195,6 +192,11 @@ impl Articles {
             .required("article.body", &article.body);
         let tags = validate::tags("article.tagList", &article.tag_list, &mut check);
         check.finish()?;
+        // A connection only for a valid request.
+        let mut write = match self.ctx.write_as(intent, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let base = validate::slugify(&article.title);
         let new = NewArticle { title: article.title, description: article.description, body: article.body, tags };
         let id = store::create(&mut write, caller.user_id, &base, &new).await?;
@@ -219,10 +221,7 @@ impl Articles {
     // PUT /articles/{slug}
     async fn update(&self, request: Request<UpdateArticleRequest>) -> ConduitResult<SingleArticleResponse> {
         let caller = self.ctx.tokens.require(&request)?;
-        let mut write = match self.ctx.write(&request, caller.user_id).await? {
-            Begun::Replay(answer) => return Ok(answer),
-            Begun::Run(write) => write,
-        };
+        let intent = Intent::of(&request);
         let r = request.into_inner();
         let changes = r.article.unwrap_or_default();
         let tags_meant = match &r.update_mask {
@@ -241,6 +240,10 @@ impl Articles {
         }
         let tags = tags_meant.then(|| validate::tags("article.tagList", &changes.tag_list, &mut check));
         check.finish()?;
+        let mut write = match self.ctx.write_as(intent, caller.user_id).await? {
+            Begun::Replay(answer) => return Ok(answer),
+            Begun::Run(write) => write,
+        };
         let id = Self::own(&mut write, caller.user_id, &r.slug).await?;
         let changes = ArticleChanges {
             title: changes.title.map(|t| {
